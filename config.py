@@ -1,0 +1,221 @@
+"""Command line and validated run configuration. Nothing is parsed, printed or imported from
+torch at import time: `build_parser()` and `config_from_args()` do the work when called."""
+
+from __future__ import annotations
+
+import argparse
+import difflib
+import os
+import warnings
+from dataclasses import asdict, dataclass, fields
+
+from DecodingMethodsModels.errors import UserError
+
+METHODS = ("base", "pref", "beam", "la", "amulet")
+PREFERENCES = (
+    "creative", "sycophantic", "verbose", "complex", "formal", "pleasant", "concise", "uplifting",
+)
+SOLVERS = ("closed_form", "iterative")
+DTYPES = ("auto", "float32", "bfloat16", "float16")
+DEFAULT_MODEL = "SmolLM2-135M-Instruct"
+DEFAULT_DATA = "demo"
+
+
+@dataclass(frozen=True)
+class RunConfig:
+    """Everything that defines a generation run; validated on construction."""
+
+    method: str = "amulet"
+    model_name: str = DEFAULT_MODEL
+    eval_data: str = DEFAULT_DATA
+    pref_name: str = "creative"
+    pref_text: str | None = None
+    data_dir: str = "data"
+    output_dir: str = "responses"
+    limit: int | None = None
+    max_new_tokens: int = 128
+    do_sample: bool = False
+    temperature: float = 0.7
+    top_p: float = 0.95
+    top_k: int | None = None
+    seed: int = 42
+    num_beams: int = 16
+    reinforce_ratio: float = 2.0
+    eta: float = 10.0
+    alpha: float = 2.0
+    player_lambda: float = 2.0
+    iteration_num: int = 60
+    amulet_solver: str = "closed_form"
+    batch_size: int = 8
+    device: str = "auto"
+    dtype: str = "auto"
+    multi_gpu: bool = False
+    trust_remote_code: bool = False
+    overwrite: bool = False
+    truncate_long_prompts: bool = False
+
+    def __post_init__(self) -> None:
+        for method in self.methods:
+            if method not in METHODS:
+                raise UserError(_unknown("method", method, METHODS))
+        if self.pref_text is None:
+            for pref in self.pref_names:
+                if pref not in PREFERENCES:
+                    raise UserError(_unknown("preference", pref, PREFERENCES) + (
+                        "; or give any preference as --pref_text"))
+        else:
+            if not self.pref_text.strip():
+                raise UserError("--pref_text is empty")
+            if _unsafe_name(self.pref_text):
+                raise UserError(
+                    "--pref_text must not contain path separators or control characters"
+                )
+        if _unsafe_name(self.model_name.replace("/", "")):
+            raise UserError("--model_name must not contain control characters")
+        _at_least("max_new_tokens", self.max_new_tokens, 1)
+        _at_least("num_beams", self.num_beams, 1)
+        _at_least("batch_size", self.batch_size, 1)
+        _at_least("iteration_num", self.iteration_num, 0)
+        if self.limit is not None:
+            _at_least("limit", self.limit, 1)
+        if self.top_k is not None:
+            _at_least("top_k", self.top_k, 1)
+        _positive("eta", self.eta)
+        _positive("player_lambda", self.player_lambda)
+        _positive("temperature", self.temperature)
+        if self.alpha < 0:
+            raise UserError(f"--alpha must be >= 0, got {self.alpha}")
+        if self.reinforce_ratio < 0:
+            raise UserError(f"--reinforce_ratio must be >= 0, got {self.reinforce_ratio}")
+        if not 0 < self.top_p <= 1:
+            raise UserError(f"--top_p must be in (0, 1], got {self.top_p}")
+        if self.amulet_solver not in SOLVERS:
+            raise UserError(_unknown("Amulet solver", self.amulet_solver, SOLVERS))
+        if self.dtype not in DTYPES:
+            raise UserError(_unknown("dtype", self.dtype, DTYPES))
+
+    @property
+    def methods(self) -> list[str]:
+        return _expand(self.method, METHODS)
+
+    @property
+    def pref_names(self) -> list[str]:
+        return [None] if self.pref_text is not None else _expand(self.pref_name, PREFERENCES)
+
+    @property
+    def datasets(self) -> list[str]:
+        return [d.strip() for d in self.eval_data.split(",") if d.strip()]
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    def ineffective_flags(self, given: set[str]) -> list[str]:
+        """Flags the user set that change nothing in this run, for a warning."""
+        notes = []
+        sampling = {"temperature", "top_p", "top_k"} & given
+        if sampling and not self.do_sample:
+            notes.append(f"{', '.join(sorted(sampling))} ignored without --do_sample")
+        amulet = {"eta", "alpha", "player_lambda", "iteration_num", "amulet_solver"} & given
+        if amulet and "amulet" not in self.methods:
+            notes.append(f"{', '.join(sorted(amulet))} only affect --method amulet")
+        if "reinforce_ratio" in given and "la" not in self.methods:
+            notes.append("reinforce_ratio only affects --method la")
+        if "num_beams" in given and "beam" not in self.methods:
+            notes.append("num_beams only affects --method beam")
+        if "amulet" in self.methods and self.alpha > self.player_lambda:
+            notes.append(
+                f"alpha {self.alpha} > player_lambda {self.player_lambda}: Amulet's ratio k "
+                "diverges as iteration_num grows"
+            )
+        return notes
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="main.py",
+        description="Personalised decoding: base, pref, beam, la and amulet (Amulet, ICLR 2025).",
+    )
+    run = parser.add_argument_group("what to run")
+    run.add_argument("--method", default="amulet",
+                     help="base, pref, beam, la, amulet; a comma list or 'all'")
+    run.add_argument("--model_name", default=DEFAULT_MODEL,
+                     help="embedded default, a hub id, a local model directory or a .gguf file")
+    run.add_argument("--eval_data", default=DEFAULT_DATA,
+                     help="dataset name(s) in --data_dir, comma separated")
+    run.add_argument("--pref_name", default="creative",
+                     help=f"{', '.join(PREFERENCES)}; a comma list or 'all'")
+    run.add_argument("--pref_text", default=None, help="any free-text preference sentence")
+    run.add_argument("--data_dir", default=os.environ.get("AMULET_DATA_DIR", "data"),
+                     help="where datasets live (env AMULET_DATA_DIR)")
+    run.add_argument("--output_dir", default="responses")
+    run.add_argument("--limit", type=int, default=None, help="only the first N questions")
+    run.add_argument("--overwrite", action="store_true", help="redo a run whose file exists")
+
+    dec = parser.add_argument_group("decoding")
+    dec.add_argument("--max_new_tokens", type=int, default=128)
+    dec.add_argument("--do_sample", action="store_true",
+                     help="sample in every method (default: greedy everywhere)")
+    dec.add_argument("--temperature", type=float, default=0.7)
+    dec.add_argument("--top_p", type=float, default=0.95)
+    dec.add_argument("--top_k", type=int, default=None)
+    dec.add_argument("--seed", type=int, default=42)
+    dec.add_argument("--num_beams", type=int, default=16)
+    dec.add_argument("--truncate_long_prompts", action="store_true",
+                     help="cut over-long questions from the left instead of refusing them")
+
+    algo = parser.add_argument_group("LA and Amulet")
+    algo.add_argument("--reinforce_ratio", type=float, default=2.0, help="LA's ratio r")
+    algo.add_argument("--eta", type=float, default=10.0)
+    algo.add_argument("--alpha", type=float, default=2.0)
+    algo.add_argument("--player_lambda", type=float, default=2.0)
+    algo.add_argument("--iteration_num", type=int, default=60, help="Amulet's T")
+    algo.add_argument("--amulet_solver", default="closed_form", choices=SOLVERS)
+
+    hw = parser.add_argument_group("hardware")
+    hw.add_argument("--batch_size", type=int, default=8)
+    hw.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N")
+    hw.add_argument("--dtype", default="auto", choices=DTYPES,
+                    help="auto: float32 on CPU, bfloat16 on CUDA")
+    hw.add_argument("--multi_gpu", action="store_true",
+                    help="shard one model over all visible GPUs (device_map='auto')")
+    hw.add_argument("--trust_remote_code", action="store_true")
+    return parser
+
+
+def config_from_args(argv: list[str] | None = None) -> RunConfig:
+    """Parse `argv`, validate, and warn once about flags that have no effect."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    values = vars(args)
+    config = RunConfig(**{f.name: values[f.name] for f in fields(RunConfig)})
+    given = {f.name for f in fields(RunConfig) if values[f.name] != parser.get_default(f.name)}
+    for note in config.ineffective_flags(given):
+        warnings.warn(note, stacklevel=1)
+    return config
+
+
+def _expand(value: str, choices: tuple[str, ...]) -> list[str]:
+    if value.strip() == "all":
+        return list(choices)
+    items = [v.strip() for v in value.split(",") if v.strip()]
+    return list(dict.fromkeys(items)) or [""]
+
+
+def _unknown(kind: str, value: str, choices: tuple[str, ...]) -> str:
+    close = difflib.get_close_matches(value, choices, n=1)
+    hint = f" (did you mean {close[0]!r}?)" if close else ""
+    return f"unknown {kind} {value!r}{hint}; choose from {', '.join(choices)}"
+
+
+def _at_least(name: str, value: int, low: int) -> None:
+    if value < low:
+        raise UserError(f"--{name} must be >= {low}, got {value}")
+
+
+def _positive(name: str, value: float) -> None:
+    if not value > 0:
+        raise UserError(f"--{name} must be > 0, got {value}")
+
+
+def _unsafe_name(text: str) -> bool:
+    return "/" in text or "\\" in text or any(ord(c) < 32 or ord(c) == 127 for c in text)

