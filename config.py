@@ -19,6 +19,12 @@ SOLVERS = ("closed_form", "iterative")
 DTYPES = ("auto", "float32", "bfloat16", "float16")
 DEFAULT_MODEL = "SmolLM2-135M-Instruct"
 DEFAULT_DATA = "demo"
+BENCHMARKS = (
+    "HelpSteer_train",
+    "UltraFeedback_truthful_qa",
+    "UltraFeedback_ultrachat",
+    "personal_preference_eval_preference_data",
+)
 
 
 @dataclass(frozen=True)
@@ -53,6 +59,7 @@ class RunConfig:
     trust_remote_code: bool = False
     overwrite: bool = False
     truncate_long_prompts: bool = False
+    reference_prompts: bool = False
 
     def __post_init__(self) -> None:
         for method in self.methods:
@@ -104,7 +111,7 @@ class RunConfig:
 
     @property
     def datasets(self) -> list[str]:
-        return [d.strip() for d in self.eval_data.split(",") if d.strip()]
+        return _expand(self.eval_data, BENCHMARKS)
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -141,7 +148,7 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--model_name", default=DEFAULT_MODEL,
                      help="embedded default, a hub id, a local model directory or a .gguf file")
     run.add_argument("--eval_data", default=DEFAULT_DATA,
-                     help="dataset name(s) in --data_dir, comma separated")
+                     help="dataset name(s) in --data_dir, comma separated; 'all': the paper's four")
     run.add_argument("--pref_name", default="creative",
                      help=f"{', '.join(PREFERENCES)}; a comma list or 'all'")
     run.add_argument("--pref_text", default=None, help="any free-text preference sentence")
@@ -162,6 +169,9 @@ def build_parser() -> argparse.ArgumentParser:
     dec.add_argument("--num_beams", type=int, default=16)
     dec.add_argument("--truncate_long_prompts", action="store_true",
                      help="cut over-long questions from the left instead of refusing them")
+    dec.add_argument("--reference_prompts", action="store_true",
+                     help="the paper code's prompts: no assistant header, special tokens "
+                     "added again (a double BOS on Llama)")
 
     algo = parser.add_argument_group("LA and Amulet")
     algo.add_argument("--reinforce_ratio", type=float, default=2.0, help="LA's ratio r")

@@ -42,9 +42,17 @@ def template_accepts_system(tokenizer) -> bool:
     return True
 
 
-def encode_prompt(tokenizer, question: str, preference: str, system_role: bool) -> list[int]:
-    """Token ids of the templated prompt with the assistant header, exactly one BOS."""
+def encode_prompt(
+    tokenizer, question: str, preference: str, system_role: bool, reference: bool = False
+) -> list[int]:
+    """Token ids of the templated prompt with the assistant header, exactly one BOS.
+
+    `reference=True` reproduces the paper's code instead: no assistant header, and the
+    templated text tokenised again with special tokens (a second BOS where the template has one).
+    """
     messages = build_messages(question, preference, system_role)
-    text = tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+    text = tokenizer.apply_chat_template(
+        messages, tokenize=False, add_generation_prompt=not reference
+    )
     # the template already writes any BOS it wants; adding special tokens again would double it
-    return tokenizer(text, add_special_tokens=False)["input_ids"]
+    return tokenizer(text, add_special_tokens=reference)["input_ids"]
