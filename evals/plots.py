@@ -1,0 +1,47 @@
+"""The paper-style stacked win / tie / lose horizontal bar chart (matplotlib, Agg backend)."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from pathlib import Path
+
+COLOURS = {"win": "#4c9a6a", "tie": "#c9c9c9", "lose": "#d0605e"}
+
+
+def plot_win_tie_lose(rows: Sequence[dict], title: str, path: Path) -> None:
+    """One bar per row (``label``, ``win_rate``, ``tie_rate``, ``lose_rate`` in [0, 1]).
+
+    Segments are stacked left to right win | tie | lose and labelled in percent when wide
+    enough to hold the label. Written to ``path`` (PNG) via a temporary file.
+    """
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    labels = [row["label"] for row in rows]
+    fig, ax = plt.subplots(figsize=(7.0, 0.55 * len(rows) + 1.2))
+    left = [0.0] * len(rows)
+    for part in ("win", "tie", "lose"):
+        rates = [float(row[f"{part}_rate"]) for row in rows]
+        widths = [0.0 if math.isnan(r) else 100.0 * r for r in rates]  # no valid judgment
+        bars = ax.barh(labels, widths, left=left, color=COLOURS[part], label=part.capitalize())
+        for bar, width in zip(bars, widths, strict=True):
+            if width >= 6.0:
+                ax.text(
+                    bar.get_x() + width / 2, bar.get_y() + bar.get_height() / 2,
+                    f"{width:.0f}%", ha="center", va="center", fontsize=8,
+                )
+        left = [a + b for a, b in zip(left, widths, strict=True)]
+    ax.set_xlim(0, 100)
+    ax.set_xlabel("% of valid judgments")
+    ax.invert_yaxis()  # first row on top, as in a table
+    ax.set_title(title, fontsize=10)
+    ax.legend(ncol=3, loc="lower center", bbox_to_anchor=(0.5, 1.08), frameon=False, fontsize=8)
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.stem}.tmp.png")
+    fig.savefig(tmp, dpi=150)
+    plt.close(fig)
+    tmp.replace(path)

@@ -1,0 +1,192 @@
+"""Read and validate ``{output_dir}/{pref}/{model}/{dataset}/{method}.json`` response files.
+
+Each file is a JSON list of ``{"index", "question", "preference", "response"}`` records.
+All methods of one run must cover the same question indices with the same question and
+preference text; anything else is reported as one line naming the file and the fix.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+from evals.errors import EvalError
+
+DEFAULT_METHODS = ("base", "pref", "beam", "la", "amulet")
+_FIELDS = {"index": int, "question": str, "preference": str, "response": str}
+
+
+@dataclass(frozen=True)
+class RunKey:
+    """One evaluated setting: a preference, a generating model and a dataset."""
+
+    pref: str
+    model: str
+    dataset: str
+
+    def parts(self) -> tuple[str, str, str]:
+        """``(pref, model, dataset)``: the relative directory of the run."""
+        return (self.pref, self.model, self.dataset)
+
+
+@dataclass(frozen=True)
+class Item:
+    """One question of a run, shared by all methods."""
+
+    index: int
+    question: str
+    preference: str
+
+
+@dataclass(frozen=True)
+class RunResponses:
+    """Validated responses of one run: ``texts[method][index]`` for every item."""
+
+    key: RunKey
+    items: tuple[Item, ...]
+    texts: dict[str, dict[int, str]]
+
+    @property
+    def methods(self) -> list[str]:
+        return list(self.texts)
+
+
+def split_methods(spec: str, flag: str = "--methods") -> list[str]:
+    """Parse ``"base,pref, la"`` into a list without blanks; duplicates are an error.
+
+    >>> split_methods("base, pref,,la")
+    ['base', 'pref', 'la']
+    """
+    names = [m.strip() for m in spec.split(",") if m.strip()]
+    duplicates = sorted({m for m in names if names.count(m) > 1})
+    if duplicates:
+        raise EvalError(f"{flag} lists {', '.join(duplicates)} more than once")
+    if not names:
+        raise EvalError(f"{flag} is empty; give comma-separated names")
+    return names
+
+
+def _listing(directory: Path, suffix: str = "") -> str:
+    names = sorted(
+        p.name for p in directory.iterdir() if (p.is_dir() if not suffix else p.suffix == suffix)
+    )
+    return ", ".join(names) if names else "nothing"
+
+
+def run_dir(output_dir: Path, key: RunKey) -> Path:
+    """The directory of a run, or an error naming what exists at the first missing level."""
+    if not output_dir.is_dir():
+        raise EvalError(f"output dir {output_dir} does not exist (pass --output_dir)")
+    current = output_dir
+    for flag, part in zip(("--pref_name", "--model_name", "--eval_data"), key.parts(), strict=True):
+        nxt = current / part
+        if not nxt.is_dir():
+            raise EvalError(f"no {nxt} for {flag} {part!r}; {current} holds: {_listing(current)}")
+        current = nxt
+    return current
+
+
+def _read_method_file(path: Path) -> list[dict]:
+    try:
+        records = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError) as exc:
+        raise EvalError(f"cannot read {path}: {exc}") from None
+    except json.JSONDecodeError as exc:
+        raise EvalError(f"{path} is not valid JSON (line {exc.lineno}: {exc.msg})") from None
+    if not isinstance(records, list) or not records:
+        raise EvalError(f"{path} must be a non-empty JSON list of response records")
+    for number, record in enumerate(records):
+        if not isinstance(record, dict):
+            raise EvalError(f"{path}: record {number} is not a JSON object")
+        for name, kind in _FIELDS.items():
+            value = record.get(name)
+            if not isinstance(value, kind) or (kind is int and isinstance(value, bool)):
+                raise EvalError(
+                    f"{path}: record {number} needs {name!r} as {kind.__name__}, got {value!r:.60}"
+                )
+    return records
+
+
+def _check_same_items(reference: dict[int, dict], records: dict[int, dict], ref: str, other: str):
+    missing = sorted(set(reference) - set(records))
+    extra = sorted(set(records) - set(reference))
+    if missing or extra:
+        detail = []
+        if missing:
+            detail.append(f"{len(missing)} missing from {other} (e.g. index {missing[0]})")
+        if extra:
+            detail.append(f"{len(extra)} only in {other} (e.g. index {extra[0]})")
+        raise EvalError(
+            f"methods cover different questions: {ref} has {len(reference)}, {other} has "
+            f"{len(records)}; {'; '.join(detail)}. Regenerate the incomplete method"
+        )
+    for index, record in reference.items():
+        for name in ("question", "preference"):
+            if records[index][name] != record[name]:
+                raise EvalError(
+                    f"index {index}: {name} differs between {ref} and {other}; "
+                    "the files come from different runs"
+                )
+
+
+def load_run(output_dir: Path, key: RunKey, methods: list[str]) -> RunResponses:
+    """Load and cross-check every method's responses of one run."""
+    directory = run_dir(output_dir, key)
+    missing = [m for m in methods if not (directory / f"{m}.json").is_file()]
+    if missing:
+        raise EvalError(
+            f"missing {', '.join(f'{m}.json' for m in missing)} in {directory}; "
+            f"found: {_listing(directory, '.json')} (pass --methods to choose)"
+        )
+    by_method: dict[str, dict[int, dict]] = {}
+    for method in methods:
+        path = directory / f"{method}.json"
+        records: dict[int, dict] = {}
+        for record in _read_method_file(path):
+            if record["index"] in records:
+                raise EvalError(f"{path}: index {record['index']} appears twice")
+            records[record["index"]] = record
+        by_method[method] = records
+    reference_method = methods[0]
+    reference = by_method[reference_method]
+    for method in methods[1:]:
+        _check_same_items(reference, by_method[method], reference_method, method)
+    items = tuple(
+        Item(i, reference[i]["question"], reference[i]["preference"]) for i in sorted(reference)
+    )
+    texts = {m: {i: r["response"] for i, r in recs.items()} for m, recs in by_method.items()}
+    return RunResponses(key, items, texts)
+
+
+def discover_runs(
+    output_dir: Path,
+    methods: list[str],
+    prefs: list[str] | None = None,
+    models: list[str] | None = None,
+    datasets: list[str] | None = None,
+) -> tuple[list[RunKey], list[str]]:
+    """Find ``pref/model/dataset`` directories holding every method file.
+
+    Returns ``(complete runs, notes on directories skipped for missing methods)``;
+    ``None`` filters mean "all".
+    """
+    if not output_dir.is_dir():
+        raise EvalError(f"output dir {output_dir} does not exist (pass --output_dir)")
+    runs, skipped = [], []
+    for dataset_dir in sorted(output_dir.glob("*/*/*")):
+        if not dataset_dir.is_dir():
+            continue
+        pref, model, dataset = dataset_dir.relative_to(output_dir).parts
+        if (
+            (prefs and pref not in prefs)
+            or (models and model not in models)
+            or (datasets and dataset not in datasets)
+        ):
+            continue
+        missing = [m for m in methods if not (dataset_dir / f"{m}.json").is_file()]
+        if missing:
+            skipped.append(f"{dataset_dir} (no {', '.join(missing)})")
+        else:
+            runs.append(RunKey(pref, model, dataset))
+    return runs, skipped

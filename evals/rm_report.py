@@ -1,0 +1,60 @@
+"""Pure aggregation of reward-model scores: per-method means and the paper's best-method share."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping, Sequence
+
+
+def method_means(
+    values: Mapping[str, Mapping[int, float]], excluded: set[int] = frozenset()
+) -> list[dict]:
+    """Per method: ``mean = sum_i v[m][i] / n`` and the sample std over questions i not in
+    ``excluded`` (questions skipped for any method leave every method's average, so all
+    methods are averaged over the same questions).
+
+    >>> method_means({"a": {0: 1.0, 1: 3.0, 2: 100.0}}, excluded={2})
+    [{'method': 'a', 'mean': 2.0, 'std': 1.4142135623730951, 'n': 2}]
+    """
+    rows = []
+    for method, by_index in values.items():
+        kept = [v for i, v in sorted(by_index.items()) if i not in excluded]
+        n = len(kept)
+        mean = sum(kept) / n if n else float("nan")
+        var = sum((v - mean) ** 2 for v in kept) / (n - 1) if n > 1 else float("nan")
+        rows.append({"method": method, "mean": mean, "std": math.sqrt(var), "n": n})
+    return rows
+
+
+def best_methods(means: Mapping[str, float], rel_tol: float = 1e-12) -> list[str]:
+    """Methods whose mean equals the highest mean (NaN means never win).
+
+    >>> best_methods({"a": 0.5, "b": 0.7, "c": 0.7})
+    ['b', 'c']
+    """
+    finite = {m: v for m, v in means.items() if not math.isnan(v)}
+    if not finite:
+        return []
+    top = max(finite.values())
+    return [m for m, v in finite.items() if math.isclose(v, top, rel_tol=rel_tol, abs_tol=0.0)]
+
+
+def best_share(settings: Sequence[Mapping[str, float]], methods: Sequence[str]) -> list[dict]:
+    """Share of settings in which each method has the highest mean score.
+
+    ``share[m] = (1 / S) * sum_s [m in best(s)] / |best(s)|``: a setting where k methods
+    tie for the top gives each of them 1/k, so shares sum to 1.
+
+    >>> best_share([{"a": 1.0, "b": 2.0}, {"a": 3.0, "b": 3.0}], ["a", "b"])
+    [{'method': 'a', 'best': 0.5, 'share': 0.25}, {'method': 'b', 'best': 1.5, 'share': 0.75}]
+    """
+    credit = dict.fromkeys(methods, 0.0)
+    for means in settings:
+        winners = best_methods(means)
+        for m in winners:
+            credit[m] += 1.0 / len(winners)
+    total = len(settings)
+    return [
+        {"method": m, "best": credit[m], "share": credit[m] / total if total else float("nan")}
+        for m in methods
+    ]

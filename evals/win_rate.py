@@ -1,0 +1,336 @@
+"""The GPT win-rate evaluation as a library function: comparisons, cache, judge, tables, files.
+
+``evaluate(config)`` is the Python API behind ``evals/gpt_evals.py``. Per run
+``{pref}/{model}/{dataset}`` it writes to ``{results_dir}/gpt_win_rate/{pref}/{model}/{dataset}/``:
+
+- ``gpt_win_rate_mtx.csv`` / ``.md``: target vs each baseline (win/tie/lose counts, rates
+  over valid judgments, invalid count, bootstrap CI of the win rate);
+- ``gpt_win_rate.png``: stacked win/tie/lose bars (the paper's figure);
+- ``gpt_judgments.csv``: every comparison, the order shown, the raw answer and the outcome;
+- with ``all_pairs``: ``gpt_pairwise.csv`` and ``gpt_bradley_terry.csv`` / ``.md``;
+- ``gpt_eval_config.json``: configuration, versions, counts, timings (no credentials).
+"""
+
+from __future__ import annotations
+
+import json
+import platform
+import subprocess
+import sys
+import time
+from dataclasses import asdict, dataclass, field
+from itertools import combinations
+from pathlib import Path
+
+import numpy as np
+
+from evals import metrics
+from evals.errors import EvalError
+from evals.jsonl_store import JsonlAppender, repair_and_read, write_text_atomic
+from evals.judge import (
+    INVALID,
+    JudgePreset,
+    build_messages,
+    cache_key,
+    presentation_order,
+    winner,
+)
+from evals.judge_client import JudgeJob, RetryPolicy, run_jobs
+from evals.responses import RunKey, RunResponses, load_run
+from evals.tables import to_csv, to_markdown
+from openai_key_info import redact
+
+TARGET_COLUMNS = [
+    "target", "baseline", "win", "tie", "lose", "invalid", "n",
+    "win_rate", "tie_rate", "lose_rate", "win_rate_ci_low", "win_rate_ci_high",
+]
+PAIR_COLUMNS = ["method_a", "method_b", "a_wins", "ties", "b_wins", "invalid", "a_score"]
+BT_COLUMNS = ["rank", "method", "bt_theta", "ci_low", "ci_high", "p_top"]
+
+
+@dataclass(frozen=True)
+class GptEvalConfig:
+    """Validated options of one evaluation (see ``evals/gpt_evals.py --help``)."""
+
+    run: RunKey
+    output_dir: Path = Path("responses")
+    results_dir: Path = Path("results")
+    cache_path: Path = Path("results/judge_cache.jsonl")
+    methods: tuple[str, ...] = ("base", "pref", "beam", "la", "amulet")
+    target: str = "amulet"
+    all_pairs: bool = False
+    preset: JudgePreset = field(default_factory=JudgePreset)
+    base_url: str | None = None
+    timeout: float = 60.0
+    retry: RetryPolicy = field(default_factory=RetryPolicy)
+    retry_invalid: bool = False
+    max_concurrency: int = 8
+    bootstrap: int = 1000
+    bt_alpha: float = 0.01
+    seed: int = 42
+    max_questions: int | None = None
+    dry_run: bool = False
+    plot: bool = True
+    progress: bool = True
+
+    def __post_init__(self) -> None:
+        if len(self.methods) < 2:
+            raise EvalError(f"need at least two methods to compare, got {list(self.methods)}")
+        if self.target not in self.methods:
+            raise EvalError(
+                f"--target {self.target!r} is not among --methods {','.join(self.methods)}"
+            )
+        checks = [
+            (self.max_concurrency >= 1, f"--max_concurrency must be >= 1: {self.max_concurrency}"),
+            (self.retry.max_retries >= 0, "--max_retries must be >= 0"),
+            (self.retry.max_invalid_retries >= 0, "--max_invalid_retries must be >= 0"),
+            (self.retry.base_delay >= 0, "--retry_base_delay must be >= 0"),
+            (self.bootstrap >= 0, f"--bootstrap must be >= 0, got {self.bootstrap}"),
+            (self.bt_alpha > 0, f"--bt_alpha must be > 0, got {self.bt_alpha}"),
+            (self.preset.max_tokens >= 1, "--judge_max_tokens must be >= 1"),
+            (self.max_questions is None or self.max_questions >= 1, "--max_questions must be >= 1"),
+        ]
+        for ok, message in checks:
+            if not ok:
+                raise EvalError(message)
+
+    @property
+    def out_dir(self) -> Path:
+        return self.results_dir / "gpt_win_rate" / Path(*self.run.parts())
+
+
+@dataclass(frozen=True)
+class Comparison:
+    """One (question, method pair); ``first`` is shown as Text 1."""
+
+    index: int
+    method_a: str
+    method_b: str
+    first: str
+    second: str
+    key: str
+    messages: list[dict]
+
+
+def method_pairs(methods: tuple[str, ...], target: str, all_pairs: bool) -> list[tuple[str, str]]:
+    """Target against each other method, or every unordered pair in ``methods`` order.
+
+    >>> method_pairs(("base", "la", "amulet"), "amulet", False)
+    [('amulet', 'base'), ('amulet', 'la')]
+    >>> method_pairs(("base", "la", "amulet"), "amulet", True)
+    [('base', 'la'), ('base', 'amulet'), ('la', 'amulet')]
+    """
+    if all_pairs:
+        return list(combinations(methods, 2))
+    return [(target, m) for m in methods if m != target]
+
+
+def build_comparisons(
+    responses: RunResponses, pairs: list[tuple[str, str]], seed: int, preset: JudgePreset
+) -> list[Comparison]:
+    """Every comparison of the run, with its seeded presentation order and cache key."""
+    comparisons = []
+    for method_a, method_b in pairs:
+        for item in responses.items:
+            first, second = presentation_order(seed, item.index, method_a, method_b)
+            messages = build_messages(
+                item.question,
+                item.preference,
+                responses.texts[first][item.index],
+                responses.texts[second][item.index],
+            )
+            key = cache_key(preset, messages)
+            comparisons.append(
+                Comparison(item.index, method_a, method_b, first, second, key, messages)
+            )
+    return comparisons
+
+
+def load_cache(path: Path) -> dict[str, dict]:
+    """``{key: record}`` from the JSONL cache; a later line for a key wins."""
+    return {r["key"]: r for r in repair_and_read(path) if "key" in r and "verdict" in r}
+
+
+def to_judgments(comparisons: list[Comparison], cache: dict[str, dict]) -> list[metrics.Judgment]:
+    """Map each cached presentation-order verdict back to method names."""
+    return [
+        metrics.Judgment(
+            c.index, c.method_a, c.method_b, winner(cache[c.key]["verdict"], c.first, c.second)
+        )
+        for c in comparisons
+    ]
+
+
+def target_rows(
+    judgments: list[metrics.Judgment],
+    methods: list[str],
+    target: str,
+    tensor: np.ndarray,
+    weights: np.ndarray | None,
+) -> list[dict]:
+    """Rows of the target-vs-baseline table (CI columns NaN without bootstrap)."""
+    rows = []
+    t = methods.index(target)
+    for baseline in methods:
+        if baseline == target:
+            continue
+        counts = metrics.win_tie_lose(judgments, target, baseline)
+        low = high = float("nan")
+        if weights is not None and counts.valid:
+            samples = metrics.bootstrap_win_rate(tensor, t, methods.index(baseline), weights)
+            low, high = (float(x) for x in metrics.percentile_interval(samples))
+        rows.append({
+            "target": target, "baseline": baseline, "win": counts.win, "tie": counts.tie,
+            "lose": counts.lose, "invalid": counts.invalid, "n": counts.valid + counts.invalid,
+            "win_rate": counts.rate(counts.win), "tie_rate": counts.rate(counts.tie),
+            "lose_rate": counts.rate(counts.lose), "win_rate_ci_low": low, "win_rate_ci_high": high,
+        })
+    return rows
+
+
+def pair_rows(judgments: list[metrics.Judgment], pairs: list[tuple[str, str]]) -> list[dict]:
+    """Counts for every judged pair; ``a_score = (a_wins + ties / 2) / valid``."""
+    rows = []
+    for a, b in pairs:
+        c = metrics.win_tie_lose(judgments, a, b)
+        rows.append({
+            "method_a": a, "method_b": b, "a_wins": c.win, "ties": c.tie, "b_wins": c.lose,
+            "invalid": c.invalid, "a_score": c.rate(c.win + 0.5 * c.tie),
+        })
+    return rows
+
+
+def ranking_rows(
+    tensor: np.ndarray, methods: list[str], weights: np.ndarray | None, alpha: float
+) -> list[dict]:
+    """Bradley-Terry ranking (ties = half a win each way) with bootstrap CIs and P(top)."""
+    theta = metrics.bradley_terry(tensor.sum(axis=0), alpha)
+    low = high = np.full(len(methods), np.nan)
+    p_top = np.full(len(methods), np.nan)
+    if weights is not None:
+        samples = metrics.bootstrap_bradley_terry(tensor, weights, alpha)  # (B, M)
+        low, high = metrics.percentile_interval(samples)
+        p_top = np.bincount(samples.argmax(axis=1), minlength=len(methods)) / len(samples)
+    order = np.argsort(-theta, kind="stable")
+    return [
+        {
+            "rank": rank, "method": methods[k], "bt_theta": float(theta[k]),
+            "ci_low": float(low[k]), "ci_high": float(high[k]), "p_top": float(p_top[k]),
+        }
+        for rank, k in enumerate(order, start=1)
+    ]
+
+
+def judgment_rows(comparisons: list[Comparison], cache: dict[str, dict]) -> list[dict]:
+    """One audit row per comparison."""
+    return [
+        {
+            "index": c.index, "method_a": c.method_a, "method_b": c.method_b,
+            "text_1": c.first, "text_2": c.second, "raw_answer": cache[c.key]["raw"],
+            "outcome": winner(cache[c.key]["verdict"], c.first, c.second),
+        }
+        for c in comparisons
+    ]
+
+
+def _git_hash() -> str | None:
+    try:
+        out = subprocess.run(
+            ["git", "rev-parse", "HEAD"], capture_output=True, text=True, timeout=5,
+            cwd=Path(__file__).resolve().parent,
+        )
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return out.stdout.strip() or None
+
+
+def _sidecar(config: GptEvalConfig, counts: dict, seconds: float) -> str:
+    import openai
+
+    data = asdict(config)
+    data["base_url"] = redact(config.base_url) if config.base_url else None
+    data = json.loads(json.dumps(data, default=str))
+    data.update({
+        "counts": counts, "seconds": round(seconds, 3), "git": _git_hash(),
+        "python": platform.python_version(), "openai": openai.__version__,
+        "numpy": np.__version__, "argv": [redact(a) for a in sys.argv],
+    })
+    return json.dumps(data, indent=2) + "\n"
+
+
+def _ask(config: GptEvalConfig, jobs: list[JudgeJob]) -> dict[str, dict]:
+    from openai_key_info import MissingKeyError, build_client
+
+    try:
+        client, creds = build_client(config.base_url, config.timeout)
+    except MissingKeyError as exc:
+        raise EvalError(f"{exc} ({len(jobs)} judgments are not cached yet)") from None
+    if config.progress:
+        print(f"asking {config.preset.model} via {creds.describe()}", file=sys.stderr)
+    with JsonlAppender(config.cache_path) as appender:
+        return run_jobs(
+            jobs, client, config.preset, config.retry, appender,
+            config.max_concurrency, config.progress,
+        )
+
+
+def evaluate(config: GptEvalConfig) -> dict:
+    """Run (or resume) the evaluation; return ``{"target": rows, "ranking": rows | None, ...}``."""
+    start = time.monotonic()
+    responses = load_run(config.output_dir, config.run, list(config.methods))
+    if config.max_questions is not None:
+        kept = responses.items[: config.max_questions]
+        responses = RunResponses(responses.key, kept, responses.texts)
+    pairs = method_pairs(config.methods, config.target, config.all_pairs)
+    comparisons = build_comparisons(responses, pairs, config.seed, config.preset)
+    cache = load_cache(config.cache_path)
+    todo: dict[str, JudgeJob] = {}
+    for c in comparisons:
+        cached = cache.get(c.key)
+        if cached is None or (config.retry_invalid and cached["verdict"] == INVALID):
+            meta = {"run": list(config.run.parts()), "index": c.index, "text_1": c.first,
+                    "text_2": c.second}
+            todo.setdefault(c.key, JudgeJob(c.key, c.messages, meta))
+    counts = {"comparisons": len(comparisons), "to_ask": len(todo)}
+    if config.dry_run:
+        return {"counts": counts, "target": None, "ranking": None}
+    if todo:
+        cache.update(_ask(config, list(todo.values())))
+    judgments = to_judgments(comparisons, cache)
+    methods = list(config.methods)
+    indices = [item.index for item in responses.items]
+    tensor = metrics.outcome_tensor(judgments, methods, indices)
+    weights = (
+        metrics.bootstrap_weights(len(indices), config.bootstrap, config.seed)
+        if config.bootstrap else None
+    )
+    target = target_rows(judgments, methods, config.target, tensor, weights)
+    ranking = ranking_rows(tensor, methods, weights, config.bt_alpha) if config.all_pairs else None
+    counts["invalid"] = sum(j.outcome == INVALID for j in judgments)
+    _write_outputs(config, comparisons, cache, judgments, pairs, target, ranking)
+    write_text_atomic(
+        config.out_dir / "gpt_eval_config.json", _sidecar(config, counts, time.monotonic() - start)
+    )
+    return {"counts": counts, "target": target, "ranking": ranking}
+
+
+def _write_outputs(config, comparisons, cache, judgments, pairs, target, ranking) -> None:
+    out = config.out_dir
+    write_text_atomic(out / "gpt_win_rate_mtx.csv", to_csv(target, TARGET_COLUMNS))
+    write_text_atomic(out / "gpt_win_rate_mtx.md", to_markdown(target, TARGET_COLUMNS) + "\n")
+    write_text_atomic(
+        out / "gpt_judgments.csv",
+        to_csv(judgment_rows(comparisons, cache),
+               ["index", "method_a", "method_b", "text_1", "text_2", "raw_answer", "outcome"]),
+    )
+    if ranking is not None:
+        pairwise = to_csv(pair_rows(judgments, pairs), PAIR_COLUMNS)
+        write_text_atomic(out / "gpt_pairwise.csv", pairwise)
+        write_text_atomic(out / "gpt_bradley_terry.csv", to_csv(ranking, BT_COLUMNS))
+        write_text_atomic(out / "gpt_bradley_terry.md", to_markdown(ranking, BT_COLUMNS) + "\n")
+    if config.plot:
+        from evals.plots import plot_win_tie_lose
+
+        bars = [{**r, "label": f"{r['target']} vs {r['baseline']}"} for r in target]
+        title = f"GPT judge ({config.preset.model}): {' / '.join(config.run.parts())}"
+        plot_win_tie_lose(bars, title, out / "gpt_win_rate.png")
