@@ -137,8 +137,15 @@ class RunConfig:
         return notes
 
 
+class _Parser(argparse.ArgumentParser):
+    """An argparse parser whose errors are one line (a UserError), not a usage block."""
+
+    def error(self, message: str):
+        raise UserError(f"{message} (see python main.py --help)")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog="main.py",
         description="Personalised decoding: base, pref, beam, la and amulet (Amulet, ICLR 2025).",
     )
@@ -205,9 +212,10 @@ def config_from_args(argv: list[str] | None = None) -> RunConfig:
 
 
 def _expand(value: str, choices: tuple[str, ...]) -> list[str]:
-    if value.strip() == "all":
-        return list(choices)
-    items = [v.strip() for v in value.split(",") if v.strip()]
+    """A comma list, with `all` standing for every choice; duplicates dropped, order kept."""
+    items = []
+    for item in (v.strip() for v in value.split(",")):
+        items.extend(choices if item == "all" else [item] if item else [])
     return list(dict.fromkeys(items)) or [""]
 
 

@@ -1,0 +1,344 @@
+"""The two-prompt decode engine (DecodingMethodsModels/engine.py) on tiny random Llama, Qwen2
+and Mistral models, against independent references: transformers' own greedy `generate`, its
+classifier-free guidance, and a cache-free loop that re-encodes every sequence at every step.
+The last tests repeat the key equalities on the real embedded SmolLM2-135M-Instruct."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from DecodingMethodsModels.combine import amulet_ratio, amulet_rule, la_rule
+from DecodingMethodsModels.engine import NonFiniteScoresError, decode_two_prompts
+from DecodingMethodsModels.prompts import encode_prompt, preference_sentence
+
+FAMILIES = ("llama", "qwen2", "mistral")
+QUESTIONS = (
+    "Why is the sky blue?",
+    "Write a haiku about a long and winding road through the quiet hills after the rain.",
+    "Hi",
+)
+EOS, PAD = 2, 2
+STEPS = 12
+# Weights of the tiny random models are scaled up so that their next-token distributions
+# depend on the prompt and their top two scores are apart by far more than fp32 noise
+# (checked: > 3e-3 at every step here, against differences of ~1e-5 between code paths).
+SHARPEN = 10.0
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    """Tiny tensors gain nothing from threads, and lose a lot on a busy machine."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+@pytest.fixture(scope="module")
+def tokenizer(smol_tokenizer_dir):
+    from transformers import AutoTokenizer
+
+    return AutoTokenizer.from_pretrained(smol_tokenizer_dir)
+
+
+@pytest.fixture(scope="module")
+def models(tiny_model_dirs) -> dict:
+    from transformers import AutoModelForCausalLM
+
+    loaded = {}
+    for family in FAMILIES:
+        model = AutoModelForCausalLM.from_pretrained(tiny_model_dirs[family], dtype=torch.float32)
+        with torch.no_grad():
+            for weight in model.parameters():
+                if weight.dim() == 2:
+                    weight.mul_(SHARPEN)
+        loaded[family] = model.eval()
+    return loaded
+
+
+@pytest.fixture(scope="module")
+def prompts(tokenizer) -> tuple[list[list[int]], list[list[int]]]:
+    """Preference and base prompt ids of three questions of clearly different lengths."""
+    sentence = preference_sentence("creative")
+    pref = [encode_prompt(tokenizer, q, sentence, True) for q in QUESTIONS]
+    base = [encode_prompt(tokenizer, q, "", True) for q in QUESTIONS]
+    assert len({len(p) for p in pref}) == len(QUESTIONS)
+    return pref, base
+
+
+def amulet(solver: str = "closed_form", T: int = 60, alpha: float = 2.0, lam: float = 2.0,
+           eta: float = 10.0):
+    return amulet_rule(T, alpha, lam, eta, solver)
+
+
+def decode(model, pref, base, rule, steps=STEPS, eos_ids=(EOS,), drop_finished=True):
+    return decode_two_prompts(
+        model, pref, base, rule, steps, list(eos_ids), PAD, drop_finished=drop_finished
+    ).token_ids
+
+
+@torch.inference_mode()
+def hf_greedy(model, prompt: list[int], steps: int = STEPS, **kwargs) -> list[int]:
+    """transformers' greedy decoding on one unpadded prompt: the new tokens, EOS included."""
+    ids = torch.tensor([prompt])
+    out = model.generate(
+        input_ids=ids, attention_mask=torch.ones_like(ids), do_sample=False,
+        max_new_tokens=steps, eos_token_id=[EOS], pad_token_id=PAD, **kwargs,
+    )
+    return out[0, ids.shape[1]:].tolist()
+
+
+@torch.inference_mode()
+def last_logprobs(model, ids: list[int]) -> torch.Tensor:
+    """fp32 log-probs of the next token after `ids`, one unpadded row, no cache: (1, V)."""
+    out = model(input_ids=torch.tensor([ids]), use_cache=False)
+    return torch.log_softmax(out.logits[:, -1, :].float(), dim=-1)
+
+
+def reference_decode(model, pref, base, rule, steps=STEPS, eos_ids=(EOS,)) -> list[list[int]]:
+    """The definition of two-prompt decoding, with nothing clever: per question and step, both
+    full sequences are re-encoded from scratch, alone (no padding, no cache, no batch)."""
+    outputs = []
+    for pref_ids, base_ids in zip(pref, base, strict=True):
+        generated: list[int] = []
+        for _ in range(steps):
+            scores = rule(last_logprobs(model, pref_ids + generated),
+                          last_logprobs(model, base_ids + generated))  # (1, V)
+            generated.append(int(scores.argmax(-1)))
+            if generated[-1] in eos_ids:
+                break
+        outputs.append(generated)
+    return outputs
+
+
+def cut_at_first(ids: list[int], stops: set[int]) -> list[int]:
+    for position, token in enumerate(ids):
+        if token in stops:
+            return ids[: position + 1]
+    return ids
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+@pytest.mark.parametrize(("alpha", "lam", "eta"), [(2.0, 2.0, 10.0), (3.0, 2.0, 10.0)])
+def test_amulet_iterative_equals_la_with_ratio_k(models, prompts, family, alpha, lam, eta):
+    k = amulet_ratio(60, alpha, lam, eta)
+    amulet_tokens = decode(models[family], *prompts, amulet("iterative", 60, alpha, lam, eta))
+    la_tokens = decode(models[family], *prompts, la_rule(k))
+    assert amulet_tokens == la_tokens
+    # and the ratio matters: LA with its own default ratio decodes something else
+    assert decode(models[family], *prompts, la_rule(2.0)) != amulet_tokens
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_closed_form_and_iterative_solvers_give_the_same_tokens(models, prompts, family):
+    closed = decode(models[family], *prompts, amulet("closed_form"))
+    iterated = decode(models[family], *prompts, amulet("iterative"))
+    assert closed == iterated
+    assert all(len(row) == STEPS for row in closed)
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+@pytest.mark.parametrize("solver", ["closed_form", "iterative"])
+def test_amulet_with_base_prompt_equal_to_pref_prompt_is_pref_greedy(models, prompts, family,
+                                                                     solver):
+    pref, _ = prompts
+    got = decode(models[family], pref, pref, amulet(solver))
+    assert got == [hf_greedy(models[family], p) for p in pref]
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+@pytest.mark.parametrize("solver", ["closed_form", "iterative"])
+def test_amulet_with_zero_iterations_is_pref_greedy(models, prompts, family, solver):
+    pref, base = prompts
+    got = decode(models[family], pref, base, amulet(solver, T=0))
+    expected = [hf_greedy(models[family], p) for p in pref]
+    assert got == expected
+    assert decode(models[family], pref, base, amulet(solver)) != expected  # T matters
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+@pytest.mark.parametrize("method", ["la", "amulet"])
+def test_cached_batched_engine_equals_cache_free_reference(models, prompts, family, method):
+    rule = la_rule(2.0) if method == "la" else amulet("iterative")
+    got = decode(models[family], *prompts, rule)
+    assert got == reference_decode(models[family], *prompts, rule)
+
+
+def stop_tokens(rows: list[list[int]]) -> list[tuple[int, int]]:
+    """(token, step) for questions 0 and 1: a token question 0 produces from step 3 on and one
+    question 1 produces from step 5 on, each the first of its kind in its row, seen by no other
+    row before that row stops and never by question 2. Made EOS ids, they stop questions 0 and
+    1 at two different steps while question 2 runs to the end."""
+    for p0 in range(2, STEPS - 1):
+        t0 = rows[0][p0]
+        if t0 in rows[0][:p0] or t0 in rows[2]:
+            continue
+        for p1 in range(4, STEPS - 1):
+            t1 = rows[1][p1]
+            if (p1 != p0 and t1 not in rows[1][:p1] and t1 not in rows[2]
+                    and t1 not in rows[0][: p0 + 1] and t0 not in rows[1][: p1 + 1]):
+                return [(t0, p0), (t1, p1)]
+    pytest.fail(f"no usable stop tokens in {rows}: choose other prompts or seeds")
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+@pytest.mark.parametrize("drop_finished", [True, False])
+def test_stops_on_any_of_several_eos_ids(models, prompts, family, drop_finished):
+    model = models[family]
+    unstopped = decode(model, *prompts, amulet())
+    (t0, p0), (t1, p1) = stop_tokens(unstopped)
+    eos_ids = [EOS, t0, t1, 7]
+    got = decode(model, *prompts, amulet(), eos_ids=eos_ids, drop_finished=drop_finished)
+    assert got == [cut_at_first(row, set(eos_ids)) for row in unstopped]
+    assert got[0] == unstopped[0][: p0 + 1] and got[0][-1] == t0
+    assert got[1] == unstopped[1][: p1 + 1] and got[1][-1] == t1
+    assert got[2] == unstopped[2] and len(got[2]) == STEPS
+
+
+@pytest.mark.parametrize("drop_finished", [True, False])
+def test_eos_as_first_token_ends_that_question_alone(models, prompts, drop_finished):
+    model = models["qwen2"]
+    unstopped = decode(model, *prompts, amulet())
+    first = unstopped[0][0]
+    assert all(first not in row for row in unstopped[1:])
+    got = decode(model, *prompts, amulet(), eos_ids=(EOS, first), drop_finished=drop_finished)
+    assert got == [[first], *unstopped[1:]]
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+@pytest.mark.parametrize("drop_finished", [True, False])
+def test_mixed_length_batch_equals_each_prompt_alone(models, prompts, family, drop_finished):
+    model = models[family]
+    pref, base = prompts
+    eos_ids = [EOS] + [t for t, _ in stop_tokens(decode(model, pref, base, amulet()))]
+    alone = [decode(model, [p], [b], amulet(), eos_ids=eos_ids)[0]
+             for p, b in zip(pref, base, strict=True)]
+    batched = decode(model, pref, base, amulet(), eos_ids=eos_ids, drop_finished=drop_finished)
+    assert batched == alone
+    assert len({len(row) for row in batched}) == 3  # three questions end at three steps
+    reversed_batch = decode(model, pref[::-1], base[::-1], amulet(), eos_ids=eos_ids,
+                            drop_finished=drop_finished)
+    assert reversed_batch == alone[::-1]
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+@pytest.mark.parametrize("ratio", [2.0, 0.5])
+def test_la_equals_transformers_classifier_free_guidance(models, prompts, family, ratio):
+    model = models[family]
+    pref, base = prompts
+    for pref_ids, base_ids in zip(pref, base, strict=True):
+        got = decode(model, [pref_ids], [base_ids], la_rule(ratio))[0]
+        expected = hf_greedy(model, pref_ids, guidance_scale=1.0 + ratio,
+                             negative_prompt_ids=torch.tensor([base_ids]))
+        assert got == expected
+
+
+def test_la_equals_transformers_classifier_free_guidance_up_to_the_eos(models, prompts):
+    """With an EOS reached mid-way both keep it as their last token, and nothing after it."""
+    model = models["qwen2"]
+    pref, base = prompts
+    unstopped = decode(model, [pref[0]], [base[0]], la_rule(2.0))[0]
+    stop = unstopped[3]
+    got = decode(model, [pref[0]], [base[0]], la_rule(2.0), eos_ids=(stop,))[0]
+    ids = torch.tensor([pref[0]])
+    with torch.inference_mode():
+        out = model.generate(
+            input_ids=ids, attention_mask=torch.ones_like(ids), do_sample=False,
+            max_new_tokens=STEPS, eos_token_id=[stop], pad_token_id=PAD, guidance_scale=3.0,
+            negative_prompt_ids=torch.tensor([base[0]]),
+        )
+    assert got == out[0, ids.shape[1]:].tolist() == cut_at_first(unstopped, {stop})
+    assert got[-1] == stop and len(got) <= 4
+
+
+def nan_in_row(row: int):
+    def rule(pref_logprobs, base_logprobs):
+        scores = la_rule(2.0)(pref_logprobs, base_logprobs).clone()
+        if scores.shape[0] > row:
+            scores[row, 11] = float("nan")
+        return scores
+    return rule
+
+
+def test_nan_scores_raise_non_finite_scores_error(models, prompts):
+    with pytest.raises(NonFiniteScoresError, match=r"rows \[1\]"):
+        decode(models["llama"], *prompts, nan_in_row(1))
+
+
+def test_nan_logits_from_the_model_raise_non_finite_scores_error(models, prompts):
+    model = models["mistral"]
+
+    def poison(module, inputs, output):
+        return torch.full_like(output, float("nan"))
+
+    handle = model.get_output_embeddings().register_forward_hook(poison)
+    try:
+        for rule in (la_rule(2.0), amulet("closed_form"), amulet("iterative")):
+            with pytest.raises(NonFiniteScoresError, match="NaN"):
+                decode(model, *prompts, rule)
+    finally:
+        handle.remove()
+    assert decode(model, *prompts, la_rule(2.0))  # the hook is gone: decodes again
+
+
+def test_unequal_numbers_of_prompts_raise_value_error(models, prompts):
+    pref, base = prompts
+    with pytest.raises(ValueError, match="same positive number"):
+        decode(models["llama"], pref, base[:2], la_rule(2.0))
+    with pytest.raises(ValueError, match="same positive number"):
+        decode(models["llama"], [], [], la_rule(2.0))
+
+
+# ----- the real embedded model ---------------------------------------------------------------
+
+EMBEDDED_STEPS = 24
+
+
+@pytest.fixture(scope="module")
+def embedded_prompts(embedded_model):
+    _, tokenizer = embedded_model
+    question = "How can I stay focused while working from home?"
+    pref = encode_prompt(tokenizer, question, preference_sentence("creative"), True)
+    base = encode_prompt(tokenizer, question, "", True)
+    return pref, base
+
+
+@pytest.fixture(scope="module")
+def embedded_amulet_tokens(embedded_model, embedded_prompts):
+    model, tokenizer = embedded_model
+    pref, base = embedded_prompts
+    return decode_two_prompts(
+        model, [pref], [base], amulet("closed_form"), EMBEDDED_STEPS,
+        [tokenizer.eos_token_id], tokenizer.pad_token_id,
+    ).token_ids[0]
+
+
+def test_embedded_amulet_equals_transformers_cfg_with_scale_one_plus_k(
+    embedded_model, embedded_prompts, embedded_amulet_tokens
+):
+    model, tokenizer = embedded_model
+    pref, base = embedded_prompts
+    k = amulet_ratio(60, 2.0, 2.0, 10.0)
+    ids = torch.tensor([pref])
+    with torch.inference_mode():
+        out = model.generate(
+            input_ids=ids, attention_mask=torch.ones_like(ids), do_sample=False,
+            max_new_tokens=EMBEDDED_STEPS, guidance_scale=1.0 + k,
+            negative_prompt_ids=torch.tensor([base]), eos_token_id=[tokenizer.eos_token_id],
+            pad_token_id=tokenizer.pad_token_id,
+        )
+    assert embedded_amulet_tokens == out[0, ids.shape[1]:].tolist()
+    assert len(embedded_amulet_tokens) > 4 and tokenizer.decode(embedded_amulet_tokens).strip()
+
+
+def test_embedded_amulet_iterative_equals_closed_form(
+    embedded_model, embedded_prompts, embedded_amulet_tokens
+):
+    model, tokenizer = embedded_model
+    pref, base = embedded_prompts
+    iterated = decode_two_prompts(
+        model, [pref], [base], amulet("iterative"), EMBEDDED_STEPS,
+        [tokenizer.eos_token_id], tokenizer.pad_token_id,
+    ).token_ids[0]
+    assert iterated == embedded_amulet_tokens
