@@ -55,7 +55,10 @@ def dataset_path(data_dir: Path, name: str) -> Path:
 def load_dataset(data_dir: Path, name: str, limit: int | None = None) -> Dataset:
     """Load, validate and optionally cut to the first `limit` records."""
     path = dataset_path(data_dir, name)
-    raw = path.read_bytes()
+    try:
+        raw = path.read_bytes()
+    except OSError as err:
+        raise UserError(f"cannot read {path}: {err.strerror or err}") from None
     try:
         records = json.loads(raw)
     except (json.JSONDecodeError, UnicodeDecodeError) as err:

@@ -1,14 +1,18 @@
 """Where results go and how they survive interruption.
 
 Per run (preference, model, dataset, method) the directory `{output_dir}/{pref}/{model}/{dataset}`
-holds, while the run is under way, `{method}.part{rank}.jsonl`: a header line with the run's
-fingerprint, then one line per finished batch, appended, flushed and fsync'd. When every batch is
-there the records are sorted by index and written to `{method}.json` through a temporary file
-and a rename, with the sidecar `{method}.meta.json`; then the partial files are removed.
+holds, while the run is under way, one `{method}.part{rank}.jsonl` per rank: a header line with
+the run's fingerprint and configuration, then one line per finished batch, each written in one
+call, flushed and fsync'd. A kill can only tear the last line, which readers ignore and the
+owner cuts off before appending again; any other damage is reported, never skipped silently.
+When every batch is on disk the records, sorted by index, go to `{method}.json` (and the sidecar
+`{method}.meta.json`, written first) through a temporary file, fsync and a rename; then the
+partial files are removed.
 """
 
 from __future__ import annotations
 
+import fcntl
 import hashlib
 import json
 import os
@@ -29,7 +33,22 @@ def preference_slug(pref_name: str | None, pref_text: str | None) -> str:
 
 
 def run_dir(output_dir: str | Path, pref: str, model: str, dataset: str) -> Path:
+    """`{output_dir}/{pref}/{model}/{dataset}`; each part must be one plain directory name."""
+    for what, part in (("preference", pref), ("model name", model), ("dataset name", dataset)):
+        if not is_plain_name(part):
+            raise UserError(
+                f"the {what} {part!r} cannot be a directory name under --output_dir "
+                "(empty, '.', '..', a path separator or a control character)"
+            )
     return Path(output_dir) / pref / model / dataset
+
+
+def is_plain_name(name: str) -> bool:
+    return (
+        name not in ("", ".", "..")
+        and "/" not in name and "\\" not in name
+        and not any(ord(c) < 32 or ord(c) == 127 for c in name)
+    )
 
 
 def check_writable(output_dir: str | Path) -> None:
@@ -38,87 +57,177 @@ def check_writable(output_dir: str | Path) -> None:
     probe = path
     while not probe.exists():
         probe = probe.parent
-    if not probe.is_dir() or not os.access(probe, os.W_OK | os.X_OK):
-        raise UserError(f"cannot write to output directory {output_dir} ({probe} is read-only)")
+    problem = None
+    if not probe.is_dir():
+        problem = "is not a directory"
+    elif not os.access(probe, os.W_OK | os.X_OK):
+        problem = "is read-only"
+    if problem:
+        raise UserError(f"cannot write to output directory {output_dir}: {probe} {problem}")
 
 
 def write_json_atomic(path: Path, obj: object) -> None:
     """Write JSON to a temporary file beside `path`, fsync, then rename over it."""
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    with open(tmp, "w", encoding="utf-8") as handle:
-        json.dump(obj, handle, indent=2, ensure_ascii=False)
-        handle.write("\n")
-        handle.flush()
-        os.fsync(handle.fileno())
-    os.replace(tmp, path)
+    try:
+        with open(tmp, "w", encoding="utf-8") as handle:
+            json.dump(obj, handle, indent=2, ensure_ascii=False)
+            handle.write("\n")
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    fsync_dir(path.parent)
+
+
+def fsync_dir(directory: Path) -> None:
+    """Make a rename or a new file in `directory` durable (a no-op where unsupported)."""
+    try:
+        fd = os.open(directory, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
 
 
 def read_json(path: Path) -> object | None:
     try:
         return json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, json.JSONDecodeError):
+    except (OSError, ValueError):
         return None
 
 
 class PartialStore:
-    """Append-only JSONL of finished batches for one rank of one run."""
+    """The append-only JSONL of finished batches that one rank writes for one run.
 
-    def __init__(self, path: Path, fingerprint: dict):
+    `load()` reads any rank's file (no lock, no change); `open()`, which the first `append()`
+    does if need be, takes this rank's file for appending: an exclusive lock (a second job on
+    the same files is refused), the torn tail cut off, the header written if the file is new.
+    Nothing is created before the first finished batch.
+    """
+
+    def __init__(self, path: Path, fingerprint: dict, config: dict | None = None):
         self.path = path
         self.fingerprint = fingerprint
+        self.config = config
+        self._handle = None
 
-    def load(self, repair: bool = False) -> dict[int, dict]:
-        """Finished batch entries by batch number, ignoring a torn last line (a kill mid-write).
-
-        With `repair` (only for the file this process appends to) the torn tail is cut off.
-        A header from another configuration is refused.
-        """
-        if not self.path.exists():
+    def load(self) -> dict[int, dict]:
+        """Finished batch entries by batch number; a torn last line is ignored."""
+        try:
+            raw = self.path.read_bytes()
+        except FileNotFoundError:
             return {}
-        raw = self.path.read_bytes()
-        good_bytes, entries = 0, {}
-        for number, line in enumerate(raw.split(b"\n")[:-1]):
-            try:
-                entry = json.loads(line)
-            except json.JSONDecodeError:
-                break
-            if number == 0:
-                self._check_header(entry)
-            else:
-                entries[entry["batch"]] = entry
-            good_bytes += len(line) + 1
-        if repair and good_bytes == 0:
-            self.path.unlink()
-        elif repair and good_bytes < len(raw):
-            with open(self.path, "r+b") as handle:
-                handle.truncate(good_bytes)
-        return entries
+        return self._parse(raw)[0]
 
-    def _check_header(self, header: dict) -> None:
-        stored = header.get("fingerprint", {})
+    def _parse(self, raw: bytes) -> tuple[dict[int, dict], int]:
+        """(entries, length of the intact part). Lines end with the only newline they hold
+        (JSON escapes the others), so a torn write is whatever follows the last newline."""
+        *lines, _torn = raw.split(b"\n")
+        entries, good = {}, 0
+        for number, line in enumerate(lines):
+            try:
+                item = json.loads(line)
+            except ValueError:
+                item = None
+            if number == 0:
+                self._check_header(item)
+            elif _is_batch_entry(item):
+                entries[item["batch"]] = item
+            else:
+                raise UserError(
+                    f"{self.path} is damaged at line {number + 1}; delete it to redo its "
+                    "batches, or rerun with --overwrite"
+                )
+            good += len(line) + 1
+        return entries, good
+
+    def _check_header(self, header: object) -> None:
+        if not isinstance(header, dict) or not isinstance(header.get("fingerprint"), dict):
+            raise UserError(
+                f"{self.path} has no valid header; delete it, or rerun with --overwrite"
+            )
+        stored = header["fingerprint"]
         changed = sorted(k for k in set(stored) | set(self.fingerprint)
                          if stored.get(k) != self.fingerprint.get(k))
         if changed:
+            details = ", ".join(
+                f"{k}: {_short(stored.get(k))} -> {_short(self.fingerprint.get(k))}"
+                for k in changed
+            )
             raise UserError(
-                f"{self.path} holds partial results of a different configuration (differs in: "
-                f"{', '.join(changed)}); rerun with the same settings to resume, or --overwrite"
+                f"{self.path} holds partial results of another configuration ({details}); "
+                "rerun with the earlier settings to resume it, or pass --overwrite to discard it"
             )
 
-    def append(self, batch: int, records: list[dict], **stats: float) -> None:
+    def open(self) -> None:
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        new = not self.path.exists()
-        with open(self.path, "a", encoding="utf-8") as handle:
-            if new:
-                handle.write(json.dumps({"fingerprint": self.fingerprint}) + "\n")
-            entry = {"batch": batch, "records": records, **stats}
-            handle.write(json.dumps(entry, ensure_ascii=False))
-            handle.write("\n")
-            handle.flush()
-            os.fsync(handle.fileno())
+        handle = open(self.path, "a+b")
+        try:
+            try:
+                fcntl.flock(handle.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                raise UserError(
+                    f"{self.path} is being written by another process: is the same job already "
+                    "running?"
+                ) from None
+            handle.seek(0)
+            raw = handle.read()
+            good = self._parse(raw)[1] if raw else 0
+            if good < len(raw):
+                handle.truncate(good)  # the torn tail of a killed write
+            if good == 0:
+                header = {"fingerprint": self.fingerprint, "config": self.config}
+                self._write_line(handle, header)
+                fsync_dir(self.path.parent)
+        except BaseException:
+            handle.close()
+            raise
+        self._handle = handle
 
-    def remove(self) -> None:
-        self.path.unlink(missing_ok=True)
+    def append(self, batch: int, records: list[dict], **stats: float) -> None:
+        if self._handle is None:
+            self.open()
+        self._write_line(self._handle, {"batch": batch, "records": records, **stats})
+
+    @staticmethod
+    def _write_line(handle, item: dict) -> None:
+        handle.write(json.dumps(item, ensure_ascii=False).encode("utf-8") + b"\n")
+        handle.flush()
+        os.fsync(handle.fileno())
+
+    def close(self) -> None:
+        if self._handle is not None:
+            self._handle.close()  # releases the lock
+            self._handle = None
+
+    def __enter__(self) -> PartialStore:
+        self.open()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+
+def _is_batch_entry(item: object) -> bool:
+    return (
+        isinstance(item, dict)
+        and isinstance(item.get("batch"), int)
+        and isinstance(item.get("records"), list)
+        and all(isinstance(r, dict) and "index" in r for r in item["records"])
+    )
+
+
+def _short(value: object) -> str:
+    text = json.dumps(value, ensure_ascii=False)
+    return text if len(text) <= 60 else text[:57] + "..."
 
 
 def final_records(entries: Iterable[dict]) -> list[dict]:

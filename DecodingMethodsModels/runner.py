@@ -1,5 +1,10 @@
 """The Python API behind main.py: plan the grid of runs, validate everything, load the model
-once, decode batch by batch with resumable partial results, and write the final files."""
+once, decode batch by batch with resumable partial results, and write the final files.
+
+Order matters for the promises main.py makes: every input (output directory, model name,
+datasets, partial files of an earlier configuration, prompt lengths) is checked before anything
+is written, and the output directory before any weights are loaded.
+"""
 
 from __future__ import annotations
 
@@ -9,9 +14,20 @@ import subprocess
 import sys
 import time
 import warnings
-from dataclasses import dataclass
+from collections.abc import Callable
+from dataclasses import dataclass, field
 from pathlib import Path
 
+from .distributed import (
+    Process,
+    RankError,
+    join,
+    launched_process,
+    leave,
+    meet,
+    rank_device,
+    restrict_gpus,
+)
 from .errors import UserError
 from .eval_data import Dataset, Question, load_dataset
 from .outputs import (
@@ -26,6 +42,7 @@ from .outputs import (
 from .prompts import SYSTEM_PROMPT, preference_sentence
 
 FINGERPRINT_VERSION = 1
+POLL_SECONDS = 0.5  # how often rank 0 looks for the other ranks' batches
 
 
 @dataclass(frozen=True)
@@ -46,6 +63,24 @@ class PlannedRun:
 
     def part_path(self, rank: int) -> Path:
         return self.directory / f"{self.method}.part{rank}.jsonl"
+
+    def part_paths(self) -> list[Path]:
+        return sorted(self.directory.glob(f"{self.method}.part*.jsonl"))
+
+    @property
+    def label(self) -> str:
+        return f"{self.method} {self.pref_slug} {self.dataset.name}"
+
+
+@dataclass
+class Work:
+    """One run as this rank sees it: the fixed batches, those already on disk, and its own."""
+
+    run: PlannedRun
+    expected: dict
+    done: set[int]
+    batches: list[list[int]] = field(default_factory=list)
+    mine: list[int] = field(default_factory=list)
 
 
 def method_parameters(config, method: str) -> dict:
@@ -81,6 +116,7 @@ def fingerprint(config, run: PlannedRun, model_short_name: str) -> dict:
         "dtype": config.dtype,
         "method": run.method,
         "system_prompt_sha256": hashlib.sha256(SYSTEM_PROMPT.encode()).hexdigest(),
+        "reference_prompts": config.reference_prompts,
         "preference": run.preference,
         "dataset": run.dataset.name,
         "dataset_sha256": run.dataset.sha256,
@@ -96,6 +132,7 @@ def fingerprint(config, run: PlannedRun, model_short_name: str) -> dict:
 
 
 def plan_runs(config, model_short_name: str) -> list[PlannedRun]:
+    """Every (preference, dataset, method) of the grid, in that nesting; datasets validated."""
     data_dir = Path(config.data_dir)
     datasets = [load_dataset(data_dir, name, config.limit) for name in config.datasets]
     runs = []
@@ -122,6 +159,25 @@ def is_complete(run: PlannedRun, expected: dict) -> bool:
     return True
 
 
+def select_todo(config, runs: list[PlannedRun], short_name: str) -> tuple[list[Work], int]:
+    """The runs to do, with the batches already on disk; refuses partial files of another
+    configuration now, before any model is loaded. Returns (work, number already complete)."""
+    todo, complete = [], 0
+    for planned in runs:
+        expected = fingerprint(config, planned, short_name)
+        if config.overwrite:
+            todo.append(Work(planned, expected, set()))
+            continue
+        if is_complete(planned, expected):
+            complete += 1
+            continue
+        done = set()
+        for part in planned.part_paths():
+            done |= set(PartialStore(part, expected).load())
+        todo.append(Work(planned, expected, done))
+    return todo, complete
+
+
 def batches_of(questions: tuple[Question, ...], prompt_lengths: list[int], size: int):
     """Fixed batches: questions sorted by prompt length (stable), cut into `size` chunks.
 
@@ -143,7 +199,8 @@ def git_commit() -> str | None:
     return out.stdout.strip() or None
 
 
-def environment_facts() -> dict:
+def environment_facts(process: Process, device: str, model) -> dict:
+    """Versions and hardware facts for the sidecar; deliberately no environment variables."""
     import torch
     import transformers
 
@@ -154,6 +211,9 @@ def environment_facts() -> dict:
         "platform": platform.platform(),
         "torch_threads": torch.get_num_threads(),
         "git_commit": git_commit(),
+        "world_size": process.world_size,
+        "device": device,
+        "model_dtype": str(model.dtype).removeprefix("torch."),
     }
 
 
@@ -166,38 +226,161 @@ def seed_for_batch(seed: int, batch: int) -> int:
     return (seed * 1_000_003 + batch) % (2**63)
 
 
-def encode_questions(tokenizer, questions, preference, system_role, context, config):
+def encode_questions(tokenizer, dataset: Dataset, preference, system_role, context, config):
     """Prompt ids per question; over-long questions are refused, or cut from the left if asked."""
     from .prompts import encode_prompt
 
+    def encode(question: str) -> list[int]:
+        return encode_prompt(tokenizer, question, preference, system_role,
+                             reference=config.reference_prompts)
+
     encoded = []
-    for q in questions:
-        ids = encode_prompt(tokenizer, q.question, preference, system_role)
+    for q in dataset.questions:
+        ids = encode(q.question)
         excess = len(ids) + config.max_new_tokens - context if context else 0
+        where = f"{dataset.path}: question index {q.index}"
         if excess > 0:
             if not config.truncate_long_prompts:
                 raise UserError(
-                    f"question index {q.index} needs {len(ids)} prompt tokens + "
-                    f"{config.max_new_tokens} new tokens > the model's context {context}; "
-                    "pass --truncate_long_prompts to cut it from the left, or lower "
-                    "--max_new_tokens"
+                    f"{where} needs {len(ids)} prompt tokens + {config.max_new_tokens} new tokens"
+                    f", more than the model's context of {context}; pass --truncate_long_prompts "
+                    "to cut it from the left, or lower --max_new_tokens"
                 )
             question_ids = tokenizer(q.question, add_special_tokens=False)["input_ids"]
             if excess >= len(question_ids):
-                raise UserError(f"question index {q.index}: the prompt alone exceeds the context")
+                raise UserError(f"{where}: the prompt without the question already exceeds the "
+                                f"model's context of {context}; lower --max_new_tokens")
             cut = tokenizer.decode(question_ids[excess + 8:])  # margin for re-tokenisation
-            ids = encode_prompt(tokenizer, cut, preference, system_role)
+            ids = encode(cut)
             if len(ids) + config.max_new_tokens > context:
-                raise UserError(f"question index {q.index} could not be cut to fit the context")
-            warnings.warn(f"question index {q.index} cut from the left by {excess + 8} tokens",
-                          stacklevel=2)
+                raise UserError(f"{where} could not be cut to fit the model's context")
+            warnings.warn(f"{where} cut from the left by {excess + 8} tokens to fit the "
+                          f"model's context of {context}", stacklevel=2)
         encoded.append(ids)
     return encoded
 
 
+def check_model_source(source) -> None:
+    """A local directory must hold a model: say so before any loading is tried."""
+    if source.gguf_file is None and Path(source.path).is_dir():
+        if not (Path(source.path) / "config.json").is_file():
+            raise UserError(f"{source.path} is a directory without a model in it (no "
+                            "config.json): give a model directory, a .gguf file or a hub id")
+
+
+def encode_all(todo: list[Work], tokenizer, system_role: bool, context: int | None,
+               config) -> dict[tuple[str, str], list[list[int]]]:
+    """Prompt ids of every (preference or "" for base, dataset) the runs need."""
+    prompts = {}
+    for work in todo:
+        dataset = work.run.dataset
+        for preference in (work.run.preference, ""):
+            if (preference, dataset.name) not in prompts:
+                prompts[(preference, dataset.name)] = encode_questions(
+                    tokenizer, dataset, preference, system_role, context, config
+                )
+    return prompts
+
+
+def model_context(model_config) -> int | None:
+    for name in ("max_position_embeddings", "n_positions", "max_sequence_length"):
+        value = getattr(model_config, name, None)
+        if isinstance(value, int) and value > 0:
+            return value
+    return None
+
+
+def configured_context(source, trust_remote_code: bool) -> int | None:
+    """The model's context length from its configuration alone, before any weight is loaded
+    (None if the configuration cannot be read that way: then it is taken from the model)."""
+    from transformers import AutoConfig
+
+    from .loading import conversion_cache
+
+    where = source.path
+    if source.gguf_file:
+        where = conversion_cache(source, "model")
+        if where is None or not where.is_dir():
+            return None  # reading a GGUF's configuration costs seconds: check after loading
+    try:
+        model_config = AutoConfig.from_pretrained(where, trust_remote_code=trust_remote_code)
+    except (OSError, ValueError, KeyError):
+        return None
+    return model_context(model_config)
+
+
+@dataclass
+class Decoder:
+    """The loaded model and all it needs to turn one batch of one run into records."""
+
+    model: object
+    tokenizer: object
+    prompts: dict[tuple[str, str], list[list[int]]]  # (preference or "", dataset) -> ids
+    settings: object
+    eos_ids: list[int]
+    seed: int
+
+    def __call__(self, work: Work, batch: int) -> tuple[list[dict], int]:
+        """(records of the batch, generated tokens)."""
+        from .engine import NonFiniteScoresError
+        from .methods import METHOD_RUNNERS
+
+        rows = work.batches[batch]
+        pref_ids = self.prompts[(work.run.preference, work.run.dataset.name)]
+        base_ids = self.prompts[("", work.run.dataset.name)]
+        try:
+            outputs = METHOD_RUNNERS[work.run.method](
+                self.model, [pref_ids[i] for i in rows], [base_ids[i] for i in rows],
+                self.settings, seed_for_batch(self.seed, batch),
+            )
+        except NonFiniteScoresError as err:
+            raise RankError(nan_message(work, batch, self.model, err)) from None
+        questions = work.run.dataset.questions
+        records = [
+            {"index": questions[i].index, "question": questions[i].question,
+             "preference": work.run.preference,
+             "response": decode_response(self.tokenizer, ids, self.eos_ids)}
+            for i, ids in zip(rows, outputs, strict=True)
+        ]
+        return records, sum(len(ids) for ids in outputs)
+
+
 def run(config) -> list[Path]:
-    """Run every (preference, dataset, method) of `config`; returns the final files written."""
-    from .distributed import current_process
+    """Run every (preference, dataset, method) of `config`; returns the final files written.
+
+    Under torchrun / accelerate launch every rank calls this; rank 0 returns the files.
+    """
+    process = launched_process()
+    todo = plan_work(config, process)
+    if not todo:
+        return []
+    decoder, facts = load_and_check(config, process, todo)
+    join(process)
+    try:
+        meet(process, Path(config.output_dir), lambda: clear_for_rerun(todo, config.overwrite))
+        return decode_all(config, todo, process, decoder, facts)
+    finally:
+        leave(process)
+
+
+def plan_work(config, process: Process) -> list[Work]:
+    """Validate what needs no model (output directory, model name, datasets, partial files)
+    and list the runs left to do."""
+    from .loading import resolve_model
+
+    check_writable(config.output_dir)
+    source = resolve_model(config.model_name)
+    check_model_source(source)
+    runs = plan_runs(config, source.short_name)
+    todo, complete = select_todo(config, runs, source.short_name)
+    if complete:
+        _printer(process)(f"{complete} of {len(runs)} runs already complete: skipped")
+    return todo
+
+
+def load_and_check(config, process: Process, todo: list[Work]) -> tuple[Decoder, dict]:
+    """Tokenizer, every prompt checked against the context, then the model; fixes each run's
+    batches and this rank's share of them."""
     from .loading import (
         eos_token_ids,
         load_model,
@@ -208,48 +391,167 @@ def run(config) -> list[Path]:
     )
     from .prompts import template_accepts_system
 
-    check_writable(config.output_dir)
+    if not process.is_main:
+        from transformers.utils import logging as hf_logging
+
+        hf_logging.disable_progress_bar()
+        hf_logging.set_verbosity_error()
     source = resolve_model(config.model_name)
-    runs = plan_runs(config, source.short_name)
-    todo = []
-    for planned in runs:
-        expected = fingerprint(config, planned, source.short_name)
-        if config.overwrite or not is_complete(planned, expected):
-            todo.append((planned, expected))
-    skipped = len(runs) - len(todo)
-    if skipped:
-        print(f"{skipped} of {len(runs)} runs already complete: skipped", file=sys.stderr)
-    if not todo:
-        return []
-    device = resolve_device(config.device)
-    process = current_process(device)
+    restrict_gpus(process, config.multi_gpu, config.device)
+    device = rank_device(resolve_device(config.device), process, config.multi_gpu)
     tokenizer = load_tokenizer(source, config.trust_remote_code)
-    model = load_model(source, process.device or device, config.dtype, config.multi_gpu,
-                       config.trust_remote_code)
+    system_role = template_accepts_system(tokenizer)
+    # every prompt is encoded and checked before anything is written or any weight loaded
+    context = configured_context(source, config.trust_remote_code)
+    prompts = encode_all(todo, tokenizer, system_role, context, config)
+    model = load_model(source, device, config.dtype, config.multi_gpu, config.trust_remote_code)
+    if context is None and model_context(model.config) is not None:
+        prompts = encode_all(todo, tokenizer, system_role, model_context(model.config), config)
+    for work in todo:
+        pref_ids = prompts[(work.run.preference, work.run.dataset.name)]
+        work.batches = batches_of(work.run.dataset.questions, [len(p) for p in pref_ids],
+                                  config.batch_size)
+        work.mine = [b for b in range(len(work.batches)) if process.owns(b) and b not in work.done]
     eos_ids = eos_token_ids(model, tokenizer)
     settings = decode_settings(config, eos_ids, pad_token_id(tokenizer, eos_ids))
-    context = getattr(model.config, "max_position_embeddings", None)
-    system_role = template_accepts_system(tokenizer)
-    prompts = {}
-    for planned, _ in todo:  # every prompt is encoded and checked before anything is written
-        for preference in (planned.preference, ""):
-            key = (preference, planned.dataset.name)
-            if key not in prompts:
-                prompts[key] = encode_questions(
-                    tokenizer, planned.dataset.questions, preference, system_role, context, config
-                )
-    facts = environment_facts()
-    written = []
-    for number, (planned, expected) in enumerate(todo, 1):
-        pref_ids = prompts[(planned.preference, planned.dataset.name)]
-        base_ids = prompts[("", planned.dataset.name)]
-        label = f"[{number}/{len(todo)}] {planned.method} {planned.pref_slug} "
-        label += planned.dataset.name
-        path = generate_run(config, planned, expected, model, tokenizer, settings, pref_ids,
-                            base_ids, process, label, facts)
-        if path is not None:
-            written.append(path)
+    decoder = Decoder(model, tokenizer, prompts, settings, eos_ids, config.seed)
+    return decoder, environment_facts(process, device, model)
+
+
+def nan_message(work: Work, batch: int, model, err: Exception) -> str:
+    import torch
+
+    indices = [work.run.dataset.questions[i].index for i in work.batches[batch]]
+    hint = ("the weights themselves give NaN" if model.dtype == torch.float32
+            else "try --dtype float32")
+    return (f"{work.run.label}: the scores became NaN in batch {batch} (question indices "
+            f"{indices}): {err}; {hint}")
+
+
+def clear_for_rerun(todo: list[Work], overwrite: bool) -> None:
+    """With --overwrite, remove each run's final file, sidecar and partial files first, so an
+    interrupted overwrite resumes (without --overwrite) instead of keeping the old final file."""
+    if not overwrite:
+        return
+    for work in todo:
+        for path in [work.run.final_path, work.run.meta_path, *work.run.part_paths()]:
+            path.unlink(missing_ok=True)
+
+
+def decode_all(config, todo: list[Work], process: Process, decoder: Decoder,
+               facts: dict) -> list[Path]:
+    """This rank's batches of every run, under one progress bar (rank 0's share of the work);
+    rank 0 assembles each run as soon as all its batches are on disk."""
+    from tqdm import tqdm
+
+    total = sum(len(w.batches[b]) for w in todo for b in w.mine)
+    share = f" (rank 0's share of {process.world_size})" if process.is_distributed else ""
+    written, pending = [], []
+    with tqdm(total=total, unit="q", desc=f"all runs{share}", dynamic_ncols=True,
+              disable=None if process.is_main else True) as bar:
+        say = _printer(process, bar)
+        for number, work in enumerate(todo, 1):
+            left = sum(len(work.batches[b]) for b in work.mine)
+            questions = len(work.run.dataset.questions)
+            say(f"[{number}/{len(todo)}] {work.run.label}: {left} of {questions} questions "
+                f"to decode{' here' if process.is_distributed else ''}")
+            bar.set_description(f"[{number}/{len(todo)}] {work.run.label}")
+            decode_share(config, work, process, decoder, bar)
+            if process.is_main:
+                pending.append(work)
+                written += assemble_ready(config, pending, facts, say)
+        if process.is_main:
+            written += wait_for_ranks(config, pending, facts, say, process)
     return written
+
+
+def decode_share(config, work: Work, process: Process, decoder: Decoder, bar) -> None:
+    """Decode this rank's missing batches of one run, each appended to disk when finished."""
+    if not work.mine:
+        return
+    store = PartialStore(work.run.part_path(process.rank), work.expected, config.to_dict())
+    try:
+        for b in work.mine:
+            started = now()
+            records, tokens = decoder(work, b)
+            store.append(b, records, seconds=round(now() - started, 4), tokens=tokens)
+            bar.update(len(records))
+    finally:
+        store.close()
+
+
+def load_parts(planned: PlannedRun, expected: dict) -> dict[int, dict]:
+    """Finished batches from every rank's partial file (a resumed job may differ in size)."""
+    done = {}
+    for part in planned.part_paths():
+        done.update(PartialStore(part, expected).load())
+    return done
+
+
+def assemble_ready(config, pending: list[Work], facts: dict, say,
+                   seen: dict | None = None) -> list[Path]:
+    """Write the final file of every pending run whose batches are all on disk. With `seen`
+    (run -> sizes of its partial files at the last look), unchanged runs are not re-read."""
+    written = []
+    for work in list(pending):
+        if seen is not None:
+            sizes = tuple((p.name, p.stat().st_size) for p in work.run.part_paths())
+            if seen.get(id(work)) == sizes:
+                continue
+            seen[id(work)] = sizes
+        entries = load_parts(work.run, work.expected)
+        if len(set(entries) & set(range(len(work.batches)))) == len(work.batches):
+            written.append(assemble(config, work, entries, facts))
+            say(f"wrote {work.run.final_path}")
+            pending.remove(work)
+    return written
+
+
+def wait_for_ranks(config, pending: list[Work], facts: dict, say, process: Process) -> list[Path]:
+    """Rank 0, its own share done: assemble the remaining runs as the other ranks finish them.
+
+    No collective is involved, so a rank with more work left (a resumed job) is waited for as
+    long as it needs; if a rank dies, the launcher stops this one too.
+    """
+    written = assemble_ready(config, pending, facts, say)
+    if pending and not process.is_distributed:
+        missing = _missing(pending[0])
+        raise UserError(f"{pending[0].run.final_path}: batches {missing[:10]} are missing; "
+                        "rerun the same command to finish them")
+    if pending:
+        say(f"waiting for the other ranks to finish {len(pending)} run(s)")
+    seen = {}
+    while pending:
+        time.sleep(POLL_SECONDS)
+        written += assemble_ready(config, pending, facts, say, seen)
+    return written
+
+
+def _missing(work: Work) -> list[int]:
+    return sorted(set(range(len(work.batches))) - set(load_parts(work.run, work.expected)))
+
+
+def assemble(config, work: Work, entries: dict[int, dict], facts: dict) -> Path:
+    """Sidecar, then final file (each atomically), then the partial files go."""
+    planned = work.run
+    ordered = [entries[b] for b in range(len(work.batches))]
+    seconds = sum(e.get("seconds", 0.0) for e in ordered)
+    tokens = sum(e.get("tokens", 0) for e in ordered)
+    meta = {
+        "fingerprint": work.expected,
+        "config": config.to_dict(),
+        "questions": len(planned.dataset.questions),
+        "generated_tokens": tokens,
+        "decode_seconds": round(seconds, 3),
+        "tokens_per_second": round(tokens / seconds, 3) if seconds else None,
+        "environment": facts,
+    }
+    # the sidecar first: a final file without its sidecar would look like another config's
+    write_json_atomic(planned.meta_path, meta)
+    write_json_atomic(planned.final_path, final_records(ordered))
+    for part in planned.part_paths():
+        part.unlink(missing_ok=True)
+    return planned.final_path
 
 
 def decode_settings(config, eos_ids: list[int], pad_id: int):
@@ -265,86 +567,20 @@ def decode_settings(config, eos_ids: list[int], pad_id: int):
     )
 
 
-def generate_run(config, planned, expected, model, tokenizer, settings, pref_ids, base_ids,
-                 process, label, facts) -> Path | None:
-    """Decode this rank's missing batches of one run; the main rank then assembles the file."""
-    from tqdm import tqdm
-
-    from .methods import METHOD_RUNNERS
-
-    questions = planned.dataset.questions
-    batches = batches_of(questions, [len(p) for p in pref_ids], config.batch_size)
-    if config.overwrite and process.is_main:
-        for part in planned.directory.glob(f"{planned.method}.part*.jsonl"):
-            part.unlink()
-    process.barrier()
-    done = load_parts(planned, expected, process.rank)
-    mine = [b for b in range(len(batches)) if b % process.world_size == process.rank
-            and b not in done]
-    own = PartialStore(planned.part_path(process.rank), expected)
-    runner = METHOD_RUNNERS[planned.method]
-    with tqdm(total=sum(len(batches[b]) for b in mine), desc=label, unit="q",
-              disable=None, position=process.rank) as bar:
-        for b in mine:
-            rows = batches[b]
-            started = now()
-            outputs = runner(model, [pref_ids[i] for i in rows], [base_ids[i] for i in rows],
-                             settings, seed_for_batch(config.seed, b))
-            seconds = now() - started
-            records = [
-                {"index": questions[i].index, "question": questions[i].question,
-                 "preference": planned.preference,
-                 "response": decode_response(tokenizer, ids, settings.eos_ids)}
-                for i, ids in zip(rows, outputs, strict=True)
-            ]
-            own.append(b, records, seconds=seconds, tokens=sum(len(ids) for ids in outputs))
-            bar.update(len(rows))
-    process.barrier()
-    path = None
-    if process.is_main:
-        path = assemble(config, planned, expected, len(batches), facts)
-    process.barrier()
-    return path
-
-
-def load_parts(planned: PlannedRun, expected: dict, rank: int) -> dict[int, dict]:
-    """Finished batches from every rank's partial file (a resumed job may differ in size)."""
-    done = {}
-    for part in sorted(planned.directory.glob(f"{planned.method}.part*.jsonl")):
-        repair = part == planned.part_path(rank)
-        done.update(PartialStore(part, expected).load(repair=repair))
-    return done
-
-
-def assemble(config, planned, expected, n_batches: int, facts: dict) -> Path:
-    entries = load_parts(planned, expected, rank=0)
-    missing = sorted(set(range(n_batches)) - set(entries))
-    if missing:
-        raise UserError(
-            f"{planned.final_path}: batches {missing[:10]} are missing (a rank stopped early?); "
-            "rerun the same command to finish them"
-        )
-    ordered = [entries[b] for b in range(n_batches)]
-    write_json_atomic(planned.final_path, final_records(ordered))
-    seconds = sum(e.get("seconds", 0.0) for e in ordered)
-    tokens = sum(e.get("tokens", 0) for e in ordered)
-    meta = {
-        "fingerprint": expected,
-        "config": config.to_dict(),
-        "questions": len(planned.dataset.questions),
-        "generated_tokens": tokens,
-        "decode_seconds": round(seconds, 3),
-        "tokens_per_second": round(tokens / seconds, 3) if seconds else None,
-        "environment": facts,
-    }
-    write_json_atomic(planned.meta_path, meta)
-    for part in planned.directory.glob(f"{planned.method}.part*.jsonl"):
-        part.unlink()
-    print(f"wrote {planned.final_path}", file=sys.stderr)
-    return planned.final_path
-
-
 def decode_response(tokenizer, ids: list[int], eos_ids: list[int]) -> str:
     if ids and ids[-1] in eos_ids:
         ids = ids[:-1]
     return tokenizer.decode(ids, skip_special_tokens=True).strip()
+
+
+def _printer(process: Process, bar=None) -> Callable[[str], None]:
+    """Rank 0's messages on stderr (through the progress bar, when there is one)."""
+    def say(message: str) -> None:
+        if not process.is_main:
+            return
+        if bar is not None:
+            bar.write(message, file=sys.stderr)
+        else:
+            print(message, file=sys.stderr)
+
+    return say
