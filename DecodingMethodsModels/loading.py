@@ -117,6 +117,8 @@ def load_tokenizer(source: ModelSource, trust_remote_code: bool = False):
         tokenizer = AutoTokenizer.from_pretrained(source.path, **kwargs)
     except OSError as err:
         raise _unreachable(source, err) from None
+    except ValueError as err:
+        raise _refused(source, err) from None
     _save_converted(tokenizer, cached)
     if tokenizer.chat_template is None:
         raise UserError(f"{source.short_name} has no chat template: an instruct model is needed")
@@ -146,6 +148,8 @@ def load_model(
         model = AutoModelForCausalLM.from_pretrained(source.path, **kwargs)
     except OSError as err:
         raise _unreachable(source, err) from None
+    except ValueError as err:
+        raise _refused(source, err) from None
     if kwargs["dtype"] == torch_float32():
         _save_converted(model, cached)
     if not multi_gpu:
@@ -182,3 +186,9 @@ def _unreachable(source: ModelSource, err: OSError) -> UserError:
         f"cannot load model {source.path!r}: not a local model directory or .gguf file, and "
         f"the hub could not provide it ({hint}): {first}"
     )
+
+
+def _refused(source: ModelSource, err: ValueError) -> UserError:
+    """transformers' ValueErrors (remote code needed, unknown architecture) as one line."""
+    first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+    return UserError(f"cannot load model {source.path!r}: {first}")
