@@ -28,7 +28,10 @@ def _check_pair(pref_logprobs: torch.Tensor, base_logprobs: torch.Tensor) -> Non
             f"{tuple(pref_logprobs.shape)} and {tuple(base_logprobs.shape)}"
         )
     if pref_logprobs.dtype != torch.float32 or base_logprobs.dtype != torch.float32:
-        raise ValueError("log-probs must be float32 (upcast logits before log_softmax)")
+        raise ValueError(
+            "expected float32 (B, V) pref_logprobs and base_logprobs, got "
+            f"{pref_logprobs.dtype} and {base_logprobs.dtype}; upcast logits before log_softmax"
+        )
 
 
 def _floored(logprobs: torch.Tensor) -> torch.Tensor:
@@ -55,6 +58,7 @@ def linear_alignment(
 
     Shapes (B, V), (B, V) -> (B, V). `ratio` >= 0; ratio 0 is plain preference decoding.
     """
+    _check_pair(pref_logprobs, base_logprobs)  # before any arithmetic: fp16 cannot hold the floor
     scores = _floored(pref_logprobs) + ratio * contrast(pref_logprobs, base_logprobs)
     return _restore_forbidden(scores, pref_logprobs)
 
@@ -106,18 +110,30 @@ def amulet_iterative(
         `x_{t+1} = log_softmax((lambda x_1 + (Q_1+...+Q_t)/t + x_t/(eta t)) / (lambda + 1/(eta t)))`
     and returns `x_{T+1}` (B, V). Keeps the running sum of Q, not the (B, T+1, V) history; the
     final log_softmax, which the reference code skips at t = T, changes no softmax or argmax.
+    Every iteration is computed; the inputs are never modified.
     """
     _check_pair(pref_logprobs, base_logprobs)
-    x_first = _floored(pref_logprobs)
-    base = _floored(base_logprobs)
-    x = x_first
-    q_sum = torch.zeros_like(x_first)
+    x_first = _floored(pref_logprobs)  # (B, V), a new tensor
+    base = _floored(base_logprobs)  # (B, V)
+    if iterations == 0:
+        return _restore_forbidden(torch.log_softmax(x_first, dim=-1), pref_logprobs)
+    # Three (B, V) buffers updated in place: written with fresh temporaries, the loop would
+    # allocate ten (B, V) tensors per iteration, and allocation (page faults on a large
+    # vocabulary) cost more than the arithmetic.
+    x = x_first.clone()  # x_t
+    q_sum = torch.zeros_like(x_first)  # Q_1 + ... + Q_t
+    scratch = torch.empty_like(x_first)
     for t in range(1, iterations + 1):
-        q_sum = q_sum + alpha * (x - base)
+        torch.sub(x, base, out=scratch)
+        q_sum.add_(scratch, alpha=alpha)  # += Q_t = alpha (x_t - b)
         step = 1.0 / (eta * t)
-        x = (player_lambda * x_first + q_sum / t + x * step) / (player_lambda + step)
-        x = torch.log_softmax(x, dim=-1)
-    return _restore_forbidden(torch.log_softmax(x, dim=-1), pref_logprobs)
+        denominator = player_lambda + step
+        # (lambda x_1 + q_sum / t + x_t step) / denominator, one term at a time
+        torch.mul(x, step / denominator, out=scratch)
+        scratch.add_(x_first, alpha=player_lambda / denominator)
+        scratch.add_(q_sum, alpha=1.0 / (t * denominator))
+        torch.log_softmax(scratch, dim=-1, out=x)  # x_{t+1}
+    return _restore_forbidden(x, pref_logprobs)
 
 
 def la_rule(ratio: float) -> CombineRule:

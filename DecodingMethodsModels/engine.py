@@ -5,6 +5,12 @@ as one stacked batch `[pref rows; base rows]` of 2B rows through the model with 
 takes fp32 log-probs of the last position only, lets a pure `combine` rule turn the pair of
 (B, V) log-prob tensors into scores, picks one token per question and appends that same
 token to both of its rows. Rows that have finished are dropped from the batch and its cache.
+
+Where a step's time goes (py-spy, SmolLM2-135M fp32, 2 CPU threads, 16 stacked rows): the
+model forward is about 98% (its Linear layers 75%, the KV-cache concatenation about 5%); the
+log-softmax, the combine rule, the token choice and the single host sync together about 1.5%.
+So the engine keeps to one forward per step for both prompts and adds nothing per step that
+grows with the vocabulary beyond the fp32 (rows, V) combination.
 """
 
 from __future__ import annotations
@@ -122,8 +128,8 @@ def decode_two_prompts(
         for row in (status[0] & ~ended[active_cpu]).nonzero().flatten().tolist():
             lengths[active_cpu[row]] = step + 1  # keep the EOS
         ended[active_cpu[finished]] = True
-        if bool(finished.all()):
-            break
+        if bool(finished.all()) or step + 1 == max_new_tokens:
+            break  # no next step: neither its inputs nor a smaller cache are needed
         step_tokens = tokens
         next_pos = next_position + step
         if drop_finished and bool(finished.any()):
