@@ -1,0 +1,120 @@
+"""evals/efficiency.py --quick end to end on a tiny random Llama: the JSON report and the
+markdown table have every part the issue asks for. No timing is asserted: the numbers of a
+tiny model on a shared machine mean nothing."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+QUESTIONS = [
+    {"index": 0, "question": "Why is the sky blue?"},
+    {"index": 1, "question": "Write a haiku about a long road through the hills after rain."},
+    {"index": 2, "question": "Hi"},
+]
+METHOD_KEYS = {
+    "base", "pref", "beam", "la", "amulet:T=0:closed_form", "amulet:T=2:closed_form",
+    "amulet:T=0:iterative", "amulet:T=2:iterative", "hf_cfg:batched", "hf_cfg:per_prompt",
+}
+ROW_KEYS = {"method", "setting", "generated_tokens", "wall_seconds", "wall_seconds_median",
+            "cpu_seconds_median", "seconds_per_token", "tokens_per_second", "memory"}
+
+
+@pytest.fixture(scope="module")
+def quick_run(tiny_model_dirs, tmp_path_factory) -> tuple[dict, str, Path]:
+    root = tmp_path_factory.mktemp("efficiency")
+    (root / "three.json").write_text(json.dumps(QUESTIONS))
+    out = root / "bench" / "efficiency.json"
+    env = {k: v for k, v in os.environ.items() if not k.startswith("AMULET_DATA")}
+    env.update(HF_HUB_OFFLINE="1", OMP_NUM_THREADS="1")
+    done = subprocess.run(
+        [sys.executable, str(ROOT / "evals" / "efficiency.py"), "--quick",
+         "--model_name", str(tiny_model_dirs["llama"]), "--data_dir", str(root),
+         "--eval_data", "three", "--out", str(out)],
+        capture_output=True, text=True, cwd=str(ROOT), env=env, timeout=600,
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    return json.loads(out.read_text()), done.stdout, out
+
+
+def test_quick_run_reports_every_method_with_tokens_time_and_throughput(quick_run):
+    report, _, _ = quick_run
+    assert set(report["methods"]) == METHOD_KEYS
+    for key, row in report["methods"].items():
+        assert ROW_KEYS <= set(row), key
+        assert row["generated_tokens"] > 0, key
+        assert row["tokens_per_second"] > 0 and row["seconds_per_token"] > 0, key
+        assert len(row["wall_seconds"]) == report["settings"]["repeats"] == 1
+
+
+def test_quick_run_measures_memory_of_pref_and_amulet(quick_run):
+    report, _, _ = quick_run
+    if report["memory_method"] == "not measured":
+        pytest.skip("no way to measure peak memory on this platform")
+    for key in ("pref", "amulet:T=2:closed_form"):
+        memory = report["methods"][key]["memory"]
+        assert memory["peak_rss_mb"] > 0 and memory["peak_above_loaded_mb"] >= 0, key
+
+
+def test_quick_run_times_both_solvers_on_a_fixed_shape(quick_run):
+    report, _, _ = quick_run
+    rows = report["solver_cost"].values()
+    assert {(r["iteration_num"], r["solver"]) for r in rows} == {
+        (t, s) for t in (0, 2) for s in ("closed_form", "iterative")}
+    assert all(r["seconds_per_step"] > 0 for r in rows)
+
+
+def test_quick_run_sweeps_batch_sizes_for_pref_and_amulet(quick_run):
+    report, _, _ = quick_run
+    got = {(r["method"], r["batch_size"]) for r in report["batch_sweep"]}
+    assert got == {(m, b) for m in ("pref", "amulet") for b in (1, 2)}
+
+
+def test_quick_run_records_machine_and_versions(quick_run):
+    report, _, _ = quick_run
+    env = report["environment"]
+    for key in ("cpu", "torch_threads", "model", "dtype", "torch", "transformers", "python"):
+        assert env[key] not in (None, ""), key
+    assert env["dtype"] == "float32" and env["torch_threads"] == 1
+
+
+def test_quick_run_checks_every_target(quick_run):
+    report, _, _ = quick_run
+    assert len(report["targets"]) == 7
+    memory_measured = report["memory_method"] != "not measured"
+    for target in report["targets"]:
+        if "memory" in target["target"] and not memory_measured:
+            assert target["holds"] is None, target
+        else:
+            assert target["holds"] in (True, False), target
+
+
+def test_quick_run_prints_and_writes_the_same_markdown_tables(quick_run):
+    report, stdout, out = quick_run
+    written = out.with_suffix(".md").read_text()
+    assert written == stdout.rstrip("\n") + "\n"
+    for header in ("| method | setting | tokens |", "| T | solver | s / step |",
+                   "| batch size | pref tokens / s |", "| target | measured |"):
+        assert header in written
+    method_rows = [ln for ln in written.splitlines() if ln.startswith("| ")
+                   and ln.split("|")[1].strip() in {"base", "pref", "beam", "la", "amulet",
+                                                    "hf_cfg"}]
+    assert len(method_rows) == len(report["methods"])
+
+
+def test_bad_arguments_fail_in_one_line_before_loading(tmp_path):
+    done = subprocess.run(
+        [sys.executable, str(ROOT / "evals" / "efficiency.py"), "--data_dir", str(tmp_path),
+         "--eval_data", "missing"],
+        capture_output=True, text=True, cwd=str(ROOT), timeout=120,
+        env={**os.environ, "HF_HUB_OFFLINE": "1"},
+    )
+    assert done.returncode == 2
+    assert done.stderr.startswith("error: ") and "missing" in done.stderr
+    assert "Traceback" not in done.stderr
