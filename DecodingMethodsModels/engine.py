@@ -6,6 +6,12 @@ takes fp32 log-probs of the last position only, lets a pure `combine` rule turn 
 (B, V) log-prob tensors into scores, picks one token per question and appends that same
 token to both of its rows. Rows that have finished are dropped from the batch and its cache.
 
+All 2B prompts of a batch usually open with the same tokens: the chat header and the system
+text up to the preference sentence (59 of about 90 tokens for SmolLM2 and the paper's system
+prompt). That shared prefix is encoded once, for one row, and its cache copied to every row;
+only the rest of each prompt is left-padded and encoded per row, so the padding sits between
+the prefix and each row's own tokens, where the attention mask hides it.
+
 Where a step's time goes (py-spy, SmolLM2-135M fp32, 2 CPU threads, 16 stacked rows): the
 model forward is about 98% (its Linear layers 75%, the KV-cache concatenation about 5%); the
 log-softmax, the combine rule, the token choice and the single host sync together about 1.5%.
@@ -47,6 +53,15 @@ def left_pad(rows: list[list[int]], pad_id: int) -> tuple[torch.Tensor, torch.Te
     return ids, mask
 
 
+def shared_prefix_length(rows: list[list[int]]) -> int:
+    """Length of the longest prefix common to every row, leaving each row at least one token."""
+    shortest = min(len(r) for r in rows)
+    length = 0
+    while length < shortest - 1 and all(r[length] == rows[0][length] for r in rows):
+        length += 1
+    return length
+
+
 def model_input_device(model) -> torch.device:
     """Where input ids must live: the embedding's device (the first shard under device_map)."""
     return model.get_input_embeddings().weight.device
@@ -73,6 +88,7 @@ def decode_two_prompts(
     sampling: SamplingSettings | None = None,
     generator: torch.Generator | None = None,
     drop_finished: bool = True,
+    share_prefix: bool = True,
 ) -> DecodeResult:
     """Decode B questions, each with a preference and a base prompt, under `combine`.
 
@@ -84,13 +100,21 @@ def decode_two_prompts(
         raise ValueError("need the same positive number of preference and base prompts")
     batch = len(pref_ids)
     device = model_input_device(model)
-    ids, prompt_mask = left_pad(pref_ids + base_ids, pad_id)  # (2B, L)
-    ids, prompt_mask = ids.to(device), prompt_mask.to(device)
-    prompt_len = ids.shape[1]
+    extra = _forward_kwargs(model)
+    rows = pref_ids + base_ids
+    shared = shared_prefix_length(rows) if share_prefix else 0
+    cache = DynamicCache()
+    if shared:
+        prefix = torch.tensor([rows[0][:shared]], dtype=torch.long, device=device)  # (1, P)
+        model(input_ids=prefix, past_key_values=cache, use_cache=True, **extra)
+        cache.batch_repeat_interleave(2 * batch)  # (2B, ..., P, ...) in every layer
+    ids, suffix_mask = left_pad([row[shared:] for row in rows], pad_id)  # (2B, L - P)
+    ids, suffix_mask = ids.to(device), suffix_mask.to(device)
+    prompt_len = shared + ids.shape[1]
     # one mask for the whole run, sliced per step, instead of a torch.cat per token
     mask = torch.ones((2 * batch, prompt_len + max_new_tokens), dtype=torch.long, device=device)
-    mask[:, :prompt_len] = prompt_mask
-    positions = (prompt_mask.cumsum(-1) - 1).clamp(min=0)  # (2B, L)
+    mask[:, shared:prompt_len] = suffix_mask
+    positions = shared + (suffix_mask.cumsum(-1) - 1).clamp(min=0)  # (2B, L - P)
     next_position = positions[:, -1] + 1  # (2B,)
     eos = torch.tensor(sorted(set(eos_ids)), dtype=torch.long, device=device)
     generated = torch.full((batch, max_new_tokens), pad_id, dtype=torch.long, device=device)
@@ -98,8 +122,6 @@ def decode_two_prompts(
     active = torch.arange(batch, device=device)  # question index of each live pair
     active_cpu = torch.arange(batch)
     ended = torch.zeros(batch, dtype=torch.bool)
-    cache = DynamicCache()
-    extra = _forward_kwargs(model)
     step_input, step_positions = ids, positions
     steps = 0
     for step in range(max_new_tokens):

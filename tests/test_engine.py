@@ -9,7 +9,11 @@ import pytest
 import torch
 
 from DecodingMethodsModels.combine import amulet_ratio, amulet_rule, la_rule
-from DecodingMethodsModels.engine import NonFiniteScoresError, decode_two_prompts
+from DecodingMethodsModels.engine import (
+    NonFiniteScoresError,
+    decode_two_prompts,
+    shared_prefix_length,
+)
 from DecodingMethodsModels.prompts import encode_prompt, preference_sentence
 
 FAMILIES = ("llama", "qwen2", "mistral")
@@ -72,9 +76,11 @@ def amulet(solver: str = "closed_form", T: int = 60, alpha: float = 2.0, lam: fl
     return amulet_rule(T, alpha, lam, eta, solver)
 
 
-def decode(model, pref, base, rule, steps=STEPS, eos_ids=(EOS,), drop_finished=True):
+def decode(model, pref, base, rule, steps=STEPS, eos_ids=(EOS,), drop_finished=True,
+           share_prefix=True):
     return decode_two_prompts(
-        model, pref, base, rule, steps, list(eos_ids), PAD, drop_finished=drop_finished
+        model, pref, base, rule, steps, list(eos_ids), PAD, drop_finished=drop_finished,
+        share_prefix=share_prefix,
     ).token_ids
 
 
@@ -220,6 +226,40 @@ def test_mixed_length_batch_equals_each_prompt_alone(models, prompts, family, dr
     reversed_batch = decode(model, pref[::-1], base[::-1], amulet(), eos_ids=eos_ids,
                             drop_finished=drop_finished)
     assert reversed_batch == alone[::-1]
+
+
+@pytest.mark.parametrize(
+    ("rows", "expected"),
+    [
+        ([[5, 6, 7, 8], [5, 6, 9], [5, 6, 7]], 2),
+        ([[5, 6, 7], [5, 6, 7]], 2),  # identical rows keep their last token to encode
+        ([[5], [5]], 0),
+        ([[1, 2], [3, 2]], 0),
+    ],
+)
+def test_shared_prefix_is_common_to_all_rows_and_leaves_every_row_a_token(rows, expected):
+    assert shared_prefix_length(rows) == expected
+
+
+def test_chat_prompts_share_their_system_header(prompts):
+    pref, base = prompts
+    shared = shared_prefix_length(pref + base)
+    assert shared > 10
+    assert len({tuple(row[:shared]) for row in pref + base}) == 1
+    assert len({row[shared] for row in pref + base}) > 1
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+@pytest.mark.parametrize("method", ["la", "amulet"])
+def test_shared_prefix_prefill_gives_the_tokens_of_a_full_prefill(models, prompts, family,
+                                                                   method):
+    model = models[family]
+    pref, base = prompts
+    rule = la_rule(2.0) if method == "la" else amulet()
+    shared = decode(model, pref, base, rule, steps=20)
+    unshared = decode(model, pref, base, rule, steps=20, share_prefix=False)
+    assert shared == unshared
+    assert shared == reference_decode(model, pref, base, rule, steps=20)
 
 
 @pytest.mark.parametrize("family", FAMILIES)
