@@ -17,6 +17,7 @@ import hashlib
 import json
 import os
 import re
+import tempfile
 from collections.abc import Iterable
 from pathlib import Path
 
@@ -60,10 +61,23 @@ def check_writable(output_dir: str | Path) -> None:
     problem = None
     if not probe.is_dir():
         problem = "is not a directory"
-    elif not os.access(probe, os.W_OK | os.X_OK):
-        problem = "is read-only"
+    elif not can_create_files_in(probe):
+        problem = "is not writable"
     if problem:
         raise UserError(f"cannot write to output directory {output_dir}: {probe} {problem}")
+
+
+def can_create_files_in(directory: Path) -> bool:
+    """Whether a file can be created in `directory`, tried for real: root passes every
+    permission check, yet cannot write to a read-only mount or a pseudo filesystem."""
+    if not os.access(directory, os.W_OK | os.X_OK):
+        return False
+    try:
+        with tempfile.TemporaryFile(dir=directory):  # unnamed where the OS allows (O_TMPFILE)
+            pass
+    except OSError:
+        return False
+    return True
 
 
 def write_json_atomic(path: Path, obj: object) -> None:
