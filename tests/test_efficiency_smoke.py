@@ -67,7 +67,15 @@ def test_quick_run_times_both_solvers_on_a_fixed_shape(quick_run):
     rows = report["solver_cost"].values()
     assert {(r["iteration_num"], r["solver"]) for r in rows} == {
         (t, s) for t in (0, 2) for s in ("closed_form", "iterative")}
-    assert all(r["seconds_per_step"] > 0 for r in rows)
+    assert all(0 < r["seconds_per_step"] <= r["seconds_per_step_median"] for r in rows)
+
+
+def test_quick_run_times_the_combination_step_alone(quick_run):
+    report, _, _ = quick_run
+    rows = report["combine_step"]
+    assert {(r["iteration_num"], r["solver"]) for r in rows} == {
+        (t, s) for t in (0, 2) for s in ("closed_form", "iterative")}
+    assert all(r["ms_per_call"] > 0 and r["vocab"] > 0 for r in rows)
 
 
 def test_quick_run_sweeps_batch_sizes_for_pref_and_amulet(quick_run):
@@ -99,7 +107,8 @@ def test_quick_run_prints_and_writes_the_same_markdown_tables(quick_run):
     report, stdout, out = quick_run
     written = out.with_suffix(".md").read_text()
     assert written == stdout.rstrip("\n") + "\n"
-    for header in ("| method | setting | tokens |", "| T | solver | s / step |",
+    for header in ("| method | setting | tokens |", "| T | solver | s / step, fastest |",
+                   "| T | solver | ms / call |",
                    "| batch size | pref tokens / s |", "| target | measured |"):
         assert header in written
     method_rows = [ln for ln in written.splitlines() if ln.startswith("| ")
