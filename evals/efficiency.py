@@ -5,8 +5,9 @@ reported), it times base, pref, beam, la and amulet (each T of --amulet_T, both 
 transformers' classifier-free guidance (`generate(guidance_scale=1 + k,
 negative_prompt_ids=...)`), the alternative a user would pick today. It then times the Amulet
 solvers on a fixed shape (no EOS: every row decodes every step, so all T do the same work)
-and the combination step alone on random log-probs, measures each method's peak memory in a fresh process, and sweeps the batch size for pref
-and amulet. It prints markdown tables and writes JSON (--out) and markdown beside it.
+and the combination step alone on random log-probs, measures each method's peak memory in
+a fresh process, and sweeps the batch size for pref and amulet. It prints markdown tables
+and writes JSON (--out) and markdown beside it.
 
     python evals/efficiency.py --data_dir ../shared/data --eval_data UltraFeedback_truthful_qa \
         --limit 8 --batch_size 8 --max_new_tokens 128
