@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import hashlib
 import platform
-import subprocess
 import sys
 import time
 import warnings
@@ -40,6 +39,7 @@ from .outputs import (
     write_json_atomic,
 )
 from .prompts import SYSTEM_PROMPT, preference_sentence
+from .provenance import git_commit
 
 FINGERPRINT_VERSION = 1
 POLL_SECONDS = 0.5  # how often rank 0 looks for the other ranks' batches
@@ -186,17 +186,6 @@ def batches_of(questions: tuple[Question, ...], prompt_lengths: list[int], size:
     """
     order = sorted(range(len(questions)), key=lambda i: prompt_lengths[i])
     return [order[i: i + size] for i in range(0, len(order), size)]
-
-
-def git_commit() -> str | None:
-    try:
-        out = subprocess.run(
-            ["git", "rev-parse", "HEAD"], capture_output=True, text=True, timeout=5,
-            cwd=Path(__file__).resolve().parent,
-        )
-    except (OSError, subprocess.SubprocessError):
-        return None
-    return out.stdout.strip() or None
 
 
 def environment_facts(process: Process, device: str, model) -> dict:

@@ -35,6 +35,7 @@ if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
 from DecodingMethodsModels.errors import UserError  # noqa: E402
+from DecodingMethodsModels.provenance import git_commit, git_dirty  # noqa: E402
 from evals.errors import EvalError  # noqa: E402
 
 DEFAULT_MODEL = "SmolLM2-135M-Instruct"
@@ -246,6 +247,7 @@ def build_workload(args, tokenizer, model, questions) -> Workload:
         preference_sentence,
         template_accepts_system,
     )
+    from DecodingMethodsModels.runner import batches_of
 
     system_role = template_accepts_system(tokenizer)
     preference = preference_sentence(args.pref_name)
@@ -264,14 +266,8 @@ def build_workload(args, tokenizer, model, questions) -> Workload:
         iteration_num=args.iteration_num, alpha=args.alpha, player_lambda=args.player_lambda,
         eta=args.eta,
     )
-    return Workload(pref_ids, base_ids, length_sorted_batches(pref_ids, args.batch_size),
-                    eos_ids, pad_id, settings)
-
-
-def length_sorted_batches(prompts: list[list[int]], size: int) -> list[list[int]]:
-    """The runner's batching: questions sorted (stably) by prompt length, cut into `size`."""
-    order = sorted(range(len(prompts)), key=lambda i: len(prompts[i]))
-    return [order[i: i + size] for i in range(0, len(order), size)]
+    batches = batches_of(tuple(questions), [len(p) for p in pref_ids], args.batch_size)
+    return Workload(pref_ids, base_ids, batches, eos_ids, pad_id, settings)
 
 
 def questions_of(args, limit: int):
@@ -579,24 +575,6 @@ def environment(args, model, source, device: str) -> dict:
     if device.startswith("cuda"):
         facts["gpu"] = torch.cuda.get_device_name(device)
     return facts
-
-
-def git_commit() -> str | None:
-    try:
-        done = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True,
-                              cwd=str(ROOT), timeout=10)
-    except (OSError, subprocess.SubprocessError):
-        return None
-    return done.stdout.strip() or None
-
-
-def git_dirty() -> bool | None:
-    try:
-        done = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"],
-                              capture_output=True, text=True, cwd=str(ROOT), timeout=10)
-    except (OSError, subprocess.SubprocessError):
-        return None
-    return bool(done.stdout.strip()) if done.returncode == 0 else None
 
 
 def load_average() -> list[float] | None:

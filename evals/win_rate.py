@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import json
 import platform
-import subprocess
 import sys
 import time
 from dataclasses import asdict, dataclass, field
@@ -24,6 +23,7 @@ from pathlib import Path
 
 import numpy as np
 
+from DecodingMethodsModels.provenance import git_commit
 from evals import metrics
 from evals.errors import EvalError
 from evals.jsonl_store import JsonlAppender, repair_and_read, write_text_atomic
@@ -233,17 +233,6 @@ def judgment_rows(comparisons: list[Comparison], cache: dict[str, dict]) -> list
     ]
 
 
-def _git_hash() -> str | None:
-    try:
-        out = subprocess.run(
-            ["git", "rev-parse", "HEAD"], capture_output=True, text=True, timeout=5,
-            cwd=Path(__file__).resolve().parent,
-        )
-    except (OSError, subprocess.SubprocessError):
-        return None
-    return out.stdout.strip() or None
-
-
 def _sidecar(config: GptEvalConfig, counts: dict, seconds: float) -> str:
     import openai
 
@@ -251,7 +240,7 @@ def _sidecar(config: GptEvalConfig, counts: dict, seconds: float) -> str:
     data["base_url"] = redact(config.base_url) if config.base_url else None
     data = json.loads(json.dumps(data, default=str))
     data.update({
-        "counts": counts, "seconds": round(seconds, 3), "git": _git_hash(),
+        "counts": counts, "seconds": round(seconds, 3), "git": git_commit(),
         "python": platform.python_version(), "openai": openai.__version__,
         "numpy": np.__version__, "argv": [redact(a) for a in sys.argv],
     })
