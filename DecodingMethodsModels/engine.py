@@ -12,11 +12,12 @@ prompt). That shared prefix is encoded once, for one row, and its cache copied t
 only the rest of each prompt is left-padded and encoded per row, so the padding sits between
 the prefix and each row's own tokens, where the attention mask hides it.
 
-Where a step's time goes (py-spy, SmolLM2-135M fp32, 2 CPU threads, 16 stacked rows): the
-model forward is about 98% (its Linear layers 75%, the KV-cache concatenation about 5%); the
-log-softmax, the combine rule, the token choice and the single host sync together about 1.5%.
-So the engine keeps to one forward per step for both prompts and adds nothing per step that
-grows with the vocabulary beyond the fp32 (rows, V) combination.
+Where the time goes (timers around the model forward and the combine rule; SmolLM2-135M fp32,
+2 CPU threads, 8 questions decoding 128 steps with EOS ignored): the model forward 98.2%, the
+closed-form Amulet rule 0.7% (the iterative one at T = 60: 11.3%), everything else (log-softmax,
+token choice, the one host sync per step) 1.0%. So the engine keeps to one forward per step for
+both prompts and adds nothing per step that grows with the vocabulary beyond the fp32 (rows, V)
+combination.
 """
 
 from __future__ import annotations
