@@ -154,7 +154,8 @@ def build_parser() -> argparse.ArgumentParser:
     hw.add_argument("--device", default="auto")
     hw.add_argument("--dtype", default="auto", choices=("auto", "float32", "bfloat16", "float16"))
     hw.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's)")
-    hw.add_argument("--out", default="benchmarks/efficiency.json")
+    hw.add_argument("--out", default=None, help="JSON report; markdown beside it (default: "
+                    "benchmarks/efficiency.json, or efficiency_quick.json with --quick)")
     hw.add_argument("--probe", default=None, help=argparse.SUPPRESS)  # internal: memory child
     hw.add_argument("--probe_model", default=None, help=argparse.SUPPRESS)
     return parser
@@ -162,6 +163,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     args = build_parser().parse_args(argv)
+    if args.out is None:  # a smoke run never overwrites a full run's report
+        args.out = f"benchmarks/efficiency{'_quick' if args.quick else ''}.json"
     if args.quick:
         args.limit, args.batch_size, args.max_new_tokens = 2, 2, 4
         args.repeats = args.cost_repeats = args.sweep_repeats = 1
