@@ -63,6 +63,16 @@ def shared_prefix_length(rows: list[list[int]]) -> int:
     return length
 
 
+def _prefix_cache(model, prefix: list[int], rows: int, device, extra: dict) -> DynamicCache:
+    """A KV cache holding `prefix` for each of `rows` rows, encoded once; empty if no prefix."""
+    cache = DynamicCache()
+    if prefix:
+        ids = torch.tensor([prefix], dtype=torch.long, device=device)  # (1, P)
+        model(input_ids=ids, past_key_values=cache, use_cache=True, **extra)
+        cache.batch_repeat_interleave(rows)  # (rows, ..., P, ...) in every layer
+    return cache
+
+
 def model_input_device(model) -> torch.device:
     """Where input ids must live: the embedding's device (the first shard under device_map)."""
     return model.get_input_embeddings().weight.device
@@ -104,11 +114,7 @@ def decode_two_prompts(
     extra = _forward_kwargs(model)
     rows = pref_ids + base_ids
     shared = shared_prefix_length(rows) if share_prefix else 0
-    cache = DynamicCache()
-    if shared:
-        prefix = torch.tensor([rows[0][:shared]], dtype=torch.long, device=device)  # (1, P)
-        model(input_ids=prefix, past_key_values=cache, use_cache=True, **extra)
-        cache.batch_repeat_interleave(2 * batch)  # (2B, ..., P, ...) in every layer
+    cache = _prefix_cache(model, rows[0][:shared], len(rows), device, extra)
     ids, suffix_mask = left_pad([row[shared:] for row in rows], pad_id)  # (2B, L - P)
     ids, suffix_mask = ids.to(device), suffix_mask.to(device)
     prompt_len = shared + ids.shape[1]

@@ -1,10 +1,12 @@
-"""Which code produced a result: the git commit of this checkout, and whether it was edited.
+"""Which code produced a result: the git commit of this checkout, whether it was edited, and
+the versions of the software that ran it.
 
-Both answer None outside a git checkout (an installed copy, no git on the machine).
+The git answers are None outside a git checkout (an installed copy, no git on the machine).
 """
 
 from __future__ import annotations
 
+import platform
 import subprocess
 from pathlib import Path
 
@@ -29,3 +31,18 @@ def git_dirty() -> bool | None:
     """Whether tracked files differ from that commit."""
     done = _git("status", "--porcelain", "--untracked-files=no")
     return bool(done.stdout.strip()) if done and done.returncode == 0 else None
+
+
+def software_facts() -> dict:
+    """Python, torch and transformers versions, the platform, torch's threads, the commit."""
+    import torch
+    import transformers
+
+    return {
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "transformers": transformers.__version__,
+        "platform": platform.platform(),
+        "torch_threads": torch.get_num_threads(),
+        "git_commit": git_commit(),
+    }

@@ -9,7 +9,6 @@ is written, and the output directory before any weights are loaded.
 from __future__ import annotations
 
 import hashlib
-import platform
 import sys
 import time
 import warnings
@@ -39,7 +38,7 @@ from .outputs import (
     write_json_atomic,
 )
 from .prompts import SYSTEM_PROMPT, preference_sentence
-from .provenance import git_commit
+from .provenance import software_facts
 
 FINGERPRINT_VERSION = 1
 POLL_SECONDS = 0.5  # how often rank 0 looks for the other ranks' batches
@@ -190,16 +189,8 @@ def batches_of(questions: tuple[Question, ...], prompt_lengths: list[int], size:
 
 def environment_facts(process: Process, device: str, model) -> dict:
     """Versions and hardware facts for the sidecar; deliberately no environment variables."""
-    import torch
-    import transformers
-
     return {
-        "python": sys.version.split()[0],
-        "torch": torch.__version__,
-        "transformers": transformers.__version__,
-        "platform": platform.platform(),
-        "torch_threads": torch.get_num_threads(),
-        "git_commit": git_commit(),
+        **software_facts(),
         "world_size": process.world_size,
         "device": device,
         "model_dtype": str(model.dtype).removeprefix("torch."),

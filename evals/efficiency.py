@@ -35,7 +35,7 @@ if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
 from DecodingMethodsModels.errors import UserError  # noqa: E402
-from DecodingMethodsModels.provenance import git_commit, git_dirty  # noqa: E402
+from DecodingMethodsModels.provenance import git_dirty, software_facts  # noqa: E402
 from evals.errors import EvalError  # noqa: E402
 
 DEFAULT_MODEL = "SmolLM2-135M-Instruct"
@@ -552,7 +552,6 @@ def batch_sweep(args, tokenizer, model) -> list[dict]:
 
 def environment(args, model, source, device: str) -> dict:
     import torch
-    import transformers
 
     cpu = platform.processor() or platform.machine()
     if Path("/proc/cpuinfo").is_file():
@@ -563,16 +562,11 @@ def environment(args, model, source, device: str) -> dict:
     facts = {
         "cpu": cpu,
         "logical_cpus": os.cpu_count(),
-        "torch_threads": torch.get_num_threads(),
         "device": device,
         "model": args.model_name,
         "model_file": source.gguf_file,
         "dtype": str(next(model.parameters()).dtype).removeprefix("torch."),
-        "python": platform.python_version(),
-        "torch": torch.__version__,
-        "transformers": transformers.__version__,
-        "platform": platform.platform(),
-        "git_commit": git_commit(),
+        **software_facts(),
         "git_uncommitted_changes": git_dirty(),
     }
     if device.startswith("cuda"):

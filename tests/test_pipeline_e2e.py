@@ -148,7 +148,7 @@ def test_judge_and_reward_model_run_on_main_py_outputs(generated, judge_url, tmp
 @pytest.fixture(scope="module")
 def tiny_reward_model(tmp_path_factory) -> Path:
     import torch
-    from test_rm_evals import build_tokenizer, tiny_llama_config
+    from rm_helpers import build_tokenizer, tiny_llama_config
     from transformers import LlamaForSequenceClassification
 
     path = tmp_path_factory.mktemp("reward") / "tiny-rm"
