@@ -90,3 +90,39 @@ def embedded_model():
 
     source = resolve_model(EMBEDDED_MODEL)
     return load_model(source, "cpu", "float32"), load_tokenizer(source)
+
+
+@pytest.fixture(scope="module")
+def one_torch_thread():
+    """One torch thread for a module of tiny tensors: they gain nothing from threads and lose a
+    lot to OpenMP spinning on a busy 2-core machine. Modules opt in with
+    `pytestmark = pytest.mark.usefixtures("one_torch_thread")`."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+# The tiny generation model, demo questions and single-process reference output shared by the
+# CLI tests of resume, data parallelism and secrets (one copy per module, as module scope says).
+@pytest.fixture(scope="module")
+def model(tmp_path_factory, tiny_model_dirs):
+    from cli_helpers import sensitive_model
+
+    return sensitive_model(tmp_path_factory, tiny_model_dirs)
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory):
+    from cli_helpers import demo_data
+
+    return demo_data(tmp_path_factory)
+
+
+@pytest.fixture(scope="module")
+def reference(tmp_path_factory, model, data) -> bytes:
+    from cli_helpers import reference_output
+
+    return reference_output(tmp_path_factory, model, data)

@@ -18,13 +18,10 @@ from cli_helpers import (
     QUESTIONS,
     ROOT,
     batch_lines,
-    demo_data,
     finish,
     gen_args,
-    reference_output,
     run_cmd,
     run_files,
-    sensitive_model,
     start,
     torchrun_cmd,
     wait_for_batches,
@@ -33,21 +30,6 @@ from cli_helpers import (
 from DecodingMethodsModels import distributed
 from DecodingMethodsModels.distributed import Process, launched_process, restrict_gpus
 from DecodingMethodsModels.errors import UserError
-
-
-@pytest.fixture(scope="module")
-def model(tmp_path_factory, tiny_model_dirs):
-    return sensitive_model(tmp_path_factory, tiny_model_dirs)
-
-
-@pytest.fixture(scope="module")
-def data(tmp_path_factory):
-    return demo_data(tmp_path_factory)
-
-
-@pytest.fixture(scope="module")
-def reference(tmp_path_factory, model, data) -> bytes:
-    return reference_output(tmp_path_factory, model, data)
 
 
 def test_two_cpu_processes_write_the_single_process_file(model, data, reference, tmp_path):

@@ -13,15 +13,12 @@ import pytest
 from cli_helpers import (
     QUESTIONS,
     batch_lines,
-    demo_data,
     finish,
     gen_args,
     main_cmd,
     main_in_process,
-    reference_output,
     run_files,
     run_main,
-    sensitive_model,
     start,
     tree_state,
     wait_for_batches,
@@ -31,21 +28,6 @@ from DecodingMethodsModels.errors import UserError
 from DecodingMethodsModels.outputs import PartialStore
 
 N_BATCHES = len(QUESTIONS) // 2  # gen_args' batch size is 2
-
-
-@pytest.fixture(scope="module")
-def model(tmp_path_factory, tiny_model_dirs):
-    return sensitive_model(tmp_path_factory, tiny_model_dirs)
-
-
-@pytest.fixture(scope="module")
-def data(tmp_path_factory):
-    return demo_data(tmp_path_factory)
-
-
-@pytest.fixture(scope="module")
-def reference(tmp_path_factory, model, data) -> bytes:
-    return reference_output(tmp_path_factory, model, data)
 
 
 def test_sigkill_midway_then_rerun_gives_the_uninterrupted_file(model, data, reference, tmp_path):

@@ -35,13 +35,7 @@ from evals.armorm import ArmoRMForScoring  # noqa: E402
 METHODS = ("base", "pref", "amulet")
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_torch_thread():
-    """Tiny matmuls: one thread avoids OpenMP spin contention on a busy 2-core machine."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture(scope="module")

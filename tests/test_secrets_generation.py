@@ -17,7 +17,6 @@ from cli_helpers import (
     main_in_process,
     run_files,
     run_main,
-    sensitive_model,
     start,
     wait_for_batches,
 )
@@ -31,11 +30,6 @@ ENVIRONMENT_FACTS = {"python", "torch", "transformers", "platform", "torch_threa
 @pytest.fixture(scope="module")
 def secrets() -> dict[str, str]:
     return {name: f"planted-{name.lower()}-{uuid.uuid4().hex}" for name in SECRET_VARS}
-
-
-@pytest.fixture(scope="module")
-def model(tmp_path_factory, tiny_model_dirs):
-    return sensitive_model(tmp_path_factory, tiny_model_dirs)
 
 
 def leaks(secrets: dict[str, str], *texts: str | bytes) -> list[str]:
