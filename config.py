@@ -60,6 +60,9 @@ class RunConfig:
     overwrite: bool = False
     truncate_long_prompts: bool = False
     reference_prompts: bool = False
+    repetition_penalty: float | None = None
+    no_repeat_ngram_size: int | None = None
+    use_model_generation_config: bool = False
 
     def __post_init__(self) -> None:
         for method in self.methods:
@@ -87,6 +90,10 @@ class RunConfig:
             _at_least("limit", self.limit, 1)
         if self.top_k is not None:
             _at_least("top_k", self.top_k, 1)
+        if self.repetition_penalty is not None:
+            _positive("repetition_penalty", self.repetition_penalty)
+        if self.no_repeat_ngram_size is not None:
+            _at_least("no_repeat_ngram_size", self.no_repeat_ngram_size, 0)
         _positive("eta", self.eta)
         _positive("player_lambda", self.player_lambda)
         _positive("temperature", self.temperature)
@@ -174,6 +181,14 @@ def build_parser() -> argparse.ArgumentParser:
     dec.add_argument("--top_k", type=int, default=None)
     dec.add_argument("--seed", type=int, default=42)
     dec.add_argument("--num_beams", type=int, default=16)
+    dec.add_argument("--repetition_penalty", type=float, default=None,
+                     help="applied alike to every method's log-probs (default: none, 1.0)")
+    dec.add_argument("--no_repeat_ngram_size", type=int, default=None,
+                     help="ban repeating any n-gram of this size in every method (default: 0, off)")
+    dec.add_argument("--use_model_generation_config", action="store_true",
+                     help="take repetition_penalty and no_repeat_ngram_size from the checkpoint's "
+                     "generation config when not given here, for every method alike (default: "
+                     "the checkpoint's settings reach no method)")
     dec.add_argument("--truncate_long_prompts", action="store_true",
                      help="cut over-long questions from the left instead of refusing them")
     dec.add_argument("--reference_prompts", action="store_true",

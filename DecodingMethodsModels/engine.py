@@ -29,11 +29,12 @@ import torch
 from transformers import DynamicCache
 
 from .combine import CombineRule
-from .sampling import SamplingSettings, choose_tokens
+from .penalties import Penalties, apply_penalties
+from .sampling import SamplingSettings, choose_tokens, unusable_rows
 
 
 class NonFiniteScoresError(RuntimeError):
-    """The model produced NaN log-probs: no token can be chosen honestly."""
+    """A row's scores hold NaN or nothing finite: no token can be chosen honestly."""
 
 
 @dataclass
@@ -73,6 +74,18 @@ def _prefix_cache(model, prefix: list[int], rows: int, device, extra: dict) -> D
     return cache
 
 
+def select_cache_rows(cache, rows: torch.Tensor) -> None:
+    """Keep only `rows` (a 1-D index) of every layer of `cache`, in that order.
+
+    The index is moved to each layer's own device: a model sharded with device_map='auto' has
+    layers on several GPUs, and one index tensor on the input device fails on all the others.
+    """
+    for layer in cache.layers:
+        keys = getattr(layer, "keys", None)
+        if torch.is_tensor(keys):
+            layer.batch_select_indices(rows.to(keys.device))
+
+
 def model_input_device(model) -> torch.device:
     """Where input ids must live: the embedding's device (the first shard under device_map)."""
     return model.get_input_embeddings().weight.device
@@ -100,13 +113,17 @@ def decode_two_prompts(
     generator: torch.Generator | None = None,
     drop_finished: bool = True,
     share_prefix: bool = True,
+    penalties: Penalties | None = None,
 ) -> DecodeResult:
     """Decode B questions, each with a preference and a base prompt, under `combine`.
 
     `combine(pref_logprobs, base_logprobs) -> scores` takes two fp32 (B, V) tensors.
+    `penalties` apply to the combined scores, with the preference prompt and the generated
+    tokens as each row's context (DecodingMethodsModels/penalties.py).
     Returns the generated ids per question, with the EOS that ended it if one did.
     """
     sampling = sampling or SamplingSettings()
+    penalties = penalties if penalties is not None and penalties.active else None
     if len(pref_ids) != len(base_ids) or not pref_ids:
         raise ValueError("need the same positive number of preference and base prompts")
     batch = len(pref_ids)
@@ -129,6 +146,7 @@ def decode_two_prompts(
     active = torch.arange(batch, device=device)  # question index of each live pair
     active_cpu = torch.arange(batch)
     ended = torch.zeros(batch, dtype=torch.bool)
+    contexts = [list(p) for p in pref_ids] if penalties else None  # prompt + generated
     step_input, step_positions = ids, positions
     steps = 0
     for step in range(max_new_tokens):
@@ -144,15 +162,21 @@ def decode_two_prompts(
         cache = out.past_key_values
         logprobs = torch.log_softmax(out.logits[:, -1, :].float(), dim=-1)  # (2b, V) fp32
         scores = combine(logprobs[:live], logprobs[live:])  # (b, V)
+        if penalties:
+            scores = apply_penalties(scores, [contexts[q] for q in active_cpu.tolist()],
+                                     penalties)
         tokens = choose_tokens(scores, sampling, generator)  # (b,)
         generated[active, step] = tokens
         done = torch.isin(tokens, eos)
-        nan_rows = torch.isnan(scores).any(dim=-1)
-        status = torch.stack([done, nan_rows]).cpu()  # the one host sync per step
+        status = torch.stack([done, unusable_rows(scores)]).cpu()  # the one host sync per step
         steps += 1
         if status[1].any():
-            bad = active[status[1].to(device)].tolist()
-            raise NonFiniteScoresError(f"NaN scores for batch rows {bad} at step {step}")
+            bad = active_cpu[status[1]].tolist()
+            raise NonFiniteScoresError(
+                f"NaN or no finite score for batch rows {bad} at step {step}")
+        if penalties:
+            for q, token in zip(active_cpu.tolist(), tokens.tolist(), strict=True):
+                contexts[q].append(token)
         finished = status[0] | ended[active_cpu]  # (b,) on the host
         for row in (status[0] & ~ended[active_cpu]).nonzero().flatten().tolist():
             lengths[active_cpu[row]] = step + 1  # keep the EOS
@@ -162,9 +186,10 @@ def decode_two_prompts(
         step_tokens = tokens
         next_pos = next_position + step
         if drop_finished and bool(finished.any()):
-            keep_idx = (~finished).nonzero().flatten()
-            rows = torch.cat([keep_idx, keep_idx + live]).to(device)  # same pairs, both halves
-            cache.batch_select_indices(rows)
+            keep_idx = (~finished).nonzero().flatten()  # on the host
+            kept_rows = torch.cat([keep_idx, keep_idx + live])  # same pairs, both halves
+            select_cache_rows(cache, kept_rows)
+            rows = kept_rows.to(device)
             mask, next_position, next_pos = mask[rows], next_position[rows], next_pos[rows]
             active, active_cpu = active[keep_idx.to(device)], active_cpu[keep_idx]
             step_tokens = tokens[keep_idx.to(device)]

@@ -48,7 +48,8 @@ def resolve_model(model_name: str) -> ModelSource:
         gguf = Path(model_name).expanduser()
         if not gguf.is_file():
             raise UserError(f"GGUF file not found: {model_name}")
-        return ModelSource(str(gguf.resolve().parent), gguf.name, gguf.stem)
+        target = gguf.resolve()  # a symlink: the file is looked up under its target's name
+        return ModelSource(str(target.parent), target.name, gguf.stem)
     local = Path(model_name).expanduser()
     if local.is_dir():
         return ModelSource(str(local.resolve()), None, local.resolve().name)
@@ -135,26 +136,42 @@ def load_model(
     """The model in eval mode, on `device` or sharded over all GPUs with device_map='auto'."""
     from transformers import AutoModelForCausalLM
 
-    kwargs = {"dtype": resolve_dtype(dtype, device), "trust_remote_code": trust_remote_code}
+    kwargs = {"dtype": resolve_dtype(dtype, device), "trust_remote_code": trust_remote_code,
+              "output_loading_info": True}
     if multi_gpu:
         kwargs["device_map"] = "auto"
     cached = conversion_cache(source, "model")
     if cached is not None and cached.is_dir():
-        model = AutoModelForCausalLM.from_pretrained(cached, **kwargs)
+        model, info = AutoModelForCausalLM.from_pretrained(cached, **kwargs)
+        check_weights_loaded(source, info)
         return (model if multi_gpu else model.to(device)).eval()
     if source.gguf_file:
         kwargs["gguf_file"] = source.gguf_file
     try:
-        model = AutoModelForCausalLM.from_pretrained(source.path, **kwargs)
+        model, info = AutoModelForCausalLM.from_pretrained(source.path, **kwargs)
     except OSError as err:
         raise _unreachable(source, err) from None
     except ValueError as err:
         raise _refused(source, err) from None
+    check_weights_loaded(source, info)
     if kwargs["dtype"] == torch_float32():
         _save_converted(model, cached)
     if not multi_gpu:
         model = model.to(device)
     return model.eval()
+
+
+def check_weights_loaded(source: ModelSource, info: dict) -> None:
+    """Refuse a checkpoint that lacks weights of the causal LM (transformers would initialise
+    them at random and decode garbage): a reward or classification model has no LM head."""
+    missing = sorted(info.get("missing_keys") or [])
+    if missing:
+        shown = ", ".join(missing[:3]) + (f" and {len(missing) - 3} more" if len(missing) > 3
+                                          else "")
+        head = " (no LM head: a reward or classification model cannot decode)" if any(
+            "lm_head" in key for key in missing) else ""
+        raise UserError(f"{source.short_name}: weights missing from the checkpoint: {shown}"
+                        f"{head}; --model_name needs a causal language model")
 
 
 def torch_float32():

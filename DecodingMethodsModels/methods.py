@@ -7,15 +7,17 @@ base, pref and beam are `model.generate` calls; la and amulet go through the two
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 
 import torch
-from transformers import GenerationConfig
+from transformers import GenerationConfig, LogitsProcessor, LogitsProcessorList
 
 from .combine import CombineRule, amulet_rule, la_rule
-from .engine import decode_two_prompts, left_pad, model_input_device
-from .sampling import SamplingSettings
+from .engine import NonFiniteScoresError, decode_two_prompts, left_pad, model_input_device
+from .penalties import Penalties, apply_penalties
+from .sampling import SamplingSettings, unusable_rows, warp_scores
 
 
 @dataclass(frozen=True)
@@ -31,6 +33,7 @@ class DecodeSettings:
     player_lambda: float = 2.0
     eta: float = 10.0
     amulet_solver: str = "closed_form"
+    penalties: Penalties = field(default_factory=Penalties)
 
 
 Runner = Callable[..., list[list[int]]]
@@ -41,28 +44,99 @@ def generate_on(
 ) -> list[list[int]]:
     """`model.generate` on left-padded prompts, with an explicit mask and all EOS ids.
 
-    The generation config is built from our settings alone, so a model's own sampling defaults
-    (e.g. temperature, repetition penalty) never leak into one method and not another.
+    The generation config is built from our settings alone and the checkpoint's own generation
+    config is set aside for the call (`neutral_generation_config`), so a model's defaults
+    (temperature, repetition penalty, ...) never reach one method and not another. Scores go
+    through `ScoreGuard`: log-softmax in fp32, the shared penalties, a NaN check.
     """
     device = model_input_device(model)
     ids, mask = left_pad(prompts, settings.pad_id)
+    padding = [ids.shape[1] - len(p) for p in prompts]
     sampling = settings.sampling
     config = GenerationConfig(
         max_new_tokens=settings.max_new_tokens,
         do_sample=sampling.do_sample,
-        temperature=sampling.temperature if sampling.do_sample else None,
-        top_p=sampling.top_p if sampling.do_sample else None,
-        top_k=(sampling.top_k or 0) if sampling.do_sample else None,
+        temperature=1.0, top_p=1.0, top_k=0,  # ScoreGuard warps, after the penalties
         num_beams=num_beams,
         eos_token_id=settings.eos_ids,
         pad_token_id=settings.pad_id,
     )
+    guard = ScoreGuard(padding, num_beams, settings.penalties, sampling)
     torch.manual_seed(seed)
-    with torch.inference_mode():
+    with torch.inference_mode(), neutral_generation_config(model):
         out = model.generate(
-            input_ids=ids.to(device), attention_mask=mask.to(device), generation_config=config
+            input_ids=ids.to(device), attention_mask=mask.to(device), generation_config=config,
+            logits_processor=LogitsProcessorList([guard]),
         )
     return [cut_at_eos(row.tolist(), settings.eos_ids) for row in out[:, ids.shape[1]:]]
+
+
+# Fields of a generation config that name tokens or lengths we always set ourselves, or that
+# change no token: not reported as checkpoint settings set aside.
+_NOT_DECODING = {
+    "bos_token_id", "eos_token_id", "pad_token_id", "decoder_start_token_id", "max_length",
+    "max_new_tokens", "use_cache", "cache_implementation", "transformers_version",
+    "_from_model_config", "return_dict_in_generate", "output_scores", "output_logits",
+    "output_attentions", "output_hidden_states",
+}
+
+
+def checkpoint_generation_settings(model) -> dict:
+    """The model's own generation-config fields that differ from transformers' defaults and
+    could change tokens (sampling defaults, penalties, banned or suppressed tokens, ...)."""
+    own = model.generation_config.to_diff_dict()
+    return {k: v for k, v in own.items() if k not in _NOT_DECODING}
+
+
+@contextmanager
+def neutral_generation_config(model) -> Iterator[None]:
+    """Within the block, `model.generation_config` is transformers' neutral default.
+
+    `generate` fills every field a passed GenerationConfig leaves unset from the model's own
+    generation config (a checkpoint's repetition penalty, n-gram ban, suppressed tokens...),
+    and the two-prompt engine never sees those: set aside, they reach no method.
+    """
+    own = model.generation_config
+    model.generation_config = GenerationConfig()
+    try:
+        yield
+    finally:
+        model.generation_config = own
+
+
+class ScoreGuard(LogitsProcessor):
+    """`model.generate`'s scores as the engine treats its own: fp32 log-softmax, the shared
+    penalties (contexts without left padding), a check that every row is usable, and, when
+    sampling, the engine's temperature / top-k / top-p warping (transformers' own warpers are
+    switched off so that they cannot run before the penalties).
+
+    Log-softmax changes no argmax, no softmax and no beam score, so without penalties the
+    tokens are those of plain `generate`. `padding[i]` is question i's left padding; with
+    beam search, rows i * num_beams ... (i + 1) * num_beams - 1 belong to question i.
+    """
+
+    def __init__(self, padding: list[int], num_beams: int, penalties: Penalties,
+                 sampling: SamplingSettings):
+        self.padding = padding
+        self.num_beams = num_beams
+        self.penalties = penalties
+        self.sampling = sampling
+
+    def __call__(self, input_ids: torch.LongTensor, scores: torch.Tensor) -> torch.Tensor:
+        scores = torch.log_softmax(scores.float(), dim=-1)  # (rows, V) fp32
+        if self.penalties.active:
+            contexts = [
+                row[self.padding[i // self.num_beams]:].tolist()
+                for i, row in enumerate(input_ids)
+            ]
+            scores = apply_penalties(scores, contexts, self.penalties)
+        bad = unusable_rows(scores)
+        if bad.any():
+            rows = bad.nonzero().flatten().tolist()
+            raise NonFiniteScoresError(f"NaN or no finite score for batch rows {rows}")
+        if self.sampling.do_sample:
+            scores = warp_scores(scores, self.sampling)
+        return scores
 
 
 def cut_at_eos(ids: list[int], eos_ids: list[int]) -> list[int]:
@@ -81,7 +155,7 @@ def two_prompt(
         generator = torch.Generator(device=model_input_device(model)).manual_seed(seed)
     result = decode_two_prompts(
         model, pref_ids, base_ids, combine, settings.max_new_tokens, settings.eos_ids,
-        settings.pad_id, settings.sampling, generator,
+        settings.pad_id, settings.sampling, generator, penalties=settings.penalties,
     )
     return result.token_ids
 

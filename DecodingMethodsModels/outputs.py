@@ -169,13 +169,8 @@ class PartialStore:
                 f"{self.path} has no valid header; delete it, or rerun with --overwrite"
             )
         stored = header["fingerprint"]
-        changed = sorted(k for k in set(stored) | set(self.fingerprint)
-                         if stored.get(k) != self.fingerprint.get(k))
-        if changed:
-            details = ", ".join(
-                f"{k}: {_short(stored.get(k))} -> {_short(self.fingerprint.get(k))}"
-                for k in changed
-            )
+        if changed_settings(stored, self.fingerprint):
+            details = describe_changes(stored, self.fingerprint)
             raise UserError(
                 f"{self.path} holds partial results of another configuration ({details}); "
                 "rerun with the earlier settings to resume it, or pass --overwrite to discard it"
@@ -228,6 +223,19 @@ class PartialStore:
 
     def __exit__(self, *exc) -> None:
         self.close()
+
+
+def changed_settings(stored: dict, expected: dict) -> list[str]:
+    """The fingerprint keys whose values differ (a key missing on one side counts)."""
+    return sorted(k for k in set(stored) | set(expected) if stored.get(k) != expected.get(k))
+
+
+def describe_changes(stored: dict, expected: dict, most: int = 8) -> str:
+    """`key: old -> new, ...` for the first `most` changed keys, values shortened."""
+    changed = changed_settings(stored, expected)
+    text = ", ".join(f"{k}: {_short(stored.get(k))} -> {_short(expected.get(k))}"
+                     for k in changed[:most])
+    return text + (f" and {len(changed) - most} more" if len(changed) > most else "")
 
 
 def _is_batch_entry(item: object) -> bool:

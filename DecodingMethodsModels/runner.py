@@ -30,7 +30,9 @@ from .errors import UserError
 from .eval_data import Dataset, Question, load_dataset
 from .outputs import (
     PartialStore,
+    changed_settings,
     check_writable,
+    describe_changes,
     final_records,
     preference_slug,
     read_json,
@@ -40,7 +42,7 @@ from .outputs import (
 from .prompts import SYSTEM_PROMPT, preference_sentence
 from .provenance import software_facts
 
-FINGERPRINT_VERSION = 1
+FINGERPRINT_VERSION = 2
 POLL_SECONDS = 0.5  # how often rank 0 looks for the other ranks' batches
 
 
@@ -73,13 +75,46 @@ class PlannedRun:
 
 @dataclass
 class Work:
-    """One run as this rank sees it: the fixed batches, those already on disk, and its own."""
+    """One run as this rank sees it: the fixed batches, those already on disk, and its own.
+
+    `kept` holds the records of a finished run of the same configuration with a smaller
+    --limit: only the other questions are decoded, and the final file is extended.
+    """
 
     run: PlannedRun
     expected: dict
     done: set[int]
     batches: list[list[int]] = field(default_factory=list)
     mine: list[int] = field(default_factory=list)
+    kept: list[dict] = field(default_factory=list)
+
+    @property
+    def part_fingerprint(self) -> dict:
+        """Partial files of an extension hold other batches than those of a fresh run."""
+        if not self.kept:
+            return self.expected
+        return {**self.expected, "extends_records": len(self.kept)}
+
+    def positions_to_decode(self) -> list[int]:
+        kept = {r["index"] for r in self.kept}
+        questions = self.run.dataset.questions
+        return [i for i, q in enumerate(questions) if q.index not in kept]
+
+
+@dataclass(frozen=True)
+class Hardware:
+    """What the device and dtype flags resolve to on this machine (they change the tokens)."""
+
+    device_type: str
+    dtype: str
+
+
+def resolved_hardware(config) -> Hardware:
+    from .loading import resolve_device, resolve_dtype
+
+    device = "cuda" if config.multi_gpu else resolve_device(config.device)
+    dtype = str(resolve_dtype(config.dtype, device)).removeprefix("torch.")
+    return Hardware(device.split(":")[0], dtype)
 
 
 def method_parameters(config, method: str) -> dict:
@@ -102,17 +137,25 @@ def method_parameters(config, method: str) -> dict:
     return {}
 
 
-def fingerprint(config, run: PlannedRun, model_short_name: str) -> dict:
-    """Everything that changes the responses of a run; partial results must match it exactly."""
+def fingerprint(config, run: PlannedRun, model_short_name: str,
+                hardware: Hardware | None = None) -> dict:
+    """Everything that changes the responses of a run; partial results must match it exactly.
+
+    The device type and dtype are recorded as resolved (`--dtype auto` is float32 on a CPU and
+    bfloat16 on CUDA); the seed only when sampling, since greedy and beam runs ignore it.
+    """
+    hardware = hardware or resolved_hardware(config)
     sampling = (
-        {"temperature": config.temperature, "top_p": config.top_p, "top_k": config.top_k}
+        {"temperature": config.temperature, "top_p": config.top_p, "top_k": config.top_k,
+         "seed": config.seed}
         if config.do_sample else {}
     )
     return {
         "version": FINGERPRINT_VERSION,
         "model": config.model_name,
         "model_short_name": model_short_name,
-        "dtype": config.dtype,
+        "dtype": hardware.dtype,
+        "device_type": hardware.device_type,
         "method": run.method,
         "system_prompt_sha256": hashlib.sha256(SYSTEM_PROMPT.encode()).hexdigest(),
         "reference_prompts": config.reference_prompts,
@@ -122,9 +165,11 @@ def fingerprint(config, run: PlannedRun, model_short_name: str) -> dict:
         "limit": config.limit,
         "max_new_tokens": config.max_new_tokens,
         "do_sample": config.do_sample,
-        "seed": config.seed,
         "batch_size": config.batch_size,
         "truncate_long_prompts": config.truncate_long_prompts,
+        "repetition_penalty": config.repetition_penalty,
+        "no_repeat_ngram_size": config.no_repeat_ngram_size,
+        "use_model_generation_config": config.use_model_generation_config,
         **sampling,
         **method_parameters(config, run.method),
     }
@@ -145,45 +190,63 @@ def plan_runs(config, model_short_name: str) -> list[PlannedRun]:
     return runs
 
 
-def is_complete(run: PlannedRun, expected: dict) -> bool:
-    """A final file exists; warns when it was made under another configuration."""
+def finished_records(run: PlannedRun, expected: dict) -> list[dict] | None:
+    """The records of an earlier finished run that this one can use, or None if there is none.
+
+    Same configuration: all of them. Same but for a smaller --limit: those, and the caller
+    decodes the rest. Any other difference is refused, naming the settings, so that a file of
+    other settings is never taken for this run's.
+    """
     if not run.final_path.exists():
-        return False
-    meta = read_json(run.meta_path) or {}
-    if meta.get("fingerprint") != expected:
-        warnings.warn(
-            f"{run.final_path} exists from a different configuration; left alone "
-            "(pass --overwrite to replace it)", stacklevel=2,
-        )
-    return True
+        return None
+    stored = (read_json(run.meta_path) or {}).get("fingerprint")
+    if not isinstance(stored, dict):
+        raise UserError(f"{run.final_path} exists without a readable sidecar "
+                        f"{run.meta_path.name}, so its settings are unknown; pass --overwrite "
+                        "to replace it, or choose another --output_dir")
+    changed = changed_settings(stored, expected)
+    if changed and changed != ["limit"]:
+        raise UserError(f"{run.final_path} was made with other settings "
+                        f"({describe_changes(stored, expected)}); pass --overwrite to replace "
+                        "it, or choose another --output_dir")
+    records = read_json(run.final_path)
+    if not isinstance(records, list):
+        raise UserError(f"{run.final_path} is not a list of records; pass --overwrite to redo it")
+    wanted = {q.index for q in run.dataset.questions}
+    return [r for r in records if isinstance(r, dict) and r.get("index") in wanted]
 
 
 def select_todo(config, runs: list[PlannedRun], short_name: str) -> tuple[list[Work], int]:
-    """The runs to do, with the batches already on disk; refuses partial files of another
-    configuration now, before any model is loaded. Returns (work, number already complete)."""
+    """The runs to do, with the batches already on disk; refuses finished and partial files of
+    another configuration now, before any model is loaded. Returns (work, number complete)."""
+    hardware = resolved_hardware(config)
     todo, complete = [], 0
     for planned in runs:
-        expected = fingerprint(config, planned, short_name)
+        expected = fingerprint(config, planned, short_name, hardware)
         if config.overwrite:
             todo.append(Work(planned, expected, set()))
             continue
-        if is_complete(planned, expected):
+        kept = finished_records(planned, expected)
+        if kept is not None and len(kept) == len(planned.dataset.questions):
             complete += 1
             continue
-        done = set()
+        work = Work(planned, expected, set(), kept=kept or [])
         for part in planned.part_paths():
-            done |= set(PartialStore(part, expected).load())
-        todo.append(Work(planned, expected, done))
+            work.done |= set(PartialStore(part, work.part_fingerprint).load())
+        todo.append(work)
     return todo, complete
 
 
-def batches_of(questions: tuple[Question, ...], prompt_lengths: list[int], size: int):
-    """Fixed batches: questions sorted by prompt length (stable), cut into `size` chunks.
+def batches_of(questions: tuple[Question, ...], prompt_lengths: list[int], size: int,
+               positions: list[int] | None = None):
+    """Fixed batches: questions (all, or those at `positions`) sorted by prompt length (stable),
+    cut into `size` chunks.
 
     They depend only on the dataset and the batch size, so a resumed or sharded run decodes
     exactly the batches an uninterrupted single-process run would.
     """
-    order = sorted(range(len(questions)), key=lambda i: prompt_lengths[i])
+    candidates = range(len(questions)) if positions is None else positions
+    order = sorted(candidates, key=lambda i: prompt_lengths[i])
     return [order[i: i + size] for i in range(0, len(order), size)]
 
 
@@ -206,23 +269,31 @@ def seed_for_batch(seed: int, batch: int) -> int:
     return (seed * 1_000_003 + batch) % (2**63)
 
 
-def encode_questions(tokenizer, dataset: Dataset, preference, system_role, context, config):
-    """Prompt ids per question; over-long questions are refused, or cut from the left if asked."""
+def encode_questions(tokenizer, dataset: Dataset, preference: str, system_role: bool,
+                     context: int | None, config) -> tuple[list[list[int]], list[list[int]]]:
+    """(preference prompt ids, base prompt ids) per question, both built from the same question
+    text. A question too long for the context is refused, or, if asked, cut from the left once
+    so that the longer of its two prompts fits, and both prompts are built from that cut text:
+    LA and Amulet then contrast two prompts about the same question."""
     from .prompts import encode_prompt
 
-    def encode(question: str) -> list[int]:
-        return encode_prompt(tokenizer, question, preference, system_role,
-                             reference=config.reference_prompts)
+    def encode(question: str) -> tuple[list[int], list[int]]:
+        return tuple(
+            encode_prompt(tokenizer, question, sentence, system_role,
+                          reference=config.reference_prompts)
+            for sentence in (preference, "")
+        )
 
-    encoded = []
+    pref_prompts, base_prompts = [], []
     for q in dataset.questions:
-        ids = encode(q.question)
-        excess = len(ids) + config.max_new_tokens - context if context else 0
+        pref, base = encode(q.question)
+        longest = max(len(pref), len(base))
+        excess = longest + config.max_new_tokens - context if context else 0
         where = f"{dataset.path}: question index {q.index}"
         if excess > 0:
             if not config.truncate_long_prompts:
                 raise UserError(
-                    f"{where} needs {len(ids)} prompt tokens + {config.max_new_tokens} new tokens"
+                    f"{where} needs {longest} prompt tokens + {config.max_new_tokens} new tokens"
                     f", more than the model's context of {context}; pass --truncate_long_prompts "
                     "to cut it from the left, or lower --max_new_tokens"
                 )
@@ -231,13 +302,14 @@ def encode_questions(tokenizer, dataset: Dataset, preference, system_role, conte
                 raise UserError(f"{where}: the prompt without the question already exceeds the "
                                 f"model's context of {context}; lower --max_new_tokens")
             cut = tokenizer.decode(question_ids[excess + 8:])  # margin for re-tokenisation
-            ids = encode(cut)
-            if len(ids) + config.max_new_tokens > context:
+            pref, base = encode(cut)
+            if max(len(pref), len(base)) + config.max_new_tokens > context:
                 raise UserError(f"{where} could not be cut to fit the model's context")
             warnings.warn(f"{where} cut from the left by {excess + 8} tokens to fit the "
                           f"model's context of {context}", stacklevel=2)
-        encoded.append(ids)
-    return encoded
+        pref_prompts.append(pref)
+        base_prompts.append(base)
+    return pref_prompts, base_prompts
 
 
 def check_model_source(source) -> None:
@@ -249,16 +321,15 @@ def check_model_source(source) -> None:
 
 
 def encode_all(todo: list[Work], tokenizer, system_role: bool, context: int | None,
-               config) -> dict[tuple[str, str], list[list[int]]]:
-    """Prompt ids of every (preference or "" for base, dataset) the runs need."""
+               config) -> dict[tuple[str, str], tuple[list[list[int]], list[list[int]]]]:
+    """(preference ids, base ids) of every (preference, dataset) the runs need."""
     prompts = {}
     for work in todo:
-        dataset = work.run.dataset
-        for preference in (work.run.preference, ""):
-            if (preference, dataset.name) not in prompts:
-                prompts[(preference, dataset.name)] = encode_questions(
-                    tokenizer, dataset, preference, system_role, context, config
-                )
+        key = (work.run.preference, work.run.dataset.name)
+        if key not in prompts:
+            prompts[key] = encode_questions(
+                tokenizer, work.run.dataset, work.run.preference, system_role, context, config
+            )
     return prompts
 
 
@@ -295,7 +366,7 @@ class Decoder:
 
     model: object
     tokenizer: object
-    prompts: dict[tuple[str, str], list[list[int]]]  # (preference or "", dataset) -> ids
+    prompts: dict[tuple[str, str], tuple[list[list[int]], list[list[int]]]]
     settings: object
     eos_ids: list[int]
     seed: int
@@ -306,8 +377,7 @@ class Decoder:
         from .methods import METHOD_RUNNERS
 
         rows = work.batches[batch]
-        pref_ids = self.prompts[(work.run.preference, work.run.dataset.name)]
-        base_ids = self.prompts[("", work.run.dataset.name)]
+        pref_ids, base_ids = self.prompts[(work.run.preference, work.run.dataset.name)]
         try:
             outputs = METHOD_RUNNERS[work.run.method](
                 self.model, [pref_ids[i] for i in rows], [base_ids[i] for i in rows],
@@ -388,14 +458,52 @@ def load_and_check(config, process: Process, todo: list[Work]) -> tuple[Decoder,
     if context is None and model_context(model.config) is not None:
         prompts = encode_all(todo, tokenizer, system_role, model_context(model.config), config)
     for work in todo:
-        pref_ids = prompts[(work.run.preference, work.run.dataset.name)]
+        pref_ids, _ = prompts[(work.run.preference, work.run.dataset.name)]
+        positions = work.positions_to_decode() if work.kept else None
         work.batches = batches_of(work.run.dataset.questions, [len(p) for p in pref_ids],
-                                  config.batch_size)
+                                  config.batch_size, positions)
         work.mine = [b for b in range(len(work.batches)) if process.owns(b) and b not in work.done]
     eos_ids = eos_token_ids(model, tokenizer)
-    settings = decode_settings(config, eos_ids, pad_token_id(tokenizer, eos_ids))
+    penalties, generation_facts = resolve_penalties(config, model)
+    settings = decode_settings(config, eos_ids, pad_token_id(tokenizer, eos_ids), penalties)
     decoder = Decoder(model, tokenizer, prompts, settings, eos_ids, config.seed)
-    return decoder, environment_facts(process, device, model)
+    return decoder, {**environment_facts(process, device, model), **generation_facts}
+
+
+def resolve_penalties(config, model):
+    """The penalties every method applies, and what the checkpoint's generation config set.
+
+    By default none of the checkpoint's settings reach any method (a warning names them);
+    with --use_model_generation_config its repetition penalty and n-gram ban fill what the
+    command line left unset, for every method alike.
+    """
+    from .methods import checkpoint_generation_settings
+    from .penalties import Penalties
+
+    own = checkpoint_generation_settings(model)
+    adopt = config.use_model_generation_config
+    penalty = config.repetition_penalty
+    ngram = config.no_repeat_ngram_size
+    if adopt:
+        penalty = own.get("repetition_penalty") if penalty is None else penalty
+        ngram = own.get("no_repeat_ngram_size") if ngram is None else ngram
+    penalties = Penalties(1.0 if penalty is None else float(penalty), int(ngram or 0))
+    applied = {"repetition_penalty", "no_repeat_ngram_size"} if adopt else set()
+    ignored = {k: v for k, v in own.items() if k not in applied}
+    if ignored:
+        listed = ", ".join(f"{k}={v}" for k, v in sorted(ignored.items()))
+        hint = ("" if adopt else "; --use_model_generation_config applies its repetition "
+                "penalty and n-gram ban to every method")
+        warnings.warn(f"the checkpoint's generation config sets {listed}: no method uses "
+                      f"{'these' if adopt else 'them'} (every method decodes with the command "
+                      f"line's settings){hint}", stacklevel=2)
+    facts = {"generation": {
+        "repetition_penalty": penalties.repetition_penalty,
+        "no_repeat_ngram_size": penalties.no_repeat_ngram_size,
+        "checkpoint_generation_config": own,
+        "checkpoint_settings_applied": sorted(applied & set(own)),
+    }}
+    return penalties, facts
 
 
 def nan_message(work: Work, batch: int, model, err: Exception) -> str:
@@ -449,7 +557,8 @@ def decode_share(config, work: Work, process: Process, decoder: Decoder, bar) ->
     """Decode this rank's missing batches of one run, each appended to disk when finished."""
     if not work.mine:
         return
-    store = PartialStore(work.run.part_path(process.rank), work.expected, config.to_dict())
+    store = PartialStore(work.run.part_path(process.rank), work.part_fingerprint,
+                         config.to_dict())
     try:
         for b in work.mine:
             started = now()
@@ -479,7 +588,7 @@ def assemble_ready(config, pending: list[Work], facts: dict, say,
             if seen.get(id(work)) == sizes:
                 continue
             seen[id(work)] = sizes
-        entries = load_parts(work.run, work.expected)
+        entries = load_parts(work.run, work.part_fingerprint)
         if len(set(entries) & set(range(len(work.batches)))) == len(work.batches):
             written.append(assemble(config, work, entries, facts))
             say(f"wrote {work.run.final_path}")
@@ -508,7 +617,7 @@ def wait_for_ranks(config, pending: list[Work], facts: dict, say, process: Proce
 
 
 def _missing(work: Work) -> list[int]:
-    return sorted(set(range(len(work.batches))) - set(load_parts(work.run, work.expected)))
+    return sorted(set(range(len(work.batches))) - set(load_parts(work.run, work.part_fingerprint)))
 
 
 def assemble(config, work: Work, entries: dict[int, dict], facts: dict) -> Path:
@@ -521,26 +630,30 @@ def assemble(config, work: Work, entries: dict[int, dict], facts: dict) -> Path:
         "fingerprint": work.expected,
         "config": config.to_dict(),
         "questions": len(planned.dataset.questions),
+        "extended_from_records": len(work.kept) if work.kept else None,
+        "generation": facts.get("generation"),
         "generated_tokens": tokens,
         "decode_seconds": round(seconds, 3),
         "tokens_per_second": round(tokens / seconds, 3) if seconds else None,
-        "environment": facts,
+        "environment": {k: v for k, v in facts.items() if k != "generation"},
     }
     # the sidecar first: a final file without its sidecar would look like another config's
     write_json_atomic(planned.meta_path, meta)
-    write_json_atomic(planned.final_path, final_records(ordered))
+    write_json_atomic(planned.final_path, final_records([{"records": work.kept}, *ordered]))
     for part in planned.part_paths():
         part.unlink(missing_ok=True)
     return planned.final_path
 
 
-def decode_settings(config, eos_ids: list[int], pad_id: int):
+def decode_settings(config, eos_ids: list[int], pad_id: int, penalties=None):
     from .methods import DecodeSettings
+    from .penalties import Penalties
     from .sampling import SamplingSettings
 
     sampling = SamplingSettings(config.do_sample, config.temperature, config.top_k, config.top_p)
     return DecodeSettings(
         max_new_tokens=config.max_new_tokens, eos_ids=eos_ids, pad_id=pad_id, sampling=sampling,
+        penalties=penalties or Penalties(),
         num_beams=config.num_beams, reinforce_ratio=config.reinforce_ratio,
         iteration_num=config.iteration_num, alpha=config.alpha,
         player_lambda=config.player_lambda, eta=config.eta, amulet_solver=config.amulet_solver,

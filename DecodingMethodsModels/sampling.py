@@ -37,11 +37,25 @@ def warp_scores(scores: torch.Tensor, settings: SamplingSettings) -> torch.Tenso
     return scores
 
 
+def unusable_rows(scores: torch.Tensor) -> torch.Tensor:
+    """Rows from which no token can be chosen honestly: any NaN, or no finite score.
+
+    (B, V) -> (B,) bool, on the scores' device (no host sync).
+    """
+    return torch.isnan(scores).any(dim=-1) | ~torch.isfinite(scores).any(dim=-1)
+
+
 def choose_tokens(
     scores: torch.Tensor, settings: SamplingSettings, generator: torch.Generator | None
 ) -> torch.Tensor:
-    """Next token per row, (B, V) -> (B,)."""
+    """Next token per row, (B, V) -> (B,).
+
+    Rows that `unusable_rows` flags get an arbitrary token and must be rejected by the caller;
+    they are neutralised before sampling so that `torch.multinomial` never sees NaN (on CUDA
+    that is a device-side assert, which kills the process before any message).
+    """
     if not settings.do_sample:
         return scores.argmax(dim=-1)
+    scores = scores.masked_fill(unusable_rows(scores).unsqueeze(-1), 0.0)
     probs = torch.softmax(warp_scores(scores, settings), dim=-1)
     return torch.multinomial(probs, 1, generator=generator).squeeze(-1)

@@ -145,13 +145,20 @@ def write_dataset(data_dir: Path, name: str, questions: list[str]) -> Path:
                       [{"index": i, "question": q} for i, q in enumerate(questions)])
 
 
+# What real checkpoints ship in generation_config.json (Qwen2-7B-Instruct ships a repetition
+# penalty and sampling defaults): a model with these must decode as if it had none.
+OPINIONATED_GENERATION = {"do_sample": True, "temperature": 0.7, "top_p": 0.8, "top_k": 20,
+                          "repetition_penalty": 1.5, "no_repeat_ngram_size": 3}
+
+
 def build_variant(tiny_dir: Path, out: Path, initializer_range: float = 0.3,
-                  nan: bool = False) -> Path:
+                  nan: bool = False, generation: dict | None = None) -> Path:
     """A tiny model re-initialised from `tiny_dir`'s config and tokenizer.
 
     initializer_range 0.3 (instead of 0.02) makes greedy answers differ between questions, so
     a record written under the wrong question or batch shows in a byte comparison. `nan`
-    poisons the final norm: every logit is NaN.
+    poisons the final norm: every logit is NaN. `generation` goes into the checkpoint's own
+    generation config; the weights do not depend on it.
     """
     if (out / "model.safetensors").is_file():
         return out
@@ -164,6 +171,8 @@ def build_variant(tiny_dir: Path, out: Path, initializer_range: float = 0.3,
     model = AutoModelForCausalLM.from_config(config)
     model.generation_config.eos_token_id = [2]
     model.generation_config.pad_token_id = 2
+    for key, value in (generation or {}).items():
+        setattr(model.generation_config, key, value)
     if nan:
         with torch.no_grad():
             model.model.norm.weight.fill_(float("nan"))
@@ -184,6 +193,36 @@ def shared_dir(tmp_path_factory, name: str) -> Path:
 
 def sensitive_model(tmp_path_factory, tiny_model_dirs) -> Path:
     return build_variant(tiny_model_dirs["llama"], shared_dir(tmp_path_factory, "tiny-sensitive"))
+
+
+def opinionated_model(tmp_path_factory, tiny_model_dirs) -> Path:
+    """The sensitive model's weights with OPINIONATED_GENERATION in its generation config."""
+    return build_variant(tiny_model_dirs["llama"],
+                         shared_dir(tmp_path_factory, "tiny-opinionated"),
+                         generation=OPINIONATED_GENERATION)
+
+
+def classifier_model(tmp_path_factory, tiny_model_dirs) -> Path:
+    """A tiny LlamaForSequenceClassification (a reward model's layout: no LM head) with the
+    tiny models' tokenizer, as a user might pass one as --model_name by mistake."""
+    out = shared_dir(tmp_path_factory, "tiny-reward-model")
+    if (out / "model.safetensors").is_file():
+        return out
+    import torch
+    from transformers import AutoConfig, LlamaForSequenceClassification
+
+    tiny_dir = tiny_model_dirs["llama"]
+    config = AutoConfig.from_pretrained(tiny_dir)
+    config.num_labels = 1
+    torch.manual_seed(0)
+    tmp = out.with_name(out.name + ".tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    LlamaForSequenceClassification(config).save_pretrained(tmp)
+    for item in tiny_dir.iterdir():
+        if item.name.startswith(("tokenizer", "special_tokens", "chat_template")):
+            shutil.copy(item, tmp / item.name)
+    tmp.rename(out)
+    return out
 
 
 def demo_data(tmp_path_factory) -> Path:

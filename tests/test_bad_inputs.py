@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 from cli_helpers import (
     build_variant,
+    classifier_model,
     finish,
     main_cmd,
     main_in_process,
@@ -32,7 +33,7 @@ class Case:
     expect: tuple[str, ...]  # fragments of the one error line
     dataset: object = None  # written as data/bad.json: bytes as they are, else as JSON
     args: tuple[str, ...] = ()
-    model: str = "tiny"  # tiny, nan, or a literal --model_name
+    model: str = "tiny"  # tiny, nan, rm, or a literal --model_name
     output: str = "out"  # relative to the workspace; '{file}' is a regular file there
 
 
@@ -99,6 +100,12 @@ CASES = [
     Case("model_gives_nan_scores",
          ("the scores became NaN in batch 0", "question indices", "weights"),
          model="nan", args=("--method", "la")),
+    Case("model_gives_nan_scores_while_sampling",
+         ("the scores became NaN in batch 0", "question indices", "weights"),
+         model="nan", args=("--method", "all", "--do_sample")),
+    Case("model_is_a_reward_model", ("weights missing from the checkpoint", "lm_head",
+                                     "needs a causal language model"),
+         model="rm", args=("--method", "pref")),
 ]
 
 
@@ -108,6 +115,7 @@ def models(tmp_path_factory, tiny_model_dirs) -> dict[str, Path]:
         "tiny": sensitive_model(tmp_path_factory, tiny_model_dirs),
         "nan": build_variant(tiny_model_dirs["llama"], shared_dir(tmp_path_factory, "tiny-nan"),
                              nan=True),
+        "rm": classifier_model(tmp_path_factory, tiny_model_dirs),
     }
 
 
@@ -121,7 +129,7 @@ def prepare(case: Case, root: Path, models: dict[str, Path]) -> list[str]:
         write_json(data / "bad.json", case.dataset)
     (root / "empty").mkdir()
     (root / "file").write_text("not a directory\n")
-    model = {"tiny": str(models["tiny"]), "nan": str(models["nan"]),
+    model = {"tiny": str(models["tiny"]), "nan": str(models["nan"]), "rm": str(models["rm"]),
              "{empty}": str(root / "empty")}.get(case.model, case.model)
     output = root / case.output.replace("{file}", "file")
     args = ["--model_name", model, "--data_dir", str(data), "--output_dir", str(output),

@@ -15,6 +15,7 @@ from DecodingMethodsModels.engine import (
     shared_prefix_length,
 )
 from DecodingMethodsModels.prompts import encode_prompt, preference_sentence
+from DecodingMethodsModels.sampling import SamplingSettings
 
 FAMILIES = ("llama", "qwen2", "mistral")
 QUESTIONS = (
@@ -376,3 +377,85 @@ def test_embedded_amulet_iterative_equals_closed_form(
         [tokenizer.eos_token_id], tokenizer.pad_token_id,
     ).token_ids[0]
     assert iterated == embedded_amulet_tokens
+
+
+# --- row dropping on a sharded model, unusable scores when sampling, pad != EOS, bf16 --------
+
+
+class _LayerOn:
+    """A cache layer that sits on `device` and records the device of the index it is given."""
+
+    def __init__(self, device: str):
+        self.keys = torch.zeros(4, 1, 2, 3, device=device)
+        self.received: list[torch.device] = []
+
+    def batch_select_indices(self, indices: torch.Tensor) -> None:
+        self.received.append(indices.device)
+
+
+def test_dropping_rows_hands_each_cache_layer_an_index_on_its_own_device():
+    from types import SimpleNamespace
+
+    from DecodingMethodsModels.engine import select_cache_rows
+
+    layers = [_LayerOn("cpu"), _LayerOn("meta")]  # as if sharded over two devices
+    select_cache_rows(SimpleNamespace(layers=layers), torch.tensor([0, 2]))
+    assert [layer.received for layer in layers] == [[torch.device("cpu")],
+                                                    [torch.device("meta")]]
+
+
+def test_dropping_rows_keeps_the_selected_rows_of_a_real_cache():
+    from transformers import DynamicCache
+
+    from DecodingMethodsModels.engine import select_cache_rows
+
+    cache = DynamicCache()
+    keys = torch.arange(4.0).view(4, 1, 1, 1).expand(4, 1, 2, 3).contiguous()
+    cache.update(keys, keys + 10, 0)
+    select_cache_rows(cache, torch.tensor([1, 3]))
+    assert cache.layers[0].keys[:, 0, 0, 0].tolist() == [1.0, 3.0]
+    assert cache.layers[0].values[:, 0, 0, 0].tolist() == [11.0, 13.0]
+
+
+def all_minus_inf_in_row(row: int):
+    def rule(pref_logprobs, base_logprobs):
+        scores = la_rule(2.0)(pref_logprobs, base_logprobs).clone()
+        if scores.shape[0] > row:
+            scores[row] = float("-inf")
+        return scores
+    return rule
+
+
+@pytest.mark.parametrize("rule", [nan_in_row(1), all_minus_inf_in_row(1)])
+def test_unusable_scores_while_sampling_raise_non_finite_scores_error(models, prompts, rule):
+    pref, base = prompts
+    sampling = SamplingSettings(do_sample=True, temperature=0.7, top_p=0.9)
+    with pytest.raises(NonFiniteScoresError, match=r"rows \[1\]"):
+        decode_two_prompts(models["llama"], pref, base, rule, STEPS, [EOS], PAD, sampling,
+                           torch.Generator().manual_seed(0))
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_pad_id_other_than_eos_changes_no_token(models, prompts, family):
+    model = models[family]
+    pref, base = prompts
+    eos_ids = [EOS] + [t for t, _ in stop_tokens(decode(model, pref, base, amulet()))]
+    with_eos_pad = decode_two_prompts(model, pref, base, amulet(), STEPS, eos_ids, EOS).token_ids
+    for pad in (0, 17):
+        other = decode_two_prompts(model, pref, base, amulet(), STEPS, eos_ids, pad).token_ids
+        assert other == with_eos_pad
+    assert len({len(row) for row in with_eos_pad}) > 1  # rows end early: padding is exercised
+
+
+@pytest.mark.parametrize("family", ["llama", "qwen2"])
+def test_bf16_on_cpu_decodes_like_each_prompt_alone(models, prompts, family):
+    import copy
+
+    model = copy.deepcopy(models[family]).to(torch.bfloat16)
+    pref, base = prompts
+    batched = decode(model, pref, base, amulet())
+    alone = [decode(model, [p], [b], amulet())[0] for p, b in zip(pref, base, strict=True)]
+    no_prefix = decode(model, pref, base, amulet(), share_prefix=False)
+    assert all(len(row) > 0 for row in batched)
+    assert batched == no_prefix
+    assert batched == alone

@@ -129,19 +129,37 @@ def test_partial_results_of_another_configuration_are_refused_untouched(model, d
     assert tree_state(tmp_path) == before
 
 
-def test_a_complete_file_is_left_alone_unless_overwrite(model, data, reference, tmp_path):
+def test_a_complete_file_of_other_settings_is_refused_naming_them_unless_overwrite(
+    model, data, reference, tmp_path
+):
     final, directory = run_files(tmp_path, model)
-    directory.mkdir(parents=True)
-    final.write_bytes(reference)
-    meta = {"fingerprint": {"from": "an earlier configuration"}}
-    (directory / "amulet.meta.json").write_text(json.dumps(meta))
-    before = tree_state(tmp_path)
-
     code, err = main_in_process(gen_args(model, data, tmp_path))
     assert code == 0, err
+    before = tree_state(tmp_path)
+
+    code, err = main_in_process(gen_args(model, data, tmp_path))  # same settings: complete
+    assert code == 0, err
     assert "1 of 1 runs already complete: skipped" in err
-    assert "exists from a different configuration; left alone" in err
     assert tree_state(tmp_path) == before
+
+    code, err = main_in_process(gen_args(model, data, tmp_path, "--alpha", "1.5"))
+    assert code == 2
+    assert err.count("\n") == 1 and err.startswith("error: ")
+    assert "was made with other settings" in err and "alpha: 2.0 -> 1.5" in err
+    assert "amulet_ratio" in err and "--overwrite" in err
+    assert tree_state(tmp_path) == before
+
+    (directory / "amulet.meta.json").unlink()  # no record of its settings: refused too
+    before = tree_state(tmp_path)
+    code, err = main_in_process(gen_args(model, data, tmp_path))
+    assert code == 2 and "without a readable sidecar" in err
+    assert tree_state(tmp_path) == before
+
+    code, err = main_in_process(gen_args(model, data, tmp_path, "--overwrite", max_new_tokens=4))
+    assert code == 0, err
+    assert final.read_bytes() != reference
+    meta = json.loads((directory / "amulet.meta.json").read_text())
+    assert meta["fingerprint"]["max_new_tokens"] == 4
 
     code, err = main_in_process(gen_args(model, data, tmp_path, "--overwrite", max_new_tokens=4))
     assert code == 0, err
@@ -212,3 +230,61 @@ def test_another_fingerprint_is_refused_naming_the_fields(tmp_path):
     other = {**FINGERPRINT, "max_new_tokens": 8, "seed": 1}
     with pytest.raises(UserError, match=r"max_new_tokens: 16 -> 8, seed: null -> 1"):
         PartialStore(path, other).load()
+
+
+def test_a_larger_limit_decodes_only_the_new_questions_and_extends_the_file(
+    model, data, reference, tmp_path
+):
+    final, directory = run_files(tmp_path, model)
+    code, err = main_in_process(gen_args(model, data, tmp_path, "--limit", "4"))
+    assert code == 0, err
+    first = json.loads(final.read_text())
+    assert [r["index"] for r in first] == [0, 1, 2, 3]
+
+    code, err = main_in_process(gen_args(model, data, tmp_path, "--limit", "7"))
+    assert code == 0, err
+    assert "3 of 7 questions to decode" in err
+    extended = json.loads(final.read_text())
+    assert extended[:4] == first
+    assert extended == json.loads(reference)[:7]  # as if run with --limit 7 from the start
+    meta = json.loads((directory / "amulet.meta.json").read_text())
+    assert meta["fingerprint"]["limit"] == 7 and meta["extended_from_records"] == 4
+
+    before = tree_state(tmp_path)  # a smaller limit is already covered: nothing to do
+    code, err = main_in_process(gen_args(model, data, tmp_path, "--limit", "5"))
+    assert code == 0, err
+    assert "1 of 1 runs already complete" in err
+    assert tree_state(tmp_path) == before
+
+
+def test_a_greedy_partial_resumes_under_another_seed(model, data, reference, tmp_path):
+    final, directory = run_files(tmp_path, model)
+    partial_file_of(gen_args(model, data, tmp_path, "--seed", "1"), [0, 1])
+    code, err = main_in_process(gen_args(model, data, tmp_path, "--seed", "2"))
+    assert code == 0, err
+    assert f"{len(QUESTIONS) - 4} of {len(QUESTIONS)} questions" in err
+
+
+def test_a_sampled_run_killed_midway_resumes_to_the_uninterrupted_file(model, data, tmp_path):
+    sampled = ("--do_sample", "--temperature", "1.3", "--seed", "7")
+    whole = tmp_path / "whole"
+    code, err = main_in_process(gen_args(model, data, whole, *sampled))
+    assert code == 0, err
+    expected = run_files(whole, model)[0].read_bytes()
+    code, err = main_in_process(gen_args(model, data, tmp_path / "again", *sampled))
+    assert run_files(tmp_path / "again", model)[0].read_bytes() == expected  # seeded
+
+    out = tmp_path / "killed"
+    args = gen_args(model, data, out, *sampled)
+    final, directory = run_files(out, model)
+    proc = start(main_cmd(args))
+    wait_for_batches(directory / "amulet.part0.jsonl", 2, proc)
+    proc.send_signal(signal.SIGKILL)
+    proc.communicate(timeout=30)
+    assert not final.exists() and 2 <= batch_lines(directory / "amulet.part0.jsonl") < N_BATCHES
+    code, err = main_in_process(args)
+    assert code == 0, err
+    assert final.read_bytes() == expected
+    unseeded = tmp_path / "other-seed"
+    code, err = main_in_process(gen_args(model, data, unseeded, *sampled[:-1], "8"))
+    assert run_files(unseeded, model)[0].read_bytes() != expected  # the seed matters
