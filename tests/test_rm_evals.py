@@ -479,8 +479,10 @@ def test_native_armorm_parameter_names_match_the_published_checkpoint(tiny_model
         (["--eval_data", "toy", "--methods", "base,la"], "missing la.json"),
         (["--eval_data", "toy", "--rm_name", "/nonexistent/rm"], "cannot load reward model"),
         (["--eval_data", "toy", "--rm_dimension", "score"], "needs an ArmoRM-like model"),
+        (["--methods", "base,best"], "best clash with a summary column"),
     ],
-    ids=["missing-dataset", "missing-method", "missing-rm", "score-on-plain-rm"],
+    ids=["missing-dataset", "missing-method", "missing-rm", "score-on-plain-rm",
+         "method-named-like-a-column"],
 )
 def test_bad_input_is_one_line_and_nonzero_exit(tmp_path, tiny_models, capsys, extra, message):
     write_run(tmp_path / "responses", "toy", TEXTS)
@@ -489,3 +491,22 @@ def test_bad_input_is_one_line_and_nonzero_exit(tmp_path, tiny_models, capsys, e
     assert rm_evals.main(args) == 1
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and err[0].startswith("error: ") and message in err[0], err
+
+
+def test_summary_keeps_the_preference_name_apart_from_the_pref_method(tmp_path, tiny_models):
+    write_run(tmp_path / "responses", "toy", TEXTS, pref="creative")
+    swapped = {"base": TEXTS["pref"], "pref": TEXTS["amulet"], "amulet": TEXTS["base"]}
+    write_run(tmp_path / "responses", "toy", swapped, pref="verbose")
+    assert rm_evals.main(rm_args(tmp_path, tiny_models["llama"])) == 0
+    summary = tmp_path / "results" / "rm_score" / "tiny-llama-rm_logit0_summary.csv"
+    header = summary.read_text().splitlines()[0].split(",")
+    assert len(header) == len(set(header)), header
+    with open(summary, newline="") as handle:
+        settings = {row["preference"]: row for row in csv.DictReader(handle)}
+    assert set(settings) == {"creative", "verbose"}
+    for preference, row in settings.items():
+        per_run = read_avg(tmp_path / "results" / "rm_score" / preference / "Tiny-Gen" / "toy"
+                           / "tiny-llama-rm_logit0_avg.csv")
+        for method in METHODS:
+            assert float(row[method]) == pytest.approx(per_run[method], abs=1e-9)
+    assert "| preference | model | dataset |" in summary.with_suffix(".md").read_text()
