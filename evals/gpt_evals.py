@@ -133,7 +133,16 @@ def main(argv: list[str] | None = None) -> int:
     if result["ranking"] is not None:
         print("\n## Bradley-Terry ranking (a tie counts as half a win for each side)")
         print(to_markdown(result["ranking"], BT_COLUMNS))
+        failed = counts.get("bt_failed_replicates", 0)
+        if failed:
+            print(f"warning: {failed} of {config.bootstrap} bootstrap fits did not converge; "
+                  "the intervals and p_top use the others", file=sys.stderr)
     print(f"\nwritten to {config.out_dir}")
+    if result["ranking_error"] is not None:
+        print(f"error: Bradley-Terry ranking failed: {result['ranking_error']}; the win-rate "
+              f"and pairwise tables are written to {config.out_dir} (a larger --bt_alpha, now "
+              f"{config.bt_alpha:g}, regularises the fit)", file=sys.stderr)
+        return 1
     return 0
 
 

@@ -307,6 +307,62 @@ def test_all_pairs_ranks_methods_by_bradley_terry(workspace, judge_server):
         )
 
 
+def test_bradley_terry_that_does_not_converge_keeps_the_tables_and_says_why(
+    workspace, judge_server, capsys
+):
+    # amulet wins every comparison; with almost no regularisation the fit diverges.
+    path = workspace / "responses/creative/Tiny-Model/toy/amulet.json"
+    records = json.loads(path.read_text())
+    for record in records:
+        record["response"] = re.sub(r"score=\d+", "score=9", record["response"])
+    path.write_text(json.dumps(records))
+    out = table_path(workspace).parent
+    assert gpt_evals.main(cli_args(workspace, judge_server, "--all_pairs")) == 0
+    assert (out / "gpt_bradley_terry.csv").exists()
+    capsys.readouterr()
+    sent = judge_server.received
+    args = cli_args(workspace, judge_server, "--all_pairs", "--bt_alpha", "1e-30")
+    assert gpt_evals.main(args) == 1
+    captured = capsys.readouterr()
+    err = captured.err.strip().splitlines()
+    assert len(err) == 1, err
+    assert err[0].startswith("error: Bradley-Terry ranking failed: ") and "converge" in err[0]
+    assert "--bt_alpha" in err[0] and str(out) in err[0]
+    assert judge_server.received == sent  # every judgment came from the cache
+    assert "| target |" in captured.out  # the win-rate table is still printed
+    table = read_table(table_path(workspace))
+    assert {b: int(row["win"]) for b, row in table.items()} == dict.fromkeys(
+        ("base", "pref", "la"), N_QUESTIONS)
+    assert (out / "gpt_pairwise.csv").exists() and (out / "gpt_judgments.csv").exists()
+    assert not (out / "gpt_bradley_terry.csv").exists()  # no stale ranking left behind
+    assert "ranking failed" in (out / "gpt_bradley_terry.md").read_text()
+    sidecar = json.loads((out / "gpt_eval_config.json").read_text())
+    assert sidecar["bt_alpha"] == 1e-30 and "converge" in sidecar["ranking_error"]
+
+
+def test_bootstrap_fits_that_do_not_converge_are_dropped_and_counted(
+    workspace, judge_server, capsys
+):
+    # The full data fits; some resamples have a method that never loses and diverge.
+    args = cli_args(workspace, judge_server, "--all_pairs", "--bt_alpha", "1e-30")
+    assert gpt_evals.main(args) == 0
+    err = capsys.readouterr().err.strip().splitlines()
+    out = table_path(workspace).parent
+    failed = json.loads((out / "gpt_eval_config.json").read_text())["counts"][
+        "bt_failed_replicates"]
+    assert 0 < failed < 200
+    assert err == [f"warning: {failed} of 200 bootstrap fits did not converge; the intervals "
+                   "and p_top use the others"]
+    import csv
+
+    with open(out / "gpt_bradley_terry.csv", newline="") as handle:
+        ranking = list(csv.DictReader(handle))
+    assert [r["method"] for r in ranking] == ["amulet", "la", "pref", "base"]
+    assert sum(float(r["p_top"]) for r in ranking) == pytest.approx(1.0)
+    for row in ranking:
+        assert float(row["ci_low"]) <= float(row["bt_theta"]) <= float(row["ci_high"])
+
+
 def test_judge_request_carries_the_paper_prompt_and_presets(workspace, judge_server):
     assert gpt_evals.main(cli_args(workspace, judge_server, "--max_questions", "1")) == 0
     assert len(judge_server.bodies) == 3  # one question against three baselines
