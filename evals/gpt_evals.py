@@ -75,7 +75,16 @@ def build_parser() -> argparse.ArgumentParser:
                      help="bootstrap replicates over questions (0: no intervals)")
     out.add_argument("--bt_alpha", type=float, default=0.01,
                      help="Bradley-Terry regularisation (choix alpha)")
-    out.add_argument("--seed", type=int, default=42, help="order-swap rule and bootstrap seed")
+    out.add_argument("--seed", type=int, default=42,
+                     help="default of --swap_seed and --bootstrap_seed; changing it changes the "
+                          "order shown and so re-asks the judge")
+    # No default of their own (SUPPRESS): unset, they take --seed's value.
+    out.add_argument("--swap_seed", type=int, default=argparse.SUPPRESS,
+                     help="seed of which text is shown first (part of every judgment's cache "
+                          "key: a new value re-asks the judge) (default: --seed)")
+    out.add_argument("--bootstrap_seed", type=int, default=argparse.SUPPRESS,
+                     help="seed of the bootstrap resampling only (a new value asks the judge "
+                          "nothing) (default: --seed)")
     out.add_argument("--no_plot", action="store_true")
     out.add_argument("--no_progress", action="store_true")
     out.add_argument("--dry_run", action="store_true",
@@ -103,7 +112,9 @@ def config_from_args(args: argparse.Namespace):
         target=args.target, all_pairs=args.all_pairs, preset=preset,
         base_url=args.judge_base_url, timeout=args.timeout, retry=retry,
         retry_invalid=args.retry_invalid, max_concurrency=args.max_concurrency,
-        bootstrap=args.bootstrap, bt_alpha=args.bt_alpha, seed=args.seed,
+        bootstrap=args.bootstrap, bt_alpha=args.bt_alpha,
+        swap_seed=getattr(args, "swap_seed", args.seed),
+        bootstrap_seed=getattr(args, "bootstrap_seed", args.seed),
         max_questions=args.max_questions, dry_run=args.dry_run, plot=not args.no_plot,
         progress=not args.no_progress,
     )

@@ -68,7 +68,8 @@ class GptEvalConfig:
     max_concurrency: int = 8
     bootstrap: int = 1000
     bt_alpha: float = 0.01
-    seed: int = 42
+    swap_seed: int = 42  # decides the order shown, hence the cache keys
+    bootstrap_seed: int = 42  # decides only the resampling: changing it asks nothing
     max_questions: int | None = None
     dry_run: bool = False
     plot: bool = True
@@ -284,7 +285,7 @@ def evaluate(config: GptEvalConfig) -> dict:
         kept = responses.items[: config.max_questions]
         responses = RunResponses(responses.key, kept, responses.texts)
     pairs = method_pairs(config.methods, config.target, config.all_pairs)
-    comparisons = build_comparisons(responses, pairs, config.seed, config.preset)
+    comparisons = build_comparisons(responses, pairs, config.swap_seed, config.preset)
     cache = load_cache(config.cache_path)
     todo: dict[str, JudgeJob] = {}
     for c in comparisons:
@@ -303,7 +304,7 @@ def evaluate(config: GptEvalConfig) -> dict:
     indices = [item.index for item in responses.items]
     tensor = metrics.outcome_tensor(judgments, methods, indices)
     weights = (
-        metrics.bootstrap_weights(len(indices), config.bootstrap, config.seed)
+        metrics.bootstrap_weights(len(indices), config.bootstrap, config.bootstrap_seed)
         if config.bootstrap else None
     )
     target = target_rows(judgments, methods, config.target, tensor, weights)

@@ -229,6 +229,30 @@ def test_rerun_is_served_from_the_cache_with_zero_requests(workspace, judge_serv
     assert judge_server.received == sent
 
 
+def test_a_new_bootstrap_seed_asks_the_judge_nothing_new(workspace, judge_server):
+    args = cli_args(workspace, judge_server, "--bootstrap_seed", "1")
+    assert gpt_evals.main(args) == 0
+    sent = judge_server.received
+    first = read_table(table_path(workspace))
+    args[args.index("--bootstrap_seed") + 1] = "2"
+    assert gpt_evals.main(args) == 0
+    assert judge_server.received == sent  # same order shown, so every judgment is cached
+    second = read_table(table_path(workspace))
+    ci = ("win_rate_ci_low", "win_rate_ci_high")
+    assert [first[b][k] for b in first for k in ci] != [second[b][k] for b in second for k in ci]
+    for baseline, row in second.items():
+        assert {k: row[k] for k in ("win", "tie", "lose")} == {
+            k: first[baseline][k] for k in ("win", "tie", "lose")}
+    sidecar = json.loads((table_path(workspace).parent / "gpt_eval_config.json").read_text())
+    assert (sidecar["swap_seed"], sidecar["bootstrap_seed"]) == (42, 2)
+    # --seed alone is the default of both: --seed 42 is the run above's order.
+    assert gpt_evals.main(cli_args(workspace, judge_server, "--seed", "42")) == 0
+    assert judge_server.received == sent
+    # The swap seed does decide the order shown: another one is new judgments.
+    assert gpt_evals.main(cli_args(workspace, judge_server, "--swap_seed", "7")) == 0
+    assert judge_server.received > sent
+
+
 def test_transient_errors_are_retried_and_garbage_is_re_asked(workspace, judge_server):
     judge_server.script = ["429", "500", "garbage", "503"]
     args = cli_args(workspace, judge_server, "--max_concurrency", "1")
