@@ -60,7 +60,8 @@ def build_parser() -> argparse.ArgumentParser:
     judge.add_argument("--max_retries", type=int, default=6,
                        help="retries of a request on 429/5xx/timeouts before stopping")
     judge.add_argument("--max_invalid_retries", type=int, default=2,
-                       help="re-asks after an unparseable answer before recording 'invalid'")
+                       help="re-asks after an unparseable answer before recording 'invalid' "
+                            "(each with the judge seed + k and a reminder of the three answers)")
     judge.add_argument("--retry_base_delay", type=float, default=1.0,
                        help="first backoff delay in seconds (doubles each retry)")
     judge.add_argument("--retry_max_delay", type=float, default=60.0)

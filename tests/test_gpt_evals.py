@@ -54,6 +54,9 @@ class FakeJudge:
         self.bodies: list[dict] = []  # every request body received
         self.script: list[str] = []  # per-request behaviours consumed in order
         self.hang_at: int | None = None  # request number that never gets an answer
+        # Bodies answered with garbage by "sticky_garbage": a deterministic judge gives the
+        # same garbage again to the very same request, and only to it.
+        self.sticky: set[str] = set()
         self.release = threading.Event()
         self.auth: set[str] = set()
         self.server: ThreadingHTTPServer | None = None
@@ -109,9 +112,13 @@ def _make_handler(state: FakeJudge):
                                            + self.headers.get("Authorization", "")}})
                 return
             answer, order = _decide(body)
-            if behaviour == "garbage":
-                answer = "I think the first one"
             fingerprint = hashlib.sha256(json.dumps(body, sort_keys=True).encode()).hexdigest()
+            with state.lock:
+                if behaviour == "sticky_garbage":
+                    state.sticky.add(fingerprint)
+                sticky = fingerprint in state.sticky
+            if behaviour == "garbage" or sticky:
+                answer = "I think the first one"
             with state.lock:
                 state.answered.append(fingerprint)
                 state.orders.append(order)
@@ -272,6 +279,30 @@ def test_transient_errors_are_retried_and_garbage_is_re_asked(workspace, judge_s
     assert len(records) == comparisons
     assert sum(r["api_retries"] for r in records) == 3
     assert sum(r["invalid_answers"] for r in records) == 1
+
+
+def test_an_invalid_answer_is_re_asked_with_a_different_request(workspace, judge_server):
+    # The judge repeats its garbage to an identical request: only a changed one can help.
+    judge_server.script = ["sticky_garbage"]
+    args = cli_args(workspace, judge_server, "--max_concurrency", "1")
+    assert gpt_evals.main(args) == 0
+    rows = read_table(table_path(workspace))
+    for baseline, row in rows.items():
+        assert int(row["invalid"]) == 0
+        assert {k: int(row[k]) for k in ("win", "tie", "lose")} == expected_counts(
+            "amulet", baseline)
+    assert judge_server.received == 3 * N_QUESTIONS + 1
+    first, again = judge_server.bodies[0], judge_server.bodies[1]
+    assert again["messages"][:2] == first["messages"]  # the paper's prompt, unchanged
+    reminder = again["messages"][2]
+    assert reminder["role"] == "user" and len(again["messages"]) == 3
+    assert all(option in reminder["content"] for option in ("Text 1", "Text 2", "Tie"))
+    assert again["seed"] != first["seed"]
+    assert {k: v for k, v in again.items() if k not in ("messages", "seed")} == {
+        k: v for k, v in first.items() if k not in ("messages", "seed")}
+    records = [json.loads(line) for line in
+               (workspace / "results" / "judge_cache.jsonl").read_text().splitlines()]
+    assert sorted(r["invalid_answers"] for r in records) == [0] * (3 * N_QUESTIONS - 1) + [1]
 
 
 def test_persistent_garbage_is_counted_invalid_apart_and_cached(workspace, judge_server):
