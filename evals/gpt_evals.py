@@ -60,7 +60,8 @@ def build_parser() -> argparse.ArgumentParser:
     judge.add_argument("--max_retries", type=int, default=6,
                        help="retries of a request on 429/5xx/timeouts before stopping")
     judge.add_argument("--max_invalid_retries", type=int, default=2,
-                       help="re-asks after an unparseable answer before recording 'invalid'")
+                       help="re-asks after an unparseable answer before recording 'invalid' "
+                            "(each with the judge seed + k and a reminder of the three answers)")
     judge.add_argument("--retry_base_delay", type=float, default=1.0,
                        help="first backoff delay in seconds (doubles each retry)")
     judge.add_argument("--retry_max_delay", type=float, default=60.0)
@@ -75,7 +76,16 @@ def build_parser() -> argparse.ArgumentParser:
                      help="bootstrap replicates over questions (0: no intervals)")
     out.add_argument("--bt_alpha", type=float, default=0.01,
                      help="Bradley-Terry regularisation (choix alpha)")
-    out.add_argument("--seed", type=int, default=42, help="order-swap rule and bootstrap seed")
+    out.add_argument("--seed", type=int, default=42,
+                     help="default of --swap_seed and --bootstrap_seed; changing it changes the "
+                          "order shown and so re-asks the judge")
+    # No default of their own (SUPPRESS): unset, they take --seed's value.
+    out.add_argument("--swap_seed", type=int, default=argparse.SUPPRESS,
+                     help="seed of which text is shown first (part of every judgment's cache "
+                          "key: a new value re-asks the judge) (default: --seed)")
+    out.add_argument("--bootstrap_seed", type=int, default=argparse.SUPPRESS,
+                     help="seed of the bootstrap resampling only (a new value asks the judge "
+                          "nothing) (default: --seed)")
     out.add_argument("--no_plot", action="store_true")
     out.add_argument("--no_progress", action="store_true")
     out.add_argument("--dry_run", action="store_true",
@@ -103,7 +113,9 @@ def config_from_args(args: argparse.Namespace):
         target=args.target, all_pairs=args.all_pairs, preset=preset,
         base_url=args.judge_base_url, timeout=args.timeout, retry=retry,
         retry_invalid=args.retry_invalid, max_concurrency=args.max_concurrency,
-        bootstrap=args.bootstrap, bt_alpha=args.bt_alpha, seed=args.seed,
+        bootstrap=args.bootstrap, bt_alpha=args.bt_alpha,
+        swap_seed=getattr(args, "swap_seed", args.seed),
+        bootstrap_seed=getattr(args, "bootstrap_seed", args.seed),
         max_questions=args.max_questions, dry_run=args.dry_run, plot=not args.no_plot,
         progress=not args.no_progress,
     )
@@ -133,7 +145,16 @@ def main(argv: list[str] | None = None) -> int:
     if result["ranking"] is not None:
         print("\n## Bradley-Terry ranking (a tie counts as half a win for each side)")
         print(to_markdown(result["ranking"], BT_COLUMNS))
+        failed = counts.get("bt_failed_replicates", 0)
+        if failed:
+            print(f"warning: {failed} of {config.bootstrap} bootstrap fits did not converge; "
+                  "the intervals and p_top use the others", file=sys.stderr)
     print(f"\nwritten to {config.out_dir}")
+    if result["ranking_error"] is not None:
+        print(f"error: Bradley-Terry ranking failed: {result['ranking_error']}; the win-rate "
+              f"and pairwise tables are written to {config.out_dir} (a larger --bt_alpha, now "
+              f"{config.bt_alpha:g}, regularises the fit)", file=sys.stderr)
+        return 1
     return 0
 
 

@@ -36,6 +36,10 @@ Please rank the models based on how well their responses align with the given pr
 Then only return an option in [Text 1, Text 2, Tie].
 Please provide the ranking that the majority of humans would give.'''  # noqa: E501
 
+# Appended as a second user turn when the judge's answer could not be parsed (not part of
+# the paper's protocol, which never re-asks).
+REASK_REMINDER = 'Reply with exactly one of "Text 1", "Text 2" or "Tie", and nothing else.'
+
 _PLACEHOLDER = re.compile(r"\{(question|preference|output_1|output_2)\}")
 
 # Verdicts in presentation terms (what the judge said) ...
@@ -56,14 +60,18 @@ class JudgePreset:
     seed: int = 42
     prompt_version: str = PROMPT_VERSION
 
-    def request_kwargs(self) -> dict:
-        """Keyword arguments for ``client.chat.completions.create`` (without messages)."""
+    def request_kwargs(self, reask: int = 0) -> dict:
+        """Keyword arguments for ``client.chat.completions.create`` (without messages).
+
+        Re-ask ``k`` (after ``k`` unparseable answers) sends ``seed + k``, so a deterministic
+        judge is not asked the identical request again.
+        """
         return {
             "model": self.model,
             "temperature": self.temperature,
             "top_p": self.top_p,
             "max_tokens": self.max_tokens,
-            "seed": self.seed,
+            "seed": self.seed + reask,
         }
 
 
@@ -92,6 +100,11 @@ def build_messages(question: str, preference: str, output_1: str, output_2: str)
         {"role": "system", "content": SYSTEM_PROMPT},
         {"role": "user", "content": build_user_prompt(question, preference, output_1, output_2)},
     ]
+
+
+def reask_messages(messages: list[dict]) -> list[dict]:
+    """The comparison's messages followed by :data:`REASK_REMINDER` as a user turn."""
+    return [*messages, {"role": "user", "content": REASK_REMINDER}]
 
 
 def parse_verdict(answer: str | None) -> str | None:

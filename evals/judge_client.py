@@ -8,7 +8,10 @@ Retry rules (every loop is bounded, nothing waits forever):
   ``max_delay``); then the run stops with one error line.
 - other API errors (400, 401, 403, 404, ...): the run stops at once; retrying cannot help.
 - an answer that :func:`evals.judge.parse_verdict` rejects: asked again up to
-  ``max_invalid_retries`` times, then recorded (and cached) as ``invalid``.
+  ``max_invalid_retries`` times, then recorded (and cached) as ``invalid``. A re-ask is not
+  the identical request (a deterministic judge would repeat itself): re-ask k sends the
+  judge seed + k and appends :data:`evals.judge.REASK_REMINDER` of the allowed answers.
+  The cache key stays that of the paper's request.
 """
 
 from __future__ import annotations
@@ -25,7 +28,7 @@ from typing import Any
 
 from evals.errors import EvalError
 from evals.jsonl_store import JsonlAppender
-from evals.judge import INVALID, JudgePreset, parse_verdict
+from evals.judge import INVALID, JudgePreset, parse_verdict, reask_messages
 from openai_key_info import redact
 
 _RETRYABLE_STATUS = {408, 409, 429}
@@ -109,7 +112,8 @@ def ask_judge(
     """Ask one comparison; return ``{"raw", "verdict", "api_retries", "invalid_answers"}``.
 
     ``verdict`` is ``text_1``/``text_2``/``tie``, or ``invalid`` after
-    ``1 + max_invalid_retries`` unparseable answers. Raises :class:`JudgeCallError`.
+    ``1 + max_invalid_retries`` unparseable answers; each re-ask differs from the first
+    request (see the module docstring). Raises :class:`JudgeCallError`.
     """
     import openai
 
@@ -118,7 +122,8 @@ def ask_judge(
     while True:
         try:
             completion = client.chat.completions.create(
-                messages=messages, **preset.request_kwargs()
+                messages=reask_messages(messages) if invalid_answers else messages,
+                **preset.request_kwargs(reask=invalid_answers),
             )
         except openai.OpenAIError as exc:
             if not is_retryable(exc):

@@ -86,6 +86,10 @@ def outcome_tensor(
     return tensor
 
 
+class BradleyTerryError(ValueError):
+    """choix could not fit Bradley-Terry: no convergence, or a non-finite estimate."""
+
+
 def bradley_terry(comparisons: np.ndarray, alpha: float = 0.01) -> np.ndarray:
     """Bradley-Terry log-strengths ``theta`` (mean 0) from ``comparisons[i, j]`` = wins of i over j.
 
@@ -95,13 +99,23 @@ def bradley_terry(comparisons: np.ndarray, alpha: float = 0.01) -> np.ndarray:
     ``alpha > 0`` adds a small pseudo-count so the estimate stays finite when a method
     wins or loses every comparison. For two methods with ``alpha -> 0``:
     ``theta_0 - theta_1 = log(comparisons[0, 1] / comparisons[1, 0])``.
+    Raises :class:`BradleyTerryError` when the fit fails (e.g. a method that never loses
+    with a tiny ``alpha``: its strength runs off to infinity).
     """
     import choix  # scipy-backed; imported on first use to keep the CLI start fast
 
     matrix = np.asarray(comparisons, dtype=float)
     if matrix.ndim != 2 or matrix.shape[0] != matrix.shape[1]:
         raise ValueError(f"comparisons must be (M, M), got {matrix.shape}")
-    theta = choix.ilsr_pairwise_dense(matrix, alpha=alpha, max_iter=1000)
+    try:
+        with np.errstate(invalid="ignore", divide="ignore", over="ignore"):
+            theta = choix.ilsr_pairwise_dense(matrix, alpha=alpha, max_iter=1000)
+    except (RuntimeError, ValueError, np.linalg.LinAlgError) as exc:
+        raise BradleyTerryError(
+            f"{str(exc).rstrip('.').lower()} (choix ilsr_pairwise_dense, alpha={alpha:g})"
+        ) from None
+    if not np.all(np.isfinite(theta)):
+        raise BradleyTerryError(f"the estimate is not finite (choix, alpha={alpha:g})")
     return theta - theta.mean()
 
 
@@ -142,7 +156,14 @@ def bootstrap_bradley_terry(
     """Bradley-Terry ``theta`` per bootstrap replicate, shape ``(B, M)``.
 
     Replicate b fits ``sum_q w[b, q] * W[q]``, i.e. the comparison matrix of the resampled
-    questions (all judgments of a question move together).
+    questions (all judgments of a question move together). A replicate whose fit fails
+    (:class:`BradleyTerryError`) is a row of NaN.
     """
     matrices = np.tensordot(weights, tensor, axes=(1, 0))  # (B, M, M)
-    return np.stack([bradley_terry(m, alpha) for m in matrices])
+    samples = np.full(matrices.shape[:2], np.nan)
+    for b, matrix in enumerate(matrices):
+        try:
+            samples[b] = bradley_terry(matrix, alpha)
+        except BradleyTerryError:
+            pass
+    return samples

@@ -38,6 +38,9 @@ from evals.rm_report import best_methods, best_share, method_means  # noqa: E402
 from evals.tables import to_csv, to_markdown  # noqa: E402
 
 AVG_COLUMNS = ["method", "mean", "std", "n"]
+# The summary's columns besides one per method; a method may not share a name with them.
+SETTING_COLUMNS = ("preference", "model", "dataset")
+VERDICT_COLUMNS = ("best", "skipped")
 
 
 @dataclass(frozen=True)
@@ -65,6 +68,9 @@ class RmEvalConfig:
             raise EvalError(f"--batch_size must be >= 1, got {self.batch_size}")
         if isinstance(self.rm_dimension, int) and self.rm_dimension < 0:
             raise EvalError(f"--rm_dimension must be >= 0 or 'score', got {self.rm_dimension}")
+        clash = sorted(set(self.methods) & {*SETTING_COLUMNS, *VERDICT_COLUMNS})
+        if clash:
+            raise EvalError(f"method name(s) {', '.join(clash)} clash with a summary column")
 
     @property
     def single_run(self) -> RunKey | None:
@@ -215,7 +221,7 @@ def _evaluate_loaded(config: RmEvalConfig, loaded: list[RunResponses]) -> dict:
     summary = _summary(per_run, list(config.methods))
     if config.single_run is None:
         base = config.results_dir / "rm_score" / f"{slug}_{label}"
-        columns = ["pref", "model", "dataset", *config.methods, "best", "skipped"]
+        columns = summary_columns(config.methods)
         write_text_atomic(base.with_name(base.name + "_summary.csv"),
                           to_csv(summary["settings"], columns))
         write_text_atomic(base.with_name(base.name + "_summary.md"), _summary_markdown(
@@ -223,12 +229,21 @@ def _evaluate_loaded(config: RmEvalConfig, loaded: list[RunResponses]) -> dict:
     return {"label": label, "runs": per_run, **summary}
 
 
+def summary_columns(methods: tuple[str, ...]) -> list[str]:
+    """Columns of the summary table: the setting, each method's mean, the best, the skipped.
+
+    >>> summary_columns(("base", "pref"))
+    ['preference', 'model', 'dataset', 'base', 'pref', 'best', 'skipped']
+    """
+    return [*SETTING_COLUMNS, *methods, *VERDICT_COLUMNS]
+
+
 def _summary(per_run, methods: list[str]) -> dict:
     settings = []
     for key, rows, skipped in per_run:
         means = {r["method"]: r["mean"] for r in rows}
         settings.append({
-            "pref": key.pref, "model": key.model, "dataset": key.dataset, **means,
+            "preference": key.pref, "model": key.model, "dataset": key.dataset, **means,
             "best": "+".join(best_methods(means)), "skipped": skipped,
         })
     share = best_share([{m: s[m] for m in methods} for s in settings], methods)
@@ -317,8 +332,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"## {config.rm_name} [{result['label']}]: {'/'.join(key.parts())}{note}")
         print(to_markdown(rows, AVG_COLUMNS) + "\n")
     if config.single_run is None:
-        columns = ["pref", "model", "dataset", *config.methods, "best", "skipped"]
-        print(_summary_markdown(result, columns))
+        print(_summary_markdown(result, summary_columns(config.methods)))
     return 0
 
 

@@ -7,7 +7,8 @@
   over valid judgments, invalid count, bootstrap CI of the win rate);
 - ``gpt_win_rate.png``: stacked win/tie/lose bars (the paper's figure);
 - ``gpt_judgments.csv``: every comparison, the order shown, the raw answer and the outcome;
-- with ``all_pairs``: ``gpt_pairwise.csv`` and ``gpt_bradley_terry.csv`` / ``.md``;
+- with ``all_pairs``: ``gpt_pairwise.csv`` and ``gpt_bradley_terry.csv`` / ``.md`` (if the
+  Bradley-Terry fit fails, the other tables are still written and the ``.md`` says why);
 - ``gpt_eval_config.json``: configuration, versions, counts, timings (no credentials).
 """
 
@@ -67,7 +68,8 @@ class GptEvalConfig:
     max_concurrency: int = 8
     bootstrap: int = 1000
     bt_alpha: float = 0.01
-    seed: int = 42
+    swap_seed: int = 42  # decides the order shown, hence the cache keys
+    bootstrap_seed: int = 42  # decides only the resampling: changing it asks nothing
     max_questions: int | None = None
     dry_run: bool = False
     plot: bool = True
@@ -202,23 +204,33 @@ def pair_rows(judgments: list[metrics.Judgment], pairs: list[tuple[str, str]]) -
 
 def ranking_rows(
     tensor: np.ndarray, methods: list[str], weights: np.ndarray | None, alpha: float
-) -> list[dict]:
-    """Bradley-Terry ranking (ties = half a win each way) with bootstrap CIs and P(top)."""
+) -> tuple[list[dict], int]:
+    """Bradley-Terry ranking (ties = half a win each way) with bootstrap CIs and P(top).
+
+    Returns ``(rows, failed)``: intervals and P(top) are over the bootstrap replicates whose
+    fit converged, ``failed`` counts the others. Raises :class:`metrics.BradleyTerryError`
+    if the fit on all questions fails.
+    """
     theta = metrics.bradley_terry(tensor.sum(axis=0), alpha)
     low = high = np.full(len(methods), np.nan)
     p_top = np.full(len(methods), np.nan)
+    failed = 0
     if weights is not None:
         samples = metrics.bootstrap_bradley_terry(tensor, weights, alpha)  # (B, M)
-        low, high = metrics.percentile_interval(samples)
-        p_top = np.bincount(samples.argmax(axis=1), minlength=len(methods)) / len(samples)
+        fitted = samples[np.isfinite(samples).all(axis=1)]
+        failed = len(samples) - len(fitted)
+        if len(fitted):
+            low, high = metrics.percentile_interval(fitted)
+            p_top = np.bincount(fitted.argmax(axis=1), minlength=len(methods)) / len(fitted)
     order = np.argsort(-theta, kind="stable")
-    return [
+    rows = [
         {
             "rank": rank, "method": methods[k], "bt_theta": float(theta[k]),
             "ci_low": float(low[k]), "ci_high": float(high[k]), "p_top": float(p_top[k]),
         }
         for rank, k in enumerate(order, start=1)
     ]
+    return rows, failed
 
 
 def judgment_rows(comparisons: list[Comparison], cache: dict[str, dict]) -> list[dict]:
@@ -233,14 +245,16 @@ def judgment_rows(comparisons: list[Comparison], cache: dict[str, dict]) -> list
     ]
 
 
-def _sidecar(config: GptEvalConfig, counts: dict, seconds: float) -> str:
+def _sidecar(config: GptEvalConfig, counts: dict, seconds: float,
+             ranking_error: str | None = None) -> str:
     import openai
 
     data = asdict(config)
     data["base_url"] = redact(config.base_url) if config.base_url else None
     data = json.loads(json.dumps(data, default=str))
     data.update({
-        "counts": counts, "seconds": round(seconds, 3), "git": git_commit(),
+        "counts": counts, "ranking_error": ranking_error, "seconds": round(seconds, 3),
+        "git": git_commit(),
         "python": platform.python_version(), "openai": openai.__version__,
         "numpy": np.__version__, "argv": [redact(a) for a in sys.argv],
     })
@@ -271,7 +285,7 @@ def evaluate(config: GptEvalConfig) -> dict:
         kept = responses.items[: config.max_questions]
         responses = RunResponses(responses.key, kept, responses.texts)
     pairs = method_pairs(config.methods, config.target, config.all_pairs)
-    comparisons = build_comparisons(responses, pairs, config.seed, config.preset)
+    comparisons = build_comparisons(responses, pairs, config.swap_seed, config.preset)
     cache = load_cache(config.cache_path)
     todo: dict[str, JudgeJob] = {}
     for c in comparisons:
@@ -290,20 +304,40 @@ def evaluate(config: GptEvalConfig) -> dict:
     indices = [item.index for item in responses.items]
     tensor = metrics.outcome_tensor(judgments, methods, indices)
     weights = (
-        metrics.bootstrap_weights(len(indices), config.bootstrap, config.seed)
+        metrics.bootstrap_weights(len(indices), config.bootstrap, config.bootstrap_seed)
         if config.bootstrap else None
     )
     target = target_rows(judgments, methods, config.target, tensor, weights)
-    ranking = ranking_rows(tensor, methods, weights, config.bt_alpha) if config.all_pairs else None
     counts["invalid"] = sum(j.outcome == INVALID for j in judgments)
-    _write_outputs(config, comparisons, cache, judgments, pairs, target, ranking)
+    _write_outputs(config, comparisons, cache, judgments, pairs, target)
+    ranking, ranking_error = None, None
+    if config.all_pairs:  # after the tables are written: a failed fit must not lose them
+        try:
+            ranking, counts["bt_failed_replicates"] = ranking_rows(
+                tensor, methods, weights, config.bt_alpha
+            )
+        except metrics.BradleyTerryError as exc:
+            ranking_error = str(exc)
+        _write_ranking(config.out_dir, ranking, ranking_error)
     write_text_atomic(
-        config.out_dir / "gpt_eval_config.json", _sidecar(config, counts, time.monotonic() - start)
+        config.out_dir / "gpt_eval_config.json",
+        _sidecar(config, counts, time.monotonic() - start, ranking_error),
     )
-    return {"counts": counts, "target": target, "ranking": ranking}
+    return {"counts": counts, "target": target, "ranking": ranking,
+            "ranking_error": ranking_error}
 
 
-def _write_outputs(config, comparisons, cache, judgments, pairs, target, ranking) -> None:
+def _write_ranking(out: Path, ranking: list[dict] | None, error: str | None) -> None:
+    """The ranking tables, or, if the fit failed, a note saying why (and no stale CSV)."""
+    if ranking is None:
+        (out / "gpt_bradley_terry.csv").unlink(missing_ok=True)
+        write_text_atomic(out / "gpt_bradley_terry.md", f"Bradley-Terry ranking failed: {error}\n")
+        return
+    write_text_atomic(out / "gpt_bradley_terry.csv", to_csv(ranking, BT_COLUMNS))
+    write_text_atomic(out / "gpt_bradley_terry.md", to_markdown(ranking, BT_COLUMNS) + "\n")
+
+
+def _write_outputs(config, comparisons, cache, judgments, pairs, target) -> None:
     out = config.out_dir
     write_text_atomic(out / "gpt_win_rate_mtx.csv", to_csv(target, TARGET_COLUMNS))
     write_text_atomic(out / "gpt_win_rate_mtx.md", to_markdown(target, TARGET_COLUMNS) + "\n")
@@ -312,11 +346,9 @@ def _write_outputs(config, comparisons, cache, judgments, pairs, target, ranking
         to_csv(judgment_rows(comparisons, cache),
                ["index", "method_a", "method_b", "text_1", "text_2", "raw_answer", "outcome"]),
     )
-    if ranking is not None:
+    if config.all_pairs:
         pairwise = to_csv(pair_rows(judgments, pairs), PAIR_COLUMNS)
         write_text_atomic(out / "gpt_pairwise.csv", pairwise)
-        write_text_atomic(out / "gpt_bradley_terry.csv", to_csv(ranking, BT_COLUMNS))
-        write_text_atomic(out / "gpt_bradley_terry.md", to_markdown(ranking, BT_COLUMNS) + "\n")
     if config.plot:
         from evals.plots import plot_win_tie_lose
 

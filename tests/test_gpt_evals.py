@@ -54,6 +54,9 @@ class FakeJudge:
         self.bodies: list[dict] = []  # every request body received
         self.script: list[str] = []  # per-request behaviours consumed in order
         self.hang_at: int | None = None  # request number that never gets an answer
+        # Bodies answered with garbage by "sticky_garbage": a deterministic judge gives the
+        # same garbage again to the very same request, and only to it.
+        self.sticky: set[str] = set()
         self.release = threading.Event()
         self.auth: set[str] = set()
         self.server: ThreadingHTTPServer | None = None
@@ -109,9 +112,13 @@ def _make_handler(state: FakeJudge):
                                            + self.headers.get("Authorization", "")}})
                 return
             answer, order = _decide(body)
-            if behaviour == "garbage":
-                answer = "I think the first one"
             fingerprint = hashlib.sha256(json.dumps(body, sort_keys=True).encode()).hexdigest()
+            with state.lock:
+                if behaviour == "sticky_garbage":
+                    state.sticky.add(fingerprint)
+                sticky = fingerprint in state.sticky
+            if behaviour == "garbage" or sticky:
+                answer = "I think the first one"
             with state.lock:
                 state.answered.append(fingerprint)
                 state.orders.append(order)
@@ -229,6 +236,30 @@ def test_rerun_is_served_from_the_cache_with_zero_requests(workspace, judge_serv
     assert judge_server.received == sent
 
 
+def test_a_new_bootstrap_seed_asks_the_judge_nothing_new(workspace, judge_server):
+    args = cli_args(workspace, judge_server, "--bootstrap_seed", "1")
+    assert gpt_evals.main(args) == 0
+    sent = judge_server.received
+    first = read_table(table_path(workspace))
+    args[args.index("--bootstrap_seed") + 1] = "2"
+    assert gpt_evals.main(args) == 0
+    assert judge_server.received == sent  # same order shown, so every judgment is cached
+    second = read_table(table_path(workspace))
+    ci = ("win_rate_ci_low", "win_rate_ci_high")
+    assert [first[b][k] for b in first for k in ci] != [second[b][k] for b in second for k in ci]
+    for baseline, row in second.items():
+        assert {k: row[k] for k in ("win", "tie", "lose")} == {
+            k: first[baseline][k] for k in ("win", "tie", "lose")}
+    sidecar = json.loads((table_path(workspace).parent / "gpt_eval_config.json").read_text())
+    assert (sidecar["swap_seed"], sidecar["bootstrap_seed"]) == (42, 2)
+    # --seed alone is the default of both: --seed 42 is the run above's order.
+    assert gpt_evals.main(cli_args(workspace, judge_server, "--seed", "42")) == 0
+    assert judge_server.received == sent
+    # The swap seed does decide the order shown: another one is new judgments.
+    assert gpt_evals.main(cli_args(workspace, judge_server, "--swap_seed", "7")) == 0
+    assert judge_server.received > sent
+
+
 def test_transient_errors_are_retried_and_garbage_is_re_asked(workspace, judge_server):
     judge_server.script = ["429", "500", "garbage", "503"]
     args = cli_args(workspace, judge_server, "--max_concurrency", "1")
@@ -248,6 +279,30 @@ def test_transient_errors_are_retried_and_garbage_is_re_asked(workspace, judge_s
     assert len(records) == comparisons
     assert sum(r["api_retries"] for r in records) == 3
     assert sum(r["invalid_answers"] for r in records) == 1
+
+
+def test_an_invalid_answer_is_re_asked_with_a_different_request(workspace, judge_server):
+    # The judge repeats its garbage to an identical request: only a changed one can help.
+    judge_server.script = ["sticky_garbage"]
+    args = cli_args(workspace, judge_server, "--max_concurrency", "1")
+    assert gpt_evals.main(args) == 0
+    rows = read_table(table_path(workspace))
+    for baseline, row in rows.items():
+        assert int(row["invalid"]) == 0
+        assert {k: int(row[k]) for k in ("win", "tie", "lose")} == expected_counts(
+            "amulet", baseline)
+    assert judge_server.received == 3 * N_QUESTIONS + 1
+    first, again = judge_server.bodies[0], judge_server.bodies[1]
+    assert again["messages"][:2] == first["messages"]  # the paper's prompt, unchanged
+    reminder = again["messages"][2]
+    assert reminder["role"] == "user" and len(again["messages"]) == 3
+    assert all(option in reminder["content"] for option in ("Text 1", "Text 2", "Tie"))
+    assert again["seed"] != first["seed"]
+    assert {k: v for k, v in again.items() if k not in ("messages", "seed")} == {
+        k: v for k, v in first.items() if k not in ("messages", "seed")}
+    records = [json.loads(line) for line in
+               (workspace / "results" / "judge_cache.jsonl").read_text().splitlines()]
+    assert sorted(r["invalid_answers"] for r in records) == [0] * (3 * N_QUESTIONS - 1) + [1]
 
 
 def test_persistent_garbage_is_counted_invalid_apart_and_cached(workspace, judge_server):
@@ -305,6 +360,62 @@ def test_all_pairs_ranks_methods_by_bradley_terry(workspace, judge_server):
         assert (int(row["a_wins"]), int(row["ties"]), int(row["b_wins"])) == (
             want["win"], want["tie"], want["lose"],
         )
+
+
+def test_bradley_terry_that_does_not_converge_keeps_the_tables_and_says_why(
+    workspace, judge_server, capsys
+):
+    # amulet wins every comparison; with almost no regularisation the fit diverges.
+    path = workspace / "responses/creative/Tiny-Model/toy/amulet.json"
+    records = json.loads(path.read_text())
+    for record in records:
+        record["response"] = re.sub(r"score=\d+", "score=9", record["response"])
+    path.write_text(json.dumps(records))
+    out = table_path(workspace).parent
+    assert gpt_evals.main(cli_args(workspace, judge_server, "--all_pairs")) == 0
+    assert (out / "gpt_bradley_terry.csv").exists()
+    capsys.readouterr()
+    sent = judge_server.received
+    args = cli_args(workspace, judge_server, "--all_pairs", "--bt_alpha", "1e-30")
+    assert gpt_evals.main(args) == 1
+    captured = capsys.readouterr()
+    err = captured.err.strip().splitlines()
+    assert len(err) == 1, err
+    assert err[0].startswith("error: Bradley-Terry ranking failed: ") and "converge" in err[0]
+    assert "--bt_alpha" in err[0] and str(out) in err[0]
+    assert judge_server.received == sent  # every judgment came from the cache
+    assert "| target |" in captured.out  # the win-rate table is still printed
+    table = read_table(table_path(workspace))
+    assert {b: int(row["win"]) for b, row in table.items()} == dict.fromkeys(
+        ("base", "pref", "la"), N_QUESTIONS)
+    assert (out / "gpt_pairwise.csv").exists() and (out / "gpt_judgments.csv").exists()
+    assert not (out / "gpt_bradley_terry.csv").exists()  # no stale ranking left behind
+    assert "ranking failed" in (out / "gpt_bradley_terry.md").read_text()
+    sidecar = json.loads((out / "gpt_eval_config.json").read_text())
+    assert sidecar["bt_alpha"] == 1e-30 and "converge" in sidecar["ranking_error"]
+
+
+def test_bootstrap_fits_that_do_not_converge_are_dropped_and_counted(
+    workspace, judge_server, capsys
+):
+    # The full data fits; some resamples have a method that never loses and diverge.
+    args = cli_args(workspace, judge_server, "--all_pairs", "--bt_alpha", "1e-30")
+    assert gpt_evals.main(args) == 0
+    err = capsys.readouterr().err.strip().splitlines()
+    out = table_path(workspace).parent
+    failed = json.loads((out / "gpt_eval_config.json").read_text())["counts"][
+        "bt_failed_replicates"]
+    assert 0 < failed < 200
+    assert err == [f"warning: {failed} of 200 bootstrap fits did not converge; the intervals "
+                   "and p_top use the others"]
+    import csv
+
+    with open(out / "gpt_bradley_terry.csv", newline="") as handle:
+        ranking = list(csv.DictReader(handle))
+    assert [r["method"] for r in ranking] == ["amulet", "la", "pref", "base"]
+    assert sum(float(r["p_top"]) for r in ranking) == pytest.approx(1.0)
+    for row in ranking:
+        assert float(row["ci_low"]) <= float(row["bt_theta"]) <= float(row["ci_high"])
 
 
 def test_judge_request_carries_the_paper_prompt_and_presets(workspace, judge_server):

@@ -12,7 +12,7 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from evals import metrics  # noqa: E402
+from evals import metrics, win_rate  # noqa: E402
 from evals.judge import INVALID, TIE  # noqa: E402
 from evals.metrics import Judgment  # noqa: E402
 
@@ -100,3 +100,33 @@ def test_bootstrap_bradley_terry_with_unit_weights_is_the_point_estimate():
     tensor = metrics.outcome_tensor(judgments, ["a", "b", "c"], list(range(9)))
     samples = metrics.bootstrap_bradley_terry(tensor, np.ones((2, 9), dtype=int))
     np.testing.assert_allclose(samples[0], metrics.bradley_terry(tensor.sum(axis=0)))
+
+
+# Method 3 beats everyone and never loses: with almost no regularisation choix diverges.
+DOMINATED = np.array([[0.0, 1.5, 1.5, 0.0], [4.5, 0.0, 1.5, 0.0], [4.5, 4.5, 0.0, 0.0],
+                      [6.0, 6.0, 6.0, 0.0]])
+
+
+def test_bradley_terry_that_does_not_converge_is_one_clear_error():
+    with pytest.raises(metrics.BradleyTerryError, match=r"did not converge.*alpha=1e-30"):
+        metrics.bradley_terry(DOMINATED, alpha=1e-30)
+    assert np.all(np.isfinite(metrics.bradley_terry(DOMINATED, alpha=0.01)))
+
+
+def test_bootstrap_replicates_whose_fit_fails_are_nan_rows_and_the_rest_are_kept():
+    tensor = np.stack([DOMINATED, DOMINATED.T])  # question 1 reverses question 0
+    weights = np.array([[1, 2], [1, 0], [2, 1]])
+    samples = metrics.bootstrap_bradley_terry(tensor, weights, alpha=1e-30)
+    assert np.isnan(samples[1]).all()
+    assert np.all(np.isfinite(samples[[0, 2]]))
+    np.testing.assert_allclose(samples[0], metrics.bradley_terry(DOMINATED + 2 * DOMINATED.T,
+                                                                  alpha=1e-30))
+    np.testing.assert_allclose(samples[2], metrics.bradley_terry(2 * DOMINATED + DOMINATED.T,
+                                                                  alpha=1e-30))
+    rows, failed = win_rate.ranking_rows(tensor, ["a", "b", "c", "d"], weights, alpha=1e-30)
+    assert failed == 1
+    assert sum(r["p_top"] for r in rows) == pytest.approx(1.0)  # over the 2 fitted replicates
+    top = {r["method"]: r["p_top"] for r in rows}
+    assert (top["a"], top["d"]) == pytest.approx((0.5, 0.5))  # the two fitted winners
+    for row in rows:
+        assert row["ci_low"] <= row["ci_high"]

@@ -61,6 +61,9 @@ def tiny_models(tmp_path_factory) -> dict[str, Path]:
     with torch.no_grad():  # non-default values, to see that loading keeps them
         armo.reward_transform_matrix.copy_(torch.randn(19, 19))
         armo.gating.logit_scale.fill_(1.7)
+        for layer in armo.gating.layers:  # Llama's init (std 0.02) leaves the gate ~uniform
+            layer.weight.normal_(0.0, 1.0)
+            layer.bias.normal_(0.0, 1.0)
     armo.save_pretrained(armo_dir)
     config = json.loads((armo_dir / "config.json").read_text())
     config["architectures"] = ["LlamaForRewardModelWithGating"]  # as on the hub
@@ -185,8 +188,70 @@ def test_armorm_output_shape_and_loaded_weights(tiny_models):
     ids = reward_model.conversation_ids(rm.tokenizer, "Q?", PREFERENCE, "A.")
     output = model(input_ids=torch.tensor([ids, ids]))
     assert output.rewards.shape == (2, 19) and output.score.shape == (2,)
-    gated = (output.gating_output * (output.rewards @ model.reward_transform_matrix)).sum(1)
-    assert torch.allclose(output.score, gated)
+    assert output.gating_output.shape == (2, 19)
+
+
+def _two_turn_ids(tokenizer) -> list[int]:
+    """A conversation with two assistant turns, so the gate's header pattern occurs twice."""
+    turns = [("user", CORPUS[0]), ("assistant", "Boil it."), ("user", PREFERENCE),
+             ("assistant", TEXTS["amulet"][0])]
+    text = tokenizer.apply_chat_template(
+        [{"role": role, "content": content} for role, content in turns], tokenize=False
+    )
+    return tokenizer(text, add_special_tokens=False)["input_ids"]
+
+
+def _gate_by_hand(model, prompt_state: torch.Tensor) -> torch.Tensor:
+    """softmax(MLP(x) / T) * logit_scale with the fixture's T = 10 and logit_scale = 1.7."""
+    x = prompt_state
+    for layer in model.gating.layers[:-1]:
+        x = torch.relu(x @ layer.weight.T + layer.bias)
+    last = model.gating.layers[-1]
+    return torch.softmax((x @ last.weight.T + last.bias) / 10, dim=-1) * 1.7
+
+
+def test_armorm_gate_and_rewards_are_read_at_the_published_positions(tiny_models):
+    """ArmoRM's outputs recomputed from the backbone's hidden states ``h`` (B, L, H).
+
+    The positions come from the tokens alone: the rewards at the last real token of each
+    row, ``r_b = len(row_b) - 1`` (the token before the first pad); the gate at the
+    ``<|eot_id|>`` just before the row's last ``<|start_header_id|>``, i.e. where the last
+    assistant header pattern starts. Then ``rewards = h[b, r_b] W^T``,
+    ``gate = softmax(MLP(h[b, g_b]) / T) * logit_scale`` and
+    ``score = sum_k gate_k (rewards R)_k``.
+    """
+    rm = reward_model.load_reward_model(str(tiny_models["armorm"]), device="cpu", dtype="float32")
+    model = rm.ensure_model()
+    soh, eot = rm.tokenizer.convert_tokens_to_ids([SOH, EOT])
+    id_lists = [
+        reward_model.conversation_ids(rm.tokenizer, CORPUS[0], PREFERENCE, "Short."),
+        _two_turn_ids(rm.tokenizer),
+        reward_model.conversation_ids(rm.tokenizer, "Q?", PREFERENCE, TEXTS["pref"][1]),
+    ]
+    assert len({len(ids) for ids in id_lists}) == 3  # a right-padded batch
+    assert id_lists[1].count(soh) == 4  # two user and two assistant headers
+    input_ids, mask = reward_model.right_pad(id_lists, rm.pad_id)
+    with torch.no_grad():
+        output = model(input_ids=input_ids, attention_mask=mask)
+        hidden = model.model(input_ids, attention_mask=mask).last_hidden_state
+        rows = torch.arange(len(id_lists))
+        reward_at = [len(ids) - 1 for ids in id_lists]
+        gate_at = [max(k for k, t in enumerate(ids) if t == soh) - 1 for ids in id_lists]
+        assert all(ids[g] == eot for ids, g in zip(id_lists, gate_at, strict=True))
+        rewards = hidden[rows, reward_at] @ model.regression_layer.weight.T
+        gate = _gate_by_hand(model, hidden[rows, gate_at])
+        score = (gate * (rewards @ model.reward_transform_matrix)).sum(dim=1)
+        torch.testing.assert_close(output.rewards, rewards, atol=1e-5, rtol=1e-5)
+        torch.testing.assert_close(output.gating_output, gate, atol=1e-6, rtol=1e-5)
+        torch.testing.assert_close(output.score, score, atol=1e-5, rtol=1e-5)
+        # Each neighbouring or earlier position gives other numbers, so none would pass.
+        first_gate = id_lists[1].index(soh, 2) - 1  # the first assistant header
+        assert id_lists[1][first_gate] == eot and first_gate < gate_at[1]
+        for wrong in (gate_at[1] - 1, gate_at[1] + 1, first_gate):
+            assert not torch.allclose(_gate_by_hand(model, hidden[1, wrong]), gate[1], atol=1e-5)
+        for wrong in (reward_at[0] - 1, reward_at[0] + 1):
+            other = hidden[0, wrong] @ model.regression_layer.weight.T
+            assert not torch.allclose(other, rewards[0], atol=1e-4)
 
 
 @pytest.mark.parametrize(
@@ -414,8 +479,10 @@ def test_native_armorm_parameter_names_match_the_published_checkpoint(tiny_model
         (["--eval_data", "toy", "--methods", "base,la"], "missing la.json"),
         (["--eval_data", "toy", "--rm_name", "/nonexistent/rm"], "cannot load reward model"),
         (["--eval_data", "toy", "--rm_dimension", "score"], "needs an ArmoRM-like model"),
+        (["--methods", "base,best"], "best clash with a summary column"),
     ],
-    ids=["missing-dataset", "missing-method", "missing-rm", "score-on-plain-rm"],
+    ids=["missing-dataset", "missing-method", "missing-rm", "score-on-plain-rm",
+         "method-named-like-a-column"],
 )
 def test_bad_input_is_one_line_and_nonzero_exit(tmp_path, tiny_models, capsys, extra, message):
     write_run(tmp_path / "responses", "toy", TEXTS)
@@ -424,3 +491,22 @@ def test_bad_input_is_one_line_and_nonzero_exit(tmp_path, tiny_models, capsys, e
     assert rm_evals.main(args) == 1
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and err[0].startswith("error: ") and message in err[0], err
+
+
+def test_summary_keeps_the_preference_name_apart_from_the_pref_method(tmp_path, tiny_models):
+    write_run(tmp_path / "responses", "toy", TEXTS, pref="creative")
+    swapped = {"base": TEXTS["pref"], "pref": TEXTS["amulet"], "amulet": TEXTS["base"]}
+    write_run(tmp_path / "responses", "toy", swapped, pref="verbose")
+    assert rm_evals.main(rm_args(tmp_path, tiny_models["llama"])) == 0
+    summary = tmp_path / "results" / "rm_score" / "tiny-llama-rm_logit0_summary.csv"
+    header = summary.read_text().splitlines()[0].split(",")
+    assert len(header) == len(set(header)), header
+    with open(summary, newline="") as handle:
+        settings = {row["preference"]: row for row in csv.DictReader(handle)}
+    assert set(settings) == {"creative", "verbose"}
+    for preference, row in settings.items():
+        per_run = read_avg(tmp_path / "results" / "rm_score" / preference / "Tiny-Gen" / "toy"
+                           / "tiny-llama-rm_logit0_avg.csv")
+        for method in METHODS:
+            assert float(row[method]) == pytest.approx(per_run[method], abs=1e-9)
+    assert "| preference | model | dataset |" in summary.with_suffix(".md").read_text()
