@@ -1,0 +1,37 @@
+"""The evaluations' check that every method of a setting was generated with the same settings
+(evals/run_settings.py), on hand-made sidecars."""
+
+from __future__ import annotations
+
+import json
+
+from evals.run_settings import read_fingerprints, settings_problems
+
+SHARED = {"version": 2, "model": "m", "dtype": "float32", "max_new_tokens": 128, "limit": None}
+
+
+def write_meta(directory, method, fingerprint):
+    (directory / f"{method}.meta.json").write_text(json.dumps({"fingerprint": fingerprint}))
+
+
+def test_methods_of_the_same_settings_have_no_problem_whatever_their_own_hyperparameters(
+    tmp_path
+):
+    write_meta(tmp_path, "la", {**SHARED, "method": "la", "reinforce_ratio": 2.0})
+    write_meta(tmp_path, "amulet", {**SHARED, "method": "amulet", "iteration_num": 60})
+    assert settings_problems(read_fingerprints(tmp_path, ["la", "amulet"])) == []
+
+
+def test_a_shared_setting_that_differs_is_named_with_each_methods_value(tmp_path):
+    write_meta(tmp_path, "base", SHARED)
+    write_meta(tmp_path, "amulet", {**SHARED, "max_new_tokens": 64})
+    problems = settings_problems(read_fingerprints(tmp_path, ["base", "amulet"]))
+    assert problems == ["max_new_tokens differs between methods: base=128, amulet=64"]
+
+
+def test_a_missing_or_damaged_sidecar_is_reported(tmp_path):
+    write_meta(tmp_path, "base", SHARED)
+    (tmp_path / "pref.meta.json").write_text("{not json")
+    problems = settings_problems(read_fingerprints(tmp_path, ["base", "pref", "la"]))
+    assert problems == ["pref: no readable sidecar, its settings are unknown",
+                        "la: no readable sidecar, its settings are unknown"]
