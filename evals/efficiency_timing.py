@@ -1,5 +1,6 @@
 """How the efficiency benchmark times: warm-up, interleaved repeats and their summary; the
-Amulet solvers on a fixed shape; the combination step alone; the batch-size sweep."""
+Amulet solvers on a fixed shape; the combination step alone on the model's device; the
+batch-size sweep."""
 
 from __future__ import annotations
 
@@ -7,6 +8,7 @@ import argparse
 import statistics
 import time
 from collections.abc import Callable
+from typing import TYPE_CHECKING
 
 from evals.efficiency_cases import (
     SOLVERS,
@@ -19,15 +21,34 @@ from evals.efficiency_cases import (
     say,
 )
 
+if TYPE_CHECKING:
+    import torch
+
 EMPTY_TIMING = dict.fromkeys(
     ("generated_tokens", "tokens_same_every_repeat", "wall_seconds", "wall_seconds_median",
      "cpu_seconds_median", "seconds_per_token", "tokens_per_second"))
 
 
-def timed(fn: Callable) -> tuple[object, float, float]:
-    """Result, wall seconds, process CPU seconds (CUDA work is synchronised by .tolist())."""
+def no_wait() -> None:
+    """Nothing to wait for: decoding ends in .tolist(), which waits for queued CUDA work."""
+
+
+def device_synchronizer(device: torch.device | str) -> Callable[[], None]:
+    """A function that returns once all work queued on `device` is done: CUDA runs kernels
+    asynchronously, so a clock read without it measures only the launch."""
+    import torch
+
+    if torch.device(device).type == "cuda":
+        return lambda: torch.cuda.synchronize(device)
+    return no_wait
+
+
+def timed(fn: Callable, synchronize: Callable[[], None] = no_wait) -> tuple[object, float, float]:
+    """Result, wall seconds, process CPU seconds; `synchronize` runs before each clock read."""
+    synchronize()
     wall, cpu = time.perf_counter(), time.process_time()
     result = fn()
+    synchronize()
     return result, time.perf_counter() - wall, time.process_time() - cpu
 
 
@@ -86,24 +107,35 @@ def solver_cost(args, model, work: Workload) -> dict[str, dict]:
     return cost
 
 
-def combine_step_cost(args, model, work: Workload, repeats: int = 20) -> list[dict]:
+def combine_step_cost(args, model, work: Workload, repeats: int = 20,
+                      synchronizer: Callable[[torch.device], Callable[[], None]]
+                      = device_synchronizer) -> list[dict]:
     """Each Amulet rule of the fixed-shape cost on random (B, V) fp32 log-probs: how much of
-    a step the combination itself takes, apart from the model forward."""
+    a step the combination itself takes, apart from the model forward. The log-probs are made
+    on the model's input device, where the engine's are (it writes each chosen token into
+    tensors there), and each call is timed with that device synchronised before the clock is
+    read."""
     import torch
 
     from DecodingMethodsModels.combine import amulet_rule
+    from DecodingMethodsModels.engine import model_input_device
 
+    device = model_input_device(model)
+    synchronize = synchronizer(device)
     rows = min(args.batch_size, len(work.pref_ids))
     vocab = model.get_output_embeddings().weight.shape[0]  # the width of the logits
-    generator = torch.Generator().manual_seed(0)
-    pref = torch.log_softmax(torch.randn(rows, vocab, generator=generator), dim=-1)
-    base = torch.log_softmax(torch.randn(rows, vocab, generator=generator), dim=-1)
+    generator = torch.Generator(device=device).manual_seed(0)
+    pref = torch.log_softmax(torch.randn(rows, vocab, generator=generator, device=device),
+                             dim=-1)  # (B, V)
+    base = torch.log_softmax(torch.randn(rows, vocab, generator=generator, device=device),
+                             dim=-1)  # (B, V)
     out = []
     for solver in SOLVERS:
         for t in args.cost_T:
             rule = amulet_rule(t, args.alpha, args.player_lambda, args.eta, solver)
             rule(pref, base)  # warm-up
-            best = min(timed(lambda r=rule: r(pref, base))[1] for _ in range(repeats))
+            best = min(timed(lambda r=rule: r(pref, base), synchronize)[1]
+                       for _ in range(repeats))
             out.append({"iteration_num": t, "solver": solver, "rows": rows, "vocab": vocab,
                         "repeats": repeats, "ms_per_call": best * 1000.0})
     return out

@@ -1,14 +1,17 @@
 """evals/efficiency.py --quick end to end on a tiny random Llama: the JSON report and the
 markdown table have every part the issue asks for. No timing is asserted: the numbers of a
-tiny model on a shared machine mean nothing."""
+tiny model on a shared machine mean nothing. Then, without a model: where and how the
+combination step is timed."""
 
 from __future__ import annotations
 
+import argparse
 import json
 import os
 import subprocess
 import sys
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 
@@ -127,3 +130,75 @@ def test_bad_arguments_fail_in_one_line_before_loading(tmp_path):
     assert done.returncode == 2
     assert done.stderr.startswith("error: ") and "missing" in done.stderr
     assert "Traceback" not in done.stderr
+
+
+# ---------------------------------------------------------------- the combination step's clock
+
+
+class MetaModel:
+    """Weights on the meta device: no data, but a device that is not the CPU, as a GPU is."""
+
+    def __init__(self, vocab: int):
+        import torch
+
+        self.embed = SimpleNamespace(weight=torch.empty(vocab, 4, device="meta"))  # (V, H)
+        self.head = SimpleNamespace(weight=torch.empty(vocab, 4, device="meta"))  # (V, H)
+
+    def get_input_embeddings(self):
+        return self.embed
+
+    def get_output_embeddings(self):
+        return self.head
+
+
+def test_combine_step_is_timed_on_the_models_device_between_synchronisations(monkeypatch):
+    import torch
+
+    import DecodingMethodsModels.combine as combine
+    from evals.efficiency_timing import combine_step_cost
+
+    events: list = []
+
+    class AnyDeviceGenerator(torch.Generator):
+        """Records the device asked for; a CPU generator serves, as meta tensors draw none."""
+
+        def __new__(cls, device="cpu"):
+            events.append(("generator", torch.device(device)))
+            return super().__new__(cls)
+
+        def __init__(self, device="cpu"):
+            pass
+
+    def recording_rule(t, alpha, player_lambda, eta, solver):
+        return lambda pref, base: events.append(("rule", pref.device, base.device))
+
+    def synchronizer(device):
+        events.append(("synchronizer", device))
+        return lambda: events.append("sync")
+
+    model = MetaModel(vocab=11)
+    monkeypatch.setattr(torch, "Generator", AnyDeviceGenerator)
+    monkeypatch.setattr(combine, "amulet_rule", recording_rule)
+    args = argparse.Namespace(batch_size=3, cost_T=[0, 2], alpha=2.0, player_lambda=2.0,
+                              eta=10.0)
+    rows = combine_step_cost(args, model, SimpleNamespace(pref_ids=[[1]] * 5), repeats=2,
+                             synchronizer=synchronizer)
+    meta = torch.device("meta")
+    assert events[:2] == [("synchronizer", meta), ("generator", meta)]
+    call = ("rule", meta, meta)
+    per_setting = [call] + ["sync", call, "sync"] * 2  # warm-up, then each timed call
+    assert events[2:] == per_setting * 4  # 2 T x 2 solvers
+    assert [(r["rows"], r["vocab"]) for r in rows] == [(3, 11)] * 4
+
+
+def test_device_synchronizer_waits_for_cuda_and_not_for_the_cpu(monkeypatch):
+    import torch
+
+    from evals.efficiency_timing import device_synchronizer
+
+    waited: list = []
+    monkeypatch.setattr(torch.cuda, "synchronize", lambda device=None: waited.append(device))
+    device_synchronizer(torch.device("cpu"))()
+    assert waited == []
+    device_synchronizer(torch.device("cuda:1"))()
+    assert waited == [torch.device("cuda:1")]
