@@ -7,7 +7,8 @@ negative_prompt_ids=...)`), the alternative a user would pick today. It then tim
 solvers on a fixed shape (no EOS: every row decodes every step, so all T do the same work)
 and the combination step alone on random log-probs, measures each method's peak memory in
 a fresh process, and sweeps the batch size for pref and amulet. It prints markdown tables
-and writes JSON (--out) and markdown beside it.
+and writes JSON (--out) and markdown beside it. A full run exits 1 when a target fails;
+--quick is a smoke run that reports the targets' values without judging them.
 
     python evals/efficiency.py --data_dir ../shared/data --eval_data UltraFeedback_truthful_qa \
         --limit 8 --batch_size 8 --max_new_tokens 128
@@ -48,6 +49,8 @@ from evals.efficiency_memory import (  # noqa: E402
 from evals.efficiency_report import (  # noqa: E402
     check_targets,
     environment,
+    failed_targets,
+    failure_message,
     load_average,
     markdown,
     notes_for,
@@ -105,7 +108,8 @@ def build_parser() -> argparse.ArgumentParser:
     how.add_argument("--skip", default="", help="comma list of parts to skip: "
                      "methods (their timing), memory, cost, sweep, beam, cfg")
     how.add_argument("--quick", action="store_true",
-                     help="smoke run: 2 questions, 4 tokens, 1 repeat, T 0 and 2, sweep 1 and 2")
+                     help="smoke run: 2 questions, 4 tokens, 1 repeat, T 0 and 2, sweep 1 and 2; "
+                     "targets are shown but not judged")
 
     hw = parser.add_argument_group("hardware")
     hw.add_argument("--device", default="auto")
@@ -204,7 +208,8 @@ def run(args) -> dict:
         "solver_cost": cost,
         "combine_step": combine,
         "batch_sweep": sweep,
-        "targets": check_targets(args, results, cost, memory),
+        "targets": check_targets(args, results, cost, memory, judge=not args.quick),
+        "targets_judged": not args.quick,
         "notes": notes_for(args, results),
     }
     text = markdown(report)
@@ -216,14 +221,20 @@ def run(args) -> dict:
 
 
 def main(argv: list[str] | None = None) -> int:
+    """0 when every judged target holds, 1 when one fails (after writing the report), 2 on a
+    user error."""
     try:
         args = parse_args(argv)
         if args.probe:
             return probe_memory(args)
-        run(args)
+        report = run(args)
     except (EvalError, UserError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
+    failed = failed_targets(report["targets"])
+    if failed:
+        print(failure_message(failed, len(report["targets"])), file=sys.stderr)
+        return 1
     return 0
 
 

@@ -1,4 +1,4 @@
-"""How the efficiency benchmark reports: the machine it ran on, the issue's targets checked
+"""How the efficiency benchmark reports: the machine it ran on, the issue's targets judged
 against the measurements, the notes, and the markdown tables. No torch work here beyond
 reading the environment."""
 
@@ -9,6 +9,11 @@ import platform
 from pathlib import Path
 
 from DecodingMethodsModels.provenance import git_dirty, software_facts
+
+QUICK_TARGETS_NOTE = (
+    "Targets not judged in --quick mode: 2 questions, 4 new tokens and one run are too little "
+    "work for these ratios to mean anything; the values only show that every part ran."
+)
 
 
 def environment(args, model, source, device: str) -> dict:
@@ -46,8 +51,9 @@ def ratio(a: float | None, b: float | None) -> float | None:
     return a / b if a is not None and b else None
 
 
-def check_targets(args, results: dict, cost: dict, memory: dict) -> list[dict]:
-    """The issue's targets, each with its measured value; None where a part was skipped."""
+def check_targets(args, results: dict, cost: dict, memory: dict, judge: bool = True) -> list[dict]:
+    """The issue's targets, each with its measured value and whether it holds: None where a
+    part was skipped, and everywhere when `judge` is false (a --quick run)."""
     amulet = f"amulet:T={args.iteration_num}:closed_form"
     tps = {k: v["tokens_per_second"] for k, v in results.items()}
     per_step = {k: v["seconds_per_step"] for k, v in cost.items()}
@@ -78,11 +84,23 @@ def check_targets(args, results: dict, cost: dict, memory: dict) -> list[dict]:
     ]
     out = []
     for name, value, op, threshold in rows:
-        holds = None if value is None else (value >= threshold if op == ">=" else
-                                            value <= threshold)
+        holds = None
+        if judge and value is not None:
+            holds = value >= threshold if op == ">=" else value <= threshold
         out.append({"target": name, "measured": value, "threshold": f"{op} {threshold}",
                     "holds": holds})
     return out
+
+
+def failed_targets(targets: list[dict]) -> list[dict]:
+    """Targets measured and judged that do not hold (skipped or unjudged ones are not failures)."""
+    return [t for t in targets if t["holds"] is False]
+
+
+def failure_message(failed: list[dict], total: int) -> str:
+    listed = "; ".join(f"{t['target']} = {fmt(t['measured'], 3)}, needs {t['threshold']}"
+                       for t in failed)
+    return f"{len(failed)} of {total} targets failed: {listed}"
 
 
 def agreement(results: dict, a: str, b: str) -> str | None:
@@ -230,6 +248,10 @@ def sweep_table(report: dict) -> list[str]:
 
 
 def targets_table(report: dict) -> list[str]:
+    if not report["targets_judged"]:
+        lines = [QUICK_TARGETS_NOTE, "", "| target | measured | threshold |", "|---|---:|---|"]
+        return lines + [f"| {t['target']} | {fmt(t['measured'], 3)} | {t['threshold']} |"
+                        for t in report["targets"]]
     lines = ["| target | measured | threshold | holds |", "|---|---:|---|---|"]
     for t in report["targets"]:
         holds = {True: "yes", False: "NO", None: "not measured"}[t["holds"]]
