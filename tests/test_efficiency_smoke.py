@@ -1,14 +1,17 @@
 """evals/efficiency.py --quick end to end on a tiny random Llama: the JSON report and the
 markdown table have every part the issue asks for. No timing is asserted: the numbers of a
-tiny model on a shared machine mean nothing."""
+tiny model on a shared machine mean nothing. Then, without a model: how targets are judged
+and turned into the exit code, and where the combination step is timed."""
 
 from __future__ import annotations
 
+import argparse
 import json
 import os
 import subprocess
 import sys
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 
@@ -92,15 +95,16 @@ def test_quick_run_records_machine_and_versions(quick_run):
     assert env["dtype"] == "float32" and env["torch_threads"] == 1
 
 
-def test_quick_run_checks_every_target(quick_run):
-    report, _, _ = quick_run
-    assert len(report["targets"]) == 7
+def test_quick_run_measures_every_target_but_judges_none(quick_run):
+    report, stdout, _ = quick_run
+    assert len(report["targets"]) == 7 and report["targets_judged"] is False
     memory_measured = report["memory_method"] != "not measured"
     for target in report["targets"]:
-        if "memory" in target["target"] and not memory_measured:
-            assert target["holds"] is None, target
-        else:
-            assert target["holds"] in (True, False), target
+        assert target["holds"] is None, target
+        if memory_measured or "memory" not in target["target"]:
+            assert target["measured"] is not None, target
+    assert "targets not judged in --quick mode" in stdout.lower()
+    assert "| holds |" not in stdout and "| yes |" not in stdout and "| NO |" not in stdout
 
 
 def test_quick_run_prints_and_writes_the_same_markdown_tables(quick_run):
@@ -109,7 +113,7 @@ def test_quick_run_prints_and_writes_the_same_markdown_tables(quick_run):
     assert written == stdout.rstrip("\n") + "\n"
     for header in ("| method | setting | tokens |", "| T | solver | s / step, fastest |",
                    "| T | solver | ms / call |",
-                   "| batch size | pref tokens / s |", "| target | measured |"):
+                   "| batch size | pref tokens / s |", "| target | measured | threshold |"):
         assert header in written
     method_rows = [ln for ln in written.splitlines() if ln.startswith("| ")
                    and ln.split("|")[1].strip() in {"base", "pref", "beam", "la", "amulet",
@@ -127,3 +131,129 @@ def test_bad_arguments_fail_in_one_line_before_loading(tmp_path):
     assert done.returncode == 2
     assert done.stderr.startswith("error: ") and "missing" in done.stderr
     assert "Traceback" not in done.stderr
+
+
+# ---------------------------------------------------------------- targets and the exit code
+
+TARGET_ARGS = argparse.Namespace(iteration_num=2, cost_T=[0, 2])
+
+
+def measurements(amulet_tps: float) -> tuple[dict, dict, dict]:
+    """Results, fixed-shape cost and memory in the shapes run() passes to check_targets."""
+    amulet = "amulet:T=2:closed_form"
+    results = {"pref": {"tokens_per_second": 10.0}, amulet: {"tokens_per_second": amulet_tps}}
+    cost = {f"amulet:T={t}:{s}:fixed": {"seconds_per_step": 1.0}
+            for t in (0, 2) for s in ("closed_form", "iterative")}
+    memory = {k: {"peak_above_loaded_mb": 10.0, "peak_rss_mb": 100.0} for k in ("pref", amulet)}
+    return results, cost, memory
+
+
+def test_a_full_run_judges_each_measured_target_and_leaves_missing_ones_open():
+    from evals.efficiency_report import check_targets
+
+    targets = check_targets(TARGET_ARGS, *measurements(amulet_tps=4.0), judge=True)
+    holds = {t["target"]: t["holds"] for t in targets}
+    assert holds["amulet tokens/s / pref tokens/s"] is False  # 0.4 < 0.5
+    assert holds["amulet tokens/s / HF CFG (batched) tokens/s"] is None  # CFG not timed
+    assert holds["amulet / pref peak process memory"] is True
+
+
+def test_quick_mode_measures_targets_without_judging_them():
+    from evals.efficiency_report import check_targets
+
+    targets = check_targets(TARGET_ARGS, *measurements(amulet_tps=4.0), judge=False)
+    assert all(t["holds"] is None for t in targets)
+    assert targets[0]["measured"] == pytest.approx(0.4)
+
+
+@pytest.mark.parametrize(("amulet_tps", "code"), [(4.0, 1), (6.0, 0)])
+def test_main_exits_1_when_a_judged_target_fails(monkeypatch, capsys, tmp_path, amulet_tps,
+                                                  code):
+    import evals.efficiency as efficiency
+    from evals.efficiency_report import check_targets
+
+    def fake_run(args):
+        return {"targets": check_targets(args, *measurements(amulet_tps), judge=not args.quick)}
+
+    monkeypatch.setattr(efficiency, "run", fake_run)
+    flags = ["--out", str(tmp_path / "e.json"), "--iteration_num", "2", "--cost_T", "0,2"]
+    assert efficiency.main(flags) == code
+    assert efficiency.main([*flags, "--quick"]) == 0  # a smoke run judges nothing
+    err = capsys.readouterr().err.strip().splitlines()
+    if code:
+        assert err == ["1 of 7 targets failed: amulet tokens/s / pref tokens/s = 0.400, "
+                       "needs >= 0.5"]
+    else:
+        assert err == []
+
+
+# ---------------------------------------------------------------- the combination step's clock
+
+
+class MetaModel:
+    """Weights on the meta device: no data, but a device that is not the CPU, as a GPU is."""
+
+    def __init__(self, vocab: int):
+        import torch
+
+        self.embed = SimpleNamespace(weight=torch.empty(vocab, 4, device="meta"))  # (V, H)
+        self.head = SimpleNamespace(weight=torch.empty(vocab, 4, device="meta"))  # (V, H)
+
+    def get_input_embeddings(self):
+        return self.embed
+
+    def get_output_embeddings(self):
+        return self.head
+
+
+def test_combine_step_is_timed_on_the_models_device_between_synchronisations(monkeypatch):
+    import torch
+
+    import DecodingMethodsModels.combine as combine
+    from evals.efficiency_timing import combine_step_cost
+
+    events: list = []
+
+    class AnyDeviceGenerator(torch.Generator):
+        """Records the device asked for; a CPU generator serves, as meta tensors draw none."""
+
+        def __new__(cls, device="cpu"):
+            events.append(("generator", torch.device(device)))
+            return super().__new__(cls)
+
+        def __init__(self, device="cpu"):
+            pass
+
+    def recording_rule(t, alpha, player_lambda, eta, solver):
+        return lambda pref, base: events.append(("rule", pref.device, base.device))
+
+    def synchronizer(device):
+        events.append(("synchronizer", device))
+        return lambda: events.append("sync")
+
+    model = MetaModel(vocab=11)
+    monkeypatch.setattr(torch, "Generator", AnyDeviceGenerator)
+    monkeypatch.setattr(combine, "amulet_rule", recording_rule)
+    args = argparse.Namespace(batch_size=3, cost_T=[0, 2], alpha=2.0, player_lambda=2.0,
+                              eta=10.0)
+    rows = combine_step_cost(args, model, SimpleNamespace(pref_ids=[[1]] * 5), repeats=2,
+                             synchronizer=synchronizer)
+    meta = torch.device("meta")
+    assert events[:2] == [("synchronizer", meta), ("generator", meta)]
+    call = ("rule", meta, meta)
+    per_setting = [call] + ["sync", call, "sync"] * 2  # warm-up, then each timed call
+    assert events[2:] == per_setting * 4  # 2 T x 2 solvers
+    assert [(r["rows"], r["vocab"]) for r in rows] == [(3, 11)] * 4
+
+
+def test_device_synchronizer_waits_for_cuda_and_not_for_the_cpu(monkeypatch):
+    import torch
+
+    from evals.efficiency_timing import device_synchronizer
+
+    waited: list = []
+    monkeypatch.setattr(torch.cuda, "synchronize", lambda device=None: waited.append(device))
+    device_synchronizer(torch.device("cpu"))()
+    assert waited == []
+    device_synchronizer(torch.device("cuda:1"))()
+    assert waited == [torch.device("cuda:1")]
