@@ -6,6 +6,14 @@ takes fp32 log-probs of the last position only, lets a pure `combine` rule turn 
 (B, V) log-prob tensors into scores, picks one token per question and appends that same
 token to both of its rows. Rows that have finished are dropped from the batch and its cache.
 
+Continuous batching (`stream_two_prompts`): over a list of questions longer than the batch,
+the next question is admitted as soon as a row finishes. Newcomers are prefilled together,
+their first token chosen from the prefill, and their cache merged into the running one: both
+are left-padded with masked zeros to a common length, so each row keeps its own positions and
+sees only its own tokens. Columns that no live row attends to are trimmed away. A question's
+tokens do not depend on which questions shared its batch (the tests check batch 1 against
+continuous batches of questions of very different lengths).
+
 All 2B prompts of a batch usually open with the same tokens: the chat header and the system
 text up to the preference sentence (59 of about 90 tokens for SmolLM2 and the paper's system
 prompt). That shared prefix is encoded once, for one row, and its cache copied to every row;
@@ -23,10 +31,13 @@ combination.
 from __future__ import annotations
 
 import inspect
+from collections import deque
+from collections.abc import Iterator
 from dataclasses import dataclass
 
 import torch
 from transformers import DynamicCache
+from transformers.cache_utils import DynamicLayer
 
 from .combine import CombineRule
 from .penalties import Penalties, apply_penalties
@@ -40,7 +51,6 @@ class NonFiniteScoresError(RuntimeError):
 @dataclass
 class DecodeResult:
     token_ids: list[list[int]]  # generated ids per question, ending EOS included
-    steps: int  # forward passes after the prefill
 
 
 def left_pad(rows: list[list[int]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -100,7 +110,241 @@ def _forward_kwargs(model) -> dict:
     return {}
 
 
+@dataclass
+class _Rows:
+    """Live question pairs. Row i of the cache is pair i's preference prompt, row b + i its base
+    prompt; `mask` covers every cached column, `next_position` is each row's next position."""
+
+    keys: list[int]  # the caller's question number of each pair
+    cache: DynamicCache
+    mask: torch.Tensor  # (2b, L) long
+    next_position: torch.Tensor  # (2b,)
+    tokens: torch.Tensor  # (b,) the token each pair chose last
+    generated: list[list[int]]
+    contexts: list[list[int]] | None  # prompt + generated per pair, for penalties
+    ended: list[bool]
+
+    @property
+    def size(self) -> int:
+        return len(self.keys)
+
+
+@dataclass(frozen=True)
+class _Rule:
+    """Everything that turns a step's log-probs into tokens."""
+
+    combine: CombineRule
+    max_new_tokens: int
+    eos: torch.Tensor
+    pad_id: int
+    sampling: SamplingSettings
+    generator: torch.Generator | None
+    penalties: Penalties | None
+
+
+def _prefill(model, keys: list[int], pref_ids: list[list[int]], base_ids: list[list[int]],
+             pad_id: int, share_prefix: bool, penalties: bool) -> tuple[_Rows, torch.Tensor]:
+    """Encode the 2n prompts of n newcomers: their rows, and fp32 log-probs (2n, V)."""
+    device = model_input_device(model)
+    extra = _forward_kwargs(model)
+    prompts = pref_ids + base_ids
+    shared = shared_prefix_length(prompts) if share_prefix else 0
+    cache = _prefix_cache(model, prompts[0][:shared], len(prompts), device, extra)
+    ids, suffix_mask = left_pad([row[shared:] for row in prompts], pad_id)  # (2n, L - P)
+    ids, suffix_mask = ids.to(device), suffix_mask.to(device)
+    mask = torch.cat([torch.ones((len(prompts), shared), dtype=torch.long, device=device),
+                      suffix_mask], dim=1)  # (2n, L)
+    positions = shared + (suffix_mask.cumsum(-1) - 1).clamp(min=0)  # (2n, L - P)
+    out = model(input_ids=ids, attention_mask=mask, position_ids=positions,
+                past_key_values=cache, use_cache=True, **extra)
+    rows = _Rows(
+        keys=list(keys), cache=out.past_key_values, mask=mask,
+        next_position=positions[:, -1] + 1, tokens=torch.empty(0, dtype=torch.long),
+        generated=[[] for _ in keys],
+        contexts=[list(p) for p in pref_ids] if penalties else None,
+        ended=[False] * len(keys),
+    )
+    return rows, torch.log_softmax(out.logits[:, -1, :].float(), dim=-1)
+
+
+def _step(model, rows: _Rows, pad_id: int) -> torch.Tensor:
+    """One forward of every live row on its pair's last token: fp32 log-probs (2b, V)."""
+    device = model_input_device(model)
+    tokens = rows.tokens
+    if any(rows.ended):  # kept finished rows are fed padding
+        ended = torch.tensor(rows.ended, device=device)
+        tokens = tokens.masked_fill(ended, pad_id)
+    step_input = torch.cat([tokens, tokens]).unsqueeze(-1)  # (2b, 1)
+    rows.mask = torch.cat([rows.mask, torch.ones_like(rows.mask[:, :1])], dim=1)
+    out = model(input_ids=step_input, attention_mask=rows.mask,
+                position_ids=rows.next_position.unsqueeze(-1), past_key_values=rows.cache,
+                use_cache=True, **_forward_kwargs(model))
+    rows.cache = out.past_key_values
+    rows.next_position = rows.next_position + 1
+    return torch.log_softmax(out.logits[:, -1, :].float(), dim=-1)
+
+
+def _advance(rows: _Rows, logprobs: torch.Tensor, rule: _Rule) -> list[bool]:
+    """Choose each live pair's next token from (2b, V) log-probs; returns which pairs are done
+    (EOS, or max_new_tokens reached). Raises NonFiniteScoresError before anything is kept."""
+    live = rows.size
+    scores = rule.combine(logprobs[:live], logprobs[live:])  # (b, V)
+    if rule.penalties:
+        scores = apply_penalties(scores, rows.contexts, rule.penalties)
+    tokens = choose_tokens(scores, rule.sampling, rule.generator)  # (b,)
+    status = torch.stack([torch.isin(tokens, rule.eos), unusable_rows(scores)]).cpu()  # one sync
+    if status[1].any():
+        bad = [rows.keys[i] for i in status[1].nonzero().flatten().tolist()]
+        raise NonFiniteScoresError(f"NaN or no finite score for batch rows {bad}")
+    rows.tokens = tokens
+    done = []
+    for i, token in enumerate(tokens.tolist()):
+        if not rows.ended[i]:
+            rows.generated[i].append(token)
+            if rows.contexts is not None:
+                rows.contexts[i].append(token)
+        done.append(rows.ended[i] or bool(status[0][i])
+                    or len(rows.generated[i]) >= rule.max_new_tokens)
+    return done
+
+
+def _keep(rows: _Rows, keep: list[int]) -> None:
+    """Keep only the pairs at positions `keep`, in both halves of every tensor and the cache."""
+    live = rows.size
+    index = torch.tensor(keep + [i + live for i in keep], dtype=torch.long)  # on the host
+    select_cache_rows(rows.cache, index)
+    index = index.to(rows.mask.device)
+    rows.mask, rows.next_position = rows.mask[index], rows.next_position[index]
+    rows.tokens = rows.tokens[index[: len(keep)]]
+    for name in ("keys", "generated", "contexts", "ended"):
+        values = getattr(rows, name)
+        if values is not None:
+            setattr(rows, name, [values[i] for i in keep])
+
+
+def _trim(rows: _Rows) -> None:
+    """Drop the leading cache columns that no live row attends to (left by finished rows)."""
+    unused = int((rows.mask.sum(dim=0) > 0).long().argmax())  # first column anyone uses
+    if unused > 0:
+        rows.mask = rows.mask[:, unused:]
+        for layer in rows.cache.layers:
+            layer.keys = layer.keys[:, :, unused:, :]
+            layer.values = layer.values[:, :, unused:, :]
+
+
+def _mergeable(cache) -> bool:
+    """Plain (B, H, L, D) dynamic layers only: others keep state that padding would break."""
+    return all(type(layer) is DynamicLayer and torch.is_tensor(layer.keys)
+               for layer in cache.layers)
+
+
+def _left_pad_to(tensor: torch.Tensor, length: int, dim: int) -> torch.Tensor:
+    missing = length - tensor.shape[dim]
+    if missing == 0:
+        return tensor
+    shape = list(tensor.shape)
+    shape[dim] = missing
+    return torch.cat([tensor.new_zeros(shape), tensor], dim=dim)
+
+
+def _halves(tensor: torch.Tensor, size: int) -> tuple[torch.Tensor, torch.Tensor]:
+    return tensor[:size], tensor[size:]
+
+
+def _merge(running: _Rows, newcomers: _Rows) -> _Rows:
+    """One batch of both: [pref running; pref new; base running; base new], every tensor
+    left-padded with masked zeros to the longer of the two caches."""
+    width = max(running.mask.shape[1], newcomers.mask.shape[1])
+
+    def stack(a: torch.Tensor, b: torch.Tensor, dim: int | None) -> torch.Tensor:
+        if dim is not None:
+            a, b = _left_pad_to(a, width, dim), _left_pad_to(b, width, dim)
+        a_pref, a_base = _halves(a, running.size)
+        b_pref, b_base = _halves(b, newcomers.size)
+        return torch.cat([a_pref, b_pref.to(a.device), a_base, b_base.to(a.device)])
+
+    for mine, theirs in zip(running.cache.layers, newcomers.cache.layers, strict=True):
+        mine.keys = stack(mine.keys, theirs.keys, 2)
+        mine.values = stack(mine.values, theirs.values, 2)
+    running.mask = stack(running.mask, newcomers.mask, 1)
+    running.next_position = stack(running.next_position, newcomers.next_position, None)
+    running.tokens = torch.cat([running.tokens, newcomers.tokens.to(running.tokens.device)])
+    running.keys += newcomers.keys
+    running.generated += newcomers.generated
+    running.ended += newcomers.ended
+    if running.contexts is not None:
+        running.contexts += newcomers.contexts
+    return running
+
+
+def _retire(rows: _Rows, done: list[bool], drop_finished: bool):
+    """Yield (key, tokens) of finished pairs and remove them (or, without dropping, keep them
+    until every pair is done)."""
+    if not drop_finished:
+        rows.ended = list(done)
+        if not all(done):
+            return
+    for i, finished in enumerate(done):
+        if finished:
+            yield rows.keys[i], rows.generated[i]
+    if any(done):
+        _keep(rows, [i for i, finished in enumerate(done) if not finished])
+        if rows.size:
+            _trim(rows)
+
+
 @torch.inference_mode()
+def stream_two_prompts(
+    model,
+    pref_ids: list[list[int]],
+    base_ids: list[list[int]],
+    combine: CombineRule,
+    max_new_tokens: int,
+    eos_ids: list[int],
+    pad_id: int,
+    batch_size: int,
+    sampling: SamplingSettings | None = None,
+    generator: torch.Generator | None = None,
+    penalties: Penalties | None = None,
+    share_prefix: bool = True,
+    drop_finished: bool = True,
+) -> Iterator[tuple[int, list[int]]]:
+    """Decode every question (a preference and a base prompt each) under `combine`, with at
+    most `batch_size` questions in flight; yields (question number, generated ids) as each
+    question finishes, the EOS that ended it included.
+
+    `combine(pref_logprobs, base_logprobs) -> scores` takes two fp32 (B, V) tensors.
+    `penalties` apply to the combined scores, with the preference prompt and the generated
+    tokens as each row's context (DecodingMethodsModels/penalties.py). A question is admitted
+    as soon as a slot frees; on a cache that cannot be merged (sliding-window layers, say),
+    and with `drop_finished=False`, the next questions wait for the whole batch instead.
+    """
+    if len(pref_ids) != len(base_ids) or not pref_ids:
+        raise ValueError("need the same positive number of preference and base prompts")
+    penalties = penalties if penalties is not None and penalties.active else None
+    device = model_input_device(model)
+    rule = _Rule(combine, max_new_tokens,
+                 torch.tensor(sorted(set(eos_ids)), dtype=torch.long, device=device), pad_id,
+                 sampling or SamplingSettings(), generator, penalties)
+    waiting = deque(range(len(pref_ids)))
+    rows: _Rows | None = None
+    while waiting or (rows is not None and rows.size):
+        if rows is not None and rows.size:
+            done = _advance(rows, _step(model, rows, pad_id), rule)
+            yield from _retire(rows, done, drop_finished)
+        live = rows.size if rows is not None else 0
+        can_admit = live == 0 or (drop_finished and _mergeable(rows.cache))
+        if waiting and live < batch_size and can_admit:
+            keys = [waiting.popleft() for _ in range(min(batch_size - live, len(waiting)))]
+            newcomers, logprobs = _prefill(model, keys, [pref_ids[k] for k in keys],
+                                           [base_ids[k] for k in keys], pad_id, share_prefix,
+                                           penalties is not None)
+            done = _advance(newcomers, logprobs, rule)
+            yield from _retire(newcomers, done, drop_finished)
+            if newcomers.size:
+                rows = newcomers if live == 0 else _merge(rows, newcomers)
+
+
 def decode_two_prompts(
     model,
     pref_ids: list[list[int]],
@@ -114,88 +358,13 @@ def decode_two_prompts(
     drop_finished: bool = True,
     share_prefix: bool = True,
     penalties: Penalties | None = None,
+    batch_size: int | None = None,
 ) -> DecodeResult:
-    """Decode B questions, each with a preference and a base prompt, under `combine`.
-
-    `combine(pref_logprobs, base_logprobs) -> scores` takes two fp32 (B, V) tensors.
-    `penalties` apply to the combined scores, with the preference prompt and the generated
-    tokens as each row's context (DecodingMethodsModels/penalties.py).
-    Returns the generated ids per question, with the EOS that ended it if one did.
-    """
-    sampling = sampling or SamplingSettings()
-    penalties = penalties if penalties is not None and penalties.active else None
-    if len(pref_ids) != len(base_ids) or not pref_ids:
-        raise ValueError("need the same positive number of preference and base prompts")
-    batch = len(pref_ids)
-    device = model_input_device(model)
-    extra = _forward_kwargs(model)
-    rows = pref_ids + base_ids
-    shared = shared_prefix_length(rows) if share_prefix else 0
-    cache = _prefix_cache(model, rows[0][:shared], len(rows), device, extra)
-    ids, suffix_mask = left_pad([row[shared:] for row in rows], pad_id)  # (2B, L - P)
-    ids, suffix_mask = ids.to(device), suffix_mask.to(device)
-    prompt_len = shared + ids.shape[1]
-    # one mask for the whole run, sliced per step, instead of a torch.cat per token
-    mask = torch.ones((2 * batch, prompt_len + max_new_tokens), dtype=torch.long, device=device)
-    mask[:, shared:prompt_len] = suffix_mask
-    positions = shared + (suffix_mask.cumsum(-1) - 1).clamp(min=0)  # (2B, L - P)
-    next_position = positions[:, -1] + 1  # (2B,)
-    eos = torch.tensor(sorted(set(eos_ids)), dtype=torch.long, device=device)
-    generated = torch.full((batch, max_new_tokens), pad_id, dtype=torch.long, device=device)
-    lengths = torch.full((batch,), max_new_tokens, dtype=torch.long)
-    active = torch.arange(batch, device=device)  # question index of each live pair
-    active_cpu = torch.arange(batch)
-    ended = torch.zeros(batch, dtype=torch.bool)
-    contexts = [list(p) for p in pref_ids] if penalties else None  # prompt + generated
-    step_input, step_positions = ids, positions
-    steps = 0
-    for step in range(max_new_tokens):
-        live = active.shape[0]
-        out = model(
-            input_ids=step_input,
-            attention_mask=mask[:, : prompt_len + step],
-            position_ids=step_positions,
-            past_key_values=cache,
-            use_cache=True,
-            **extra,
-        )
-        cache = out.past_key_values
-        logprobs = torch.log_softmax(out.logits[:, -1, :].float(), dim=-1)  # (2b, V) fp32
-        scores = combine(logprobs[:live], logprobs[live:])  # (b, V)
-        if penalties:
-            scores = apply_penalties(scores, [contexts[q] for q in active_cpu.tolist()],
-                                     penalties)
-        tokens = choose_tokens(scores, sampling, generator)  # (b,)
-        generated[active, step] = tokens
-        done = torch.isin(tokens, eos)
-        status = torch.stack([done, unusable_rows(scores)]).cpu()  # the one host sync per step
-        steps += 1
-        if status[1].any():
-            bad = active_cpu[status[1]].tolist()
-            raise NonFiniteScoresError(
-                f"NaN or no finite score for batch rows {bad} at step {step}")
-        if penalties:
-            for q, token in zip(active_cpu.tolist(), tokens.tolist(), strict=True):
-                contexts[q].append(token)
-        finished = status[0] | ended[active_cpu]  # (b,) on the host
-        for row in (status[0] & ~ended[active_cpu]).nonzero().flatten().tolist():
-            lengths[active_cpu[row]] = step + 1  # keep the EOS
-        ended[active_cpu[finished]] = True
-        if bool(finished.all()) or step + 1 == max_new_tokens:
-            break  # no next step: neither its inputs nor a smaller cache are needed
-        step_tokens = tokens
-        next_pos = next_position + step
-        if drop_finished and bool(finished.any()):
-            keep_idx = (~finished).nonzero().flatten()  # on the host
-            kept_rows = torch.cat([keep_idx, keep_idx + live])  # same pairs, both halves
-            select_cache_rows(cache, kept_rows)
-            rows = kept_rows.to(device)
-            mask, next_position, next_pos = mask[rows], next_position[rows], next_pos[rows]
-            active, active_cpu = active[keep_idx.to(device)], active_cpu[keep_idx]
-            step_tokens = tokens[keep_idx.to(device)]
-        elif bool(finished.any()):
-            step_tokens = tokens.masked_fill(finished.to(device), pad_id)
-        step_input = torch.cat([step_tokens, step_tokens]).unsqueeze(-1)  # (2b, 1)
-        step_positions = next_pos.unsqueeze(-1)
-    token_ids = [generated[i, : lengths[i]].tolist() for i in range(batch)]
-    return DecodeResult(token_ids=token_ids, steps=steps)
+    """`stream_two_prompts` collected in question order; by default every question in one
+    batch (`batch_size` = the number of questions)."""
+    found = dict(stream_two_prompts(
+        model, pref_ids, base_ids, combine, max_new_tokens, eos_ids, pad_id,
+        batch_size or len(pref_ids), sampling, generator, penalties, share_prefix,
+        drop_finished,
+    ))
+    return DecodeResult(token_ids=[found[i] for i in range(len(pref_ids))])

@@ -459,3 +459,121 @@ def test_bf16_on_cpu_decodes_like_each_prompt_alone(models, prompts, family):
     assert all(len(row) > 0 for row in batched)
     assert batched == no_prefix
     assert batched == alone
+
+
+# --- continuous batching --------------------------------------------------------------------
+
+MANY_QUESTIONS = (
+    "Hi",
+    "Why is the sky blue?",
+    "Write a haiku about a long and winding road through the quiet hills after the rain.",
+    "Name three rivers.",
+    "Explain, step by step and with an example for a curious child who loves trains and "
+    "asks a lot of questions, how a steam engine turns heat into motion.",
+    "Tea or coffee?",
+    "What is the capital of France, and what is it famous for?",
+)
+
+
+def stopped_lengths(rows: list[list[int]], stops: set[int]) -> list[int]:
+    return [len(cut_at_first(row, stops)) for row in rows]
+
+
+def varied_stops(rows: list[list[int]]) -> list[int]:
+    """EOS ids, taken from the rows' own tokens, that end the rows at as many different steps
+    as a few greedy picks can reach."""
+    stops = {EOS}
+    for row in rows:
+        for token in row[1:]:
+            trial = stops | {token}
+            if (len(set(stopped_lengths(rows, trial))) > len(set(stopped_lengths(rows, stops)))
+                    and min(stopped_lengths(rows, trial)) > 1):
+                stops = trial
+                break
+    return sorted(stops)
+
+
+def continuous_finish_order(lengths: list[int], slots: int) -> list[int]:
+    """When each question ends if a slot is refilled at once: a newcomer's first token comes
+    from its prefill, then one token per step; live rows keep their admission order."""
+    waiting, live, order = list(range(len(lengths))), [], []
+    made = {}
+    while waiting or live:
+        for q in live:
+            made[q] += 1
+        order += [q for q in live if made[q] == lengths[q]]
+        live = [q for q in live if made[q] < lengths[q]]
+        newcomers, waiting = waiting[: slots - len(live)], waiting[slots - len(live):]
+        for q in newcomers:
+            made[q] = 1
+        order += [q for q in newcomers if made[q] == lengths[q]]
+        live += [q for q in newcomers if made[q] < lengths[q]]
+    return order
+
+
+def fixed_batch_finish_order(lengths: list[int], slots: int) -> list[int]:
+    order = []
+    for start in range(0, len(lengths), slots):
+        batch = list(range(start, min(start + slots, len(lengths))))
+        order += sorted(batch, key=lambda q: (lengths[q], q))
+    return order
+
+
+@pytest.fixture(scope="module")
+def many_prompts(tokenizer):
+    sentence = preference_sentence("creative")
+    return ([encode_prompt(tokenizer, q, sentence, True) for q in MANY_QUESTIONS],
+            [encode_prompt(tokenizer, q, "", True) for q in MANY_QUESTIONS])
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+@pytest.mark.parametrize("batch_size", [2, 3])
+def test_continuous_batching_gives_each_question_its_batch_one_tokens(
+    models, many_prompts, family, batch_size
+):
+    from DecodingMethodsModels.engine import stream_two_prompts
+
+    model = models[family]
+    pref, base = many_prompts
+    eos_ids = varied_stops(decode(model, pref, base, amulet(), steps=16))
+    alone = [decode(model, [p], [b], amulet(), steps=16, eos_ids=eos_ids)[0]
+             for p, b in zip(pref, base, strict=True)]
+    assert len({len(row) for row in alone}) >= 3  # questions end at different steps
+    # long and short questions interleaved, so a short one frees its slot early
+    by_length = sorted(range(len(alone)), key=lambda i: len(alone[i]))
+    order_in = [q for pair in zip(by_length[::-1], by_length, strict=True)
+                for q in pair][: len(alone)]
+    order_in = list(dict.fromkeys(order_in))
+    lengths = [len(alone[q]) for q in order_in]
+    expected = continuous_finish_order(lengths, batch_size)
+    assert expected != fixed_batch_finish_order(lengths, batch_size)  # the data shows it
+    order, got = [], {}
+    for key, tokens in stream_two_prompts(model, [pref[q] for q in order_in],
+                                          [base[q] for q in order_in], amulet(), 16, eos_ids,
+                                          PAD, batch_size):
+        order.append(key)
+        got[order_in[key]] = tokens
+    assert [got[i] for i in range(len(MANY_QUESTIONS))] == alone
+    assert order == expected  # each admitted as soon as a slot freed
+
+
+def test_continuous_batching_trims_the_columns_no_row_attends_to(models, many_prompts):
+    from DecodingMethodsModels import engine
+
+    first_column_used, widths = [], []
+    original = engine._trim
+
+    def recording(rows):
+        original(rows)
+        first_column_used.append(bool(rows.mask[:, 0].any()))
+        widths.append(rows.mask.shape[1] == rows.cache.layers[0].keys.shape[2])
+
+    pref, base = many_prompts
+    eos_ids = varied_stops(decode(models["llama"], pref, base, amulet(), steps=16))
+    engine._trim = recording
+    try:
+        list(engine.stream_two_prompts(models["llama"], pref, base, amulet(), 16, eos_ids,
+                                       PAD, 2))
+    finally:
+        engine._trim = original
+    assert first_column_used and all(first_column_used) and all(widths)
