@@ -23,7 +23,6 @@ The library entry point is :func:`evaluate_rm`.
 from __future__ import annotations
 
 import argparse
-import json
 import re
 import sys
 from dataclasses import dataclass, field
@@ -33,7 +32,7 @@ if __package__ in (None, ""):  # run as a script: make the repository root impor
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from evals.errors import EvalError  # noqa: E402
-from evals.jsonl_store import JsonlAppender, repair_and_read, write_text_atomic  # noqa: E402
+from evals.jsonl_store import JsonlAppender, repair_and_read  # noqa: E402
 from evals.responses import (  # noqa: E402
     DEFAULT_METHODS,
     RunKey,
@@ -42,13 +41,12 @@ from evals.responses import (  # noqa: E402
     load_run,
     split_methods,
 )
-from evals.rm_report import best_methods, best_share, method_means  # noqa: E402
 from evals.rm_table import (  # noqa: E402
+    SETTING_COLUMNS,
+    VERDICT_COLUMNS,
     Column,
-    indicator_rows,
     table_columns,
-    table_markdown,
-    table_metadata,
+    write_outputs,
 )
 from evals.scorers import ScorerSpec, ScorerSpecError, parse_scorer  # noqa: E402
 from evals.scoring_inputs import (  # noqa: E402
@@ -58,13 +56,9 @@ from evals.scoring_inputs import (  # noqa: E402
     resolve_prompt_mode,
     scorer_prompt,
 )
-from evals.tables import to_csv, to_markdown  # noqa: E402
+from evals.tables import to_markdown  # noqa: E402
 
 ARMORM_DEFAULT = "RLHFlow/ArmoRM-Llama3-8B-v0.1"
-AVG_COLUMNS = ["method", "mean", "std", "n"]
-# The summary's columns besides one per method; a method may not share a name with them.
-SETTING_COLUMNS = ("preference", "model", "dataset")
-VERDICT_COLUMNS = ("best", "skipped")
 INPUT_FORMATS = ("responses", "args_pad")
 
 
@@ -275,6 +269,8 @@ def _load_scorers(config: RmEvalConfig) -> tuple[dict, list[Column]]:
         shape = config_shape(rm.config or {}, rm.implementation)
         head = resolve_head(spec, shape) if shape is not None else None
         columns.append(Column(spec, rm_slug(spec.model), head))
+    if all(c.head is not None for c in columns):
+        table_columns(columns)  # the same column twice fails now rather than after scoring
     return models, columns
 
 
@@ -308,94 +304,7 @@ def _evaluate_loaded(config: RmEvalConfig, loaded: list[RunResponses]) -> dict:
         if rm.model is not None:
             rm.model = None  # free the weights before the next scorer loads
     names = table_columns(columns)
-    return _write_outputs(config, loaded, columns, names, values, skipped, modes, models)
-
-
-def _write_outputs(config, loaded, columns, names, values, skipped, modes, models) -> dict:
-    per_run, table_rows = [], []
-    for responses in loaded:
-        key = responses.key
-        out_dir = config.results_dir / "rm_score" / Path(*key.parts())
-        avgs, counts = {}, {}
-        for k, column in enumerate(columns):
-            rows = method_means(values[(key, k)], skipped[(key, k)])
-            avgs[names[k]], counts[names[k]] = rows, len(skipped[(key, k)])
-            base = out_dir / f"{column.slug}_{column.head.label}_avg"
-            write_text_atomic(base.with_suffix(".csv"), to_csv(rows, AVG_COLUMNS))
-            write_text_atomic(base.with_suffix(".md"), to_markdown(rows, AVG_COLUMNS) + "\n")
-        indicators = indicator_rows(config, responses) if config.indicators else {}
-        rows = []
-        for method in responses.methods:
-            row = {"method": method}
-            row.update({names[k]: next(r["mean"] for r in avgs[names[k]] if r["method"] == method)
-                        for k in range(len(columns))})
-            row.update(indicators.get(method, {}).get("columns", {}))
-            rows.append(row)
-        meta = table_metadata(config, columns, names, models, {key: modes[key]}, indicators,
-                              {key: counts})
-        _write_table(out_dir / config.table_name, rows, ["method"], names, indicators, meta)
-        per_run.append((key, avgs, counts))
-        table_rows += [{"preference": key.pref, "model": key.model, "dataset": key.dataset, **r}
-                       for r in rows]
-        last_indicators = indicators
-    settings = {}
-    if config.single_run is None:
-        root = config.results_dir / "rm_score"
-        for k, column in enumerate(columns):
-            summary = _summary([(key, avgs[names[k]], counts[names[k]])
-                                for key, avgs, counts in per_run], list(config.methods))
-            base = root / f"{column.slug}_{column.head.label}"
-            summary_cols = summary_columns(config.methods)
-            write_text_atomic(base.with_name(base.name + "_summary.csv"),
-                              to_csv(summary["settings"], summary_cols))
-            write_text_atomic(base.with_name(base.name + "_summary.md"),
-                              _summary_markdown(summary, summary_cols) + "\n")
-            settings[names[k]] = summary
-        meta = table_metadata(config, columns, names, models, modes, last_indicators,
-                              {key: counts for key, _, counts in per_run})
-        _write_table(root / config.table_name, table_rows, [*SETTING_COLUMNS, "method"], names,
-                     last_indicators, meta)
-    return {"columns": names, "labels": {n: c.head.label for n, c in zip(names, columns,
-                                                                           strict=True)},
-            "runs": per_run, "settings": settings, "table": table_rows,
-            "modes": {"/".join(k.parts()): m for k, m in modes.items()}}
-
-
-def _write_table(base: Path, rows, lead: list[str], names, indicators, meta) -> None:
-    header = [*lead, *names, *(next(iter(indicators.values()))["columns"] if indicators else [])]
-    write_text_atomic(base.with_suffix(".csv"), to_csv(rows, header))
-    write_text_atomic(base.with_suffix(".md"), table_markdown(rows, header, meta) + "\n")
-    write_text_atomic(base.with_suffix(".meta.json"), json.dumps(meta, indent=2) + "\n")
-
-
-def summary_columns(methods: tuple[str, ...]) -> list[str]:
-    """Columns of the summary table: the setting, each method's mean, the best, the skipped.
-
-    >>> summary_columns(("base", "pref"))
-    ['preference', 'model', 'dataset', 'base', 'pref', 'best', 'skipped']
-    """
-    return [*SETTING_COLUMNS, *methods, *VERDICT_COLUMNS]
-
-
-def _summary(per_run, methods: list[str]) -> dict:
-    settings = []
-    for key, rows, skipped in per_run:
-        means = {r["method"]: r["mean"] for r in rows}
-        settings.append({
-            "preference": key.pref, "model": key.model, "dataset": key.dataset, **means,
-            "best": "+".join(best_methods(means)), "skipped": skipped,
-        })
-    share = best_share([{m: s[m] for m in methods} for s in settings], methods)
-    return {"settings": settings, "share": share}
-
-
-def _summary_markdown(summary: dict, columns: list[str]) -> str:
-    return (
-        to_markdown(summary["settings"], columns)
-        + f"\n\nShare of the {len(summary['settings'])} settings where each method scores "
-        "highest (a tie for the top splits the credit):\n\n"
-        + to_markdown(summary["share"], ["method", "best", "share"])
-    )
+    return write_outputs(config, loaded, columns, names, values, skipped, modes, models)
 
 
 def _dimension(text: str | None) -> int | str | None:
@@ -511,14 +420,20 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("interrupted: finished scores are saved; rerun to resume", file=sys.stderr)
         return 130
-    for key, avgs, counts in result["runs"]:
-        for name, rows in avgs.items():
-            note = f" ({counts[name]} questions skipped as too long)" if counts[name] else ""
-            print(f"## {name} [{result['labels'][name]}]: {'/'.join(key.parts())}{note}")
-            print(to_markdown(rows, AVG_COLUMNS) + "\n")
-    for name, summary in result["settings"].items():
-        print(f"## {name} [{result['labels'][name]}]: every setting")
-        print(_summary_markdown(summary, summary_columns(config.methods)) + "\n")
+    skipped = {key: counts for key, _, counts in result["runs"]}
+    for key, rows, header in result["tables"]:
+        if key is None:
+            continue  # the grid's rows are the runs' rows again
+        print(f"## {'/'.join(key.parts())}: "
+              + ", ".join(f"{n} [{result['labels'][n]}]" for n in result["columns"]))
+        for name, count in skipped[key].items():
+            if count:
+                print(f"({name}: {count} questions skipped as too long)")
+        print(to_markdown(rows, header) + "\n")
+    for name, found in result["settings"].items():
+        print(f"## {name} [{result['labels'][name]}]: share of the {len(found['settings'])} "
+              "settings where each method scores highest")
+        print(to_markdown(found["share"], ["method", "best", "share"]) + "\n")
     return 0
 
 

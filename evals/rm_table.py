@@ -15,10 +15,21 @@ from pathlib import Path
 
 from evals.errors import EvalError
 from evals.indicators import INDICATORS_LABEL
-from evals.rm_report import INDICATOR_COLUMNS, indicator_row
+from evals.jsonl_store import write_text_atomic
+from evals.rm_report import (
+    INDICATOR_COLUMNS,
+    best_methods,
+    best_share,
+    indicator_row,
+    method_means,
+)
 from evals.scorers import Head, ScorerSpec, ScorerSpecError
-from evals.tables import to_markdown
+from evals.tables import to_csv, to_markdown
 
+AVG_COLUMNS = ["method", "mean", "std", "n"]
+# The summary's columns besides one per method; a method may not share a name with them.
+SETTING_COLUMNS = ("preference", "model", "dataset")
+VERDICT_COLUMNS = ("best", "skipped")
 # Re-encoded text can differ from the generated ids by a token or two (indicators.py).
 REENCODED_CAP_SLACK = 2
 
@@ -93,14 +104,17 @@ def indicator_rows(config, responses) -> dict[str, dict]:
         row = indicator_row(texts, counts, budget, REENCODED_CAP_SLACK)
         out[method] = {"columns": row, "max_new_tokens": budget,
                        "length_tokenizer": None if name == "none" else name}
-    if any(v["length_tokenizer"] is None for v in out.values()) and config.progress:
+    if config.length_tokenizer != "none" and any(
+        v["length_tokenizer"] is None for v in out.values()
+    ):
         print("note: no tokenizer for lengths in tokens (pass --length_tokenizer); "
               "len_tokens and hit_max_new_tokens are left empty", file=sys.stderr)
     return out
 
 
 def table_metadata(config, columns, names, models, modes, indicators, skipped) -> dict:
-    """What the table holds: scorers and heads, prompt modes, indicators, skipped questions."""
+    """What the table holds: scorers and heads, prompt modes, indicators, skipped questions;
+    ``modes``, ``indicators`` and ``skipped`` map each run's key to its own."""
     return {
         "scorers": [
             {"column": name, "model": c.spec.model, "spec": c.spec.head, "legacy": c.spec.legacy,
@@ -113,11 +127,12 @@ def table_metadata(config, columns, names, models, modes, indicators, skipped) -
         ],
         "prompt_mode": {"requested": config.scorer_prompt,
                         "resolved": {"/".join(k.parts()): m for k, m in modes.items()}},
-        "indicators": None if not indicators else {
+        "indicators": None if not config.indicators else {
             "label": INDICATORS_LABEL, "columns": list(INDICATOR_COLUMNS),
-            "per_method": {m: {k: v for k, v in d.items() if k != "columns"}
-                           for m, d in indicators.items()},
             "cap_slack": REENCODED_CAP_SLACK,
+            "per_run": {"/".join(key.parts()): {m: {k: v for k, v in d.items() if k != "columns"}
+                                               for m, d in by_method.items()}
+                        for key, by_method in indicators.items()},
         },
         "skipped_as_too_long": {"/".join(k.parts()): v for k, v in skipped.items()},
         "input_files": [[n, str(p)] for n, p in config.input_files],
@@ -147,3 +162,102 @@ def table_markdown(rows: list[dict], header: list[str], meta: dict) -> str:
                   "shares of responses; `distinct_1`/`_2`: corpus level; `rep_n` in percent "
                   "and `diversity` as in ARGS."]
     return "\n".join(lines) + "\n\n" + to_markdown(rows, header)
+
+
+def summary_columns(methods: tuple[str, ...]) -> list[str]:
+    """Columns of the summary table: the setting, each method's mean, the best, the skipped.
+
+    >>> summary_columns(("base", "pref"))
+    ['preference', 'model', 'dataset', 'base', 'pref', 'best', 'skipped']
+    """
+    return [*SETTING_COLUMNS, *methods, *VERDICT_COLUMNS]
+
+
+def summary(per_run, methods: list[str]) -> dict:
+    """One column's means per setting, its best methods, and each method's share of wins."""
+    settings = []
+    for key, rows, skipped in per_run:
+        means = {r["method"]: r["mean"] for r in rows}
+        settings.append({
+            "preference": key.pref, "model": key.model, "dataset": key.dataset, **means,
+            "best": "+".join(best_methods(means)), "skipped": skipped,
+        })
+    share = best_share([{m: s[m] for m in methods} for s in settings], methods)
+    return {"settings": settings, "share": share}
+
+
+def summary_markdown(found: dict, columns: list[str]) -> str:
+    """The summary of :func:`summary` in markdown."""
+    return (
+        to_markdown(found["settings"], columns)
+        + f"\n\nShare of the {len(found['settings'])} settings where each method scores "
+        "highest (a tie for the top splits the credit):\n\n"
+        + to_markdown(found["share"], ["method", "best", "share"])
+    )
+
+
+def _write_table(base: Path, rows: list[dict], header: list[str], meta: dict) -> None:
+    write_text_atomic(base.with_suffix(".csv"), to_csv(rows, header))
+    write_text_atomic(base.with_suffix(".md"), table_markdown(rows, header, meta) + "\n")
+    write_text_atomic(base.with_suffix(".meta.json"), json.dumps(meta, indent=2) + "\n")
+
+
+def write_outputs(config, loaded, columns, names, values, skipped, modes, models) -> dict:
+    """Every output file of a scored evaluation (see :mod:`evals.rm_evals`); returns
+    ``{"columns", "labels", "runs": [(key, {column: avg rows}, {column: skipped count})],
+    "settings": {column: summary}, "tables": [(key or None, rows, header)], "modes"}``.
+
+    ``values[(run key, k)]`` is column k's ``{method: {index: value}}`` in that run and
+    ``skipped[(run key, k)]`` the question indices it left out.
+    """
+    ind_names = list(INDICATOR_COLUMNS) if config.indicators else []
+    per_run, all_rows, tables, all_indicators = [], [], [], {}
+    for responses in loaded:
+        key = responses.key
+        out_dir = config.results_dir / "rm_score" / Path(*key.parts())
+        avgs, counts = {}, {}
+        for k, column in enumerate(columns):
+            rows = method_means(values[(key, k)], skipped[(key, k)])
+            avgs[names[k]], counts[names[k]] = rows, len(skipped[(key, k)])
+            base = out_dir / f"{column.slug}_{column.head.label}_avg"
+            write_text_atomic(base.with_suffix(".csv"), to_csv(rows, AVG_COLUMNS))
+            write_text_atomic(base.with_suffix(".md"), to_markdown(rows, AVG_COLUMNS) + "\n")
+        indicators = indicator_rows(config, responses) if config.indicators else {}
+        all_indicators[key] = indicators
+        rows = []
+        for method in responses.methods:
+            row = {"method": method}
+            for name in names:
+                row[name] = next(r["mean"] for r in avgs[name] if r["method"] == method)
+            row.update(indicators.get(method, {}).get("columns", {}))
+            rows.append(row)
+        header = ["method", *names, *ind_names]
+        meta = table_metadata(config, columns, names, models, {key: modes[key]},
+                              {key: indicators}, {key: counts})
+        _write_table(out_dir / config.table_name, rows, header, meta)
+        per_run.append((key, avgs, counts))
+        tables.append((key, rows, header))
+        all_rows += [{"preference": key.pref, "model": key.model, "dataset": key.dataset, **r}
+                     for r in rows]
+    settings = {}
+    if config.single_run is None:
+        root = config.results_dir / "rm_score"
+        for k, column in enumerate(columns):
+            found = summary([(key, avgs[names[k]], counts[names[k]])
+                             for key, avgs, counts in per_run], list(config.methods))
+            base = root / f"{column.slug}_{column.head.label}"
+            summary_cols = summary_columns(config.methods)
+            write_text_atomic(base.with_name(base.name + "_summary.csv"),
+                              to_csv(found["settings"], summary_cols))
+            write_text_atomic(base.with_name(base.name + "_summary.md"),
+                              summary_markdown(found, summary_cols) + "\n")
+            settings[names[k]] = found
+        meta = table_metadata(config, columns, names, models, modes, all_indicators,
+                              {key: counts for key, _, counts in per_run})
+        header = [*SETTING_COLUMNS, "method", *names, *ind_names]
+        _write_table(root / config.table_name, all_rows, header, meta)
+        tables.append((None, all_rows, header))
+    return {"columns": names, "labels": {n: c.head.label for n, c in zip(names, columns,
+                                                                         strict=True)},
+            "runs": per_run, "settings": settings, "tables": tables,
+            "modes": {"/".join(k.parts()): m for k, m in modes.items()}}

@@ -194,7 +194,7 @@ def test_three_kinds_of_scorer_in_one_table_equal_direct_forwards(tmp_path, scor
     assert [s["input_format"] for s in meta["scorers"]] == ["hh_text"] * 2 + ["chat_template"] * 3
     assert meta["prompt_mode"] == {"requested": "auto",
                                    "resolved": {"creative/Tiny-Gen/toy": "question_and_preference"}}
-    assert meta["indicators"]["per_method"]["base"]["max_new_tokens"] == 12
+    assert meta["indicators"]["per_run"]["creative/Tiny-Gen/toy"]["base"]["max_new_tokens"] == 12
     text = (run_dir / "rm_table.md").read_text()
     assert "not quality scores" in text and "Indicator columns" in text
     for directory in scorer_dirs.values():
@@ -429,7 +429,7 @@ def test_softmax_probability_matches_torch():
     assert not math.isnan(softmax_at([1000.0, -1000.0], 1))
 
 
-@pytest.mark.parametrize("module_name", ["evals.scorers", "evals.scoring_inputs"])
+@pytest.mark.parametrize("module_name", ["evals.scorers", "evals.scoring_inputs", "evals.rm_table"])
 def test_doctests_of_the_new_modules_pass(module_name):
     import doctest
     import importlib
