@@ -236,9 +236,8 @@ def score_run(rm, responses: RunResponses, config: RmEvalConfig, path: Path, mod
 
 
 def evaluate_rm(config: RmEvalConfig) -> dict:
-    """Score every selected setting with every scorer and write the tables; returns
-    ``{"columns", "runs": [(key, {column: avg rows}, {column: skipped})], "settings",
-    "table", "modes"}``."""
+    """Score every selected setting with every scorer and write the tables; returns what
+    :func:`evals.rm_table.write_outputs` returns."""
     loaded = load_inputs(config)
     from transformers.utils import logging as hf_logging  # after input checks: slow import
 

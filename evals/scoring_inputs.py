@@ -37,6 +37,7 @@ END_OF_TURN_MARKERS = (
 _BARE_HEADER = re.compile(r"(?:^|(?<=\S))(?:system|user|assistant)(?:<\|end_header_id\|>)?\n")
 _ASSISTANT_HEADER = re.compile(r"assistant(?:<\|end_header_id\|>)?\s*")
 _HH_TURN = "\n\nHuman:"
+_CHAT_START = re.compile(r"(?:<\|start_header_id\|>)?(?:system|user)(?:<\|end_header_id\|>)?\n")
 
 
 def split_pad_prompt(text: str) -> tuple[str | None, str]:
@@ -103,8 +104,9 @@ def extract_args_pad_response(prompt: str, result: str) -> str:
     ``user\\n\\n{prompt}assistant\\n\\n{response}user\\n\\n...`` (PROTOCOL.md section 7). So:
 
     1. start: if ``prompt`` occurs in ``result``, after the first ``assistant`` header that
-       follows it (chat template); otherwise ``result`` is the continuation itself (ARGS's
-       raw-text prompts, or a prefix that was removed);
+       follows it (chat template); else if ``result`` starts with a ``system`` or ``user``
+       turn header, after its first ``assistant`` header; otherwise ``result`` is the
+       continuation itself (ARGS's raw-text prompts, or a prefix that was removed);
     2. end: the first end-of-turn marker kept as text (``<|eot_id|>``, ``<|im_end|>``,
        ``</s>``, ...); in the chat case also the first bare turn header (``user``,
        ``assistant`` or ``system`` glued to the text before it, then a newline), which is what
@@ -116,9 +118,10 @@ def extract_args_pad_response(prompt: str, result: str) -> str:
     would be cut there too; decode with special tokens kept to avoid the guess.
     """
     at = result.find(prompt) if prompt else -1
-    chat = at >= 0
+    # a decoded conversation whose prompt text did not survive decoding exactly
+    chat = at >= 0 or _CHAT_START.match(result) is not None
     if chat:
-        rest = result[at + len(prompt):]
+        rest = result[at + len(prompt):] if at >= 0 else result
         header = _ASSISTANT_HEADER.search(rest)
         text = rest[header.end():] if header else rest
     else:

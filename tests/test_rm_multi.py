@@ -292,11 +292,14 @@ PAD_Q = "How do I boil water?"
          "Heat it."),
         # the model ended its turn at once
         (PAD_Q, "user\n\n" + PAD_Q + "assistant\n\nuser\n\nHi", ""),
+        # the prompt did not survive decoding exactly: the turn headers still tell
+        (PAD_Q + "  ", "user\n\n" + PAD_Q + "assistant\n\nHeat it.user\n\nOk", "Heat it."),
         # ARGS: raw text prompt removed, continuation into the next HH turn
         ("\n\nHuman: " + PAD_Q + "\n\nAssistant:", " Use a kettle.\n\nHuman: and then?",
          "Use a kettle."),
     ],
-    ids=["pad-chat", "system-turn", "special-tokens-kept", "empty", "args-raw"],
+    ids=["pad-chat", "system-turn", "special-tokens-kept", "empty", "prompt-not-found",
+         "args-raw"],
 )
 def test_args_pad_response_extraction(prompt, result, response):
     assert extract_args_pad_response(prompt, result) == response
