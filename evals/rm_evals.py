@@ -345,11 +345,11 @@ def build_parser() -> argparse.ArgumentParser:
                          "index (softmax probability) or logit:LABEL (raw logit); none for a "
                          "one-label reward model. Repeat for several columns")
     rm.add_argument("--rm_name", default=None,
-                    help="older form of one --scorer (default without any: "
+                    help="older form of one --scorer (without any scorer: "
                          f"{ARMORM_DEFAULT})")
     rm.add_argument("--rm_dimension", type=_dimension, default=None,
-                    help="head of --rm_name: ArmoRM head index (default 6) or 'score'; for "
-                         "other models the raw logit index (default 0)")
+                    help="head of --rm_name: ArmoRM head index (none: 6) or 'score'; for "
+                         "other models the raw logit index (none: 0)")
     rm.add_argument("--scorer_prompt", choices=PROMPT_MODES, default="auto",
                     help="what the scorer sees as the user turn: the question, or question + "
                          "' ' + preference (Amulet); auto: question for PAD's principles, "
@@ -360,17 +360,17 @@ def build_parser() -> argparse.ArgumentParser:
     rm.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1, ...")
     rm.add_argument("--dtype", default="auto", help="auto (bf16 on GPU, fp32 on CPU), ...")
     rm.add_argument("--max_length", type=int, default=None,
-                    help="context limit in tokens (default: each model's)")
+                    help="context limit in tokens (none: each model's)")
     rm.add_argument("--strict_length", action="store_true",
                     help="fail on a too-long conversation instead of skipping it")
     ind = parser.add_argument_group("judge-free indicators (no model)")
     ind.add_argument("--no_indicators", action="store_true", help="leave the columns out")
     ind.add_argument("--length_tokenizer", default="auto",
-                     help="tokenizer for lengths in tokens: a hub id or directory, 'none', or "
-                          "auto (the generating model of the run's .meta.json when it is a "
-                          "local directory)")
+                     help="tokenizer for lengths in tokens: a hub id, directory, GGUF file or "
+                          "the embedded model's name, 'none', or auto (the generating model of "
+                          "the run's .meta.json when it needs no hub)")
     ind.add_argument("--max_new_tokens", type=int, default=None,
-                     help="token budget for the share hitting it (default: the run's "
+                     help="token budget for the share hitting it (none: the run's "
                           ".meta.json)")
     out = parser.add_argument_group("outputs")
     out.add_argument("--results_dir", default="results/")

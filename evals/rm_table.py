@@ -67,12 +67,28 @@ def _sidecar(config, responses, method: str) -> dict:
         return {}
 
 
+def _is_local_model(name: str) -> bool:
+    """Whether a tokenizer can be had without the hub: the embedded model, a GGUF file, a
+    directory."""
+    from DecodingMethodsModels.loading import EMBEDDED_MODEL
+
+    return name == EMBEDDED_MODEL or name.endswith(".gguf") or Path(name).expanduser().is_dir()
+
+
 def _length_tokenizer(name: str):
+    """``text -> token ids`` with ``name``'s tokenizer (the embedded model and GGUF files
+    through the project's loader, anything else through ``AutoTokenizer``)."""
     from transformers import AutoTokenizer
 
+    from DecodingMethodsModels.errors import UserError
+    from DecodingMethodsModels.loading import EMBEDDED_MODEL, load_tokenizer, resolve_model
+
     try:
-        tokenizer = AutoTokenizer.from_pretrained(name)
-    except (OSError, ValueError) as exc:
+        if name == EMBEDDED_MODEL or name.endswith(".gguf"):
+            tokenizer = load_tokenizer(resolve_model(name))
+        else:
+            tokenizer = AutoTokenizer.from_pretrained(name)
+    except (OSError, ValueError, UserError) as exc:
         raise EvalError(f"--length_tokenizer {name}: cannot load it ({str(exc)[:160]})") from None
     return lambda text: tokenizer.encode(text, add_special_tokens=False)
 
@@ -81,7 +97,8 @@ def indicator_rows(config, responses) -> dict[str, dict]:
     """Per method ``{"columns": indicator row, "max_new_tokens", "length_tokenizer"}``.
 
     Lengths in tokens re-encode each response with ``--length_tokenizer`` (auto: the
-    generating model named in the method's ``.meta.json`` when that is a local directory);
+    generating model named in the method's ``.meta.json`` when it needs no hub: the embedded
+    model, a GGUF file or a directory);
     the share hitting ``max_new_tokens`` (``--max_new_tokens``, else the ``.meta.json``)
     then allows :data:`REENCODED_CAP_SLACK` tokens of slack.
     """
@@ -92,7 +109,7 @@ def indicator_rows(config, responses) -> dict[str, dict]:
         name = config.length_tokenizer
         if name == "auto":
             guess = sidecar.get("model_name")
-            name = guess if isinstance(guess, str) and Path(guess).is_dir() else "none"
+            name = guess if isinstance(guess, str) and _is_local_model(guess) else "none"
         counts = None
         texts = [responses.texts[method][item.index] for item in responses.items]
         if name != "none":
