@@ -162,11 +162,13 @@ _PROMPT_WORDS = {"question": "the question alone (a PAD preference prompt cut ou
 
 def table_markdown(rows: list[dict], header: list[str], meta: dict) -> str:
     """The table in markdown, preceded by what each column is."""
-    lines = ["Scorer columns (mean over questions; a question too long for a scorer leaves "
-             "that scorer's column for every method):", ""]
+    lines = ["Scorer columns (means over questions; a question too long for a scorer is left "
+             "out of that scorer's column for every method):", ""]
     for s in meta["scorers"]:
         what = {"reward": f"reward head {s['head_index']} ({s['head_name']})",
-                "score": "gated score", "logit": f"logit {s['head_index']}",
+                "score": "gated score",
+                "logit": "scalar reward" if s["head_name"] == "reward"
+                else f"raw logit {s['head_index']}",
                 "prob": f"softmax probability of label {s['head_index']} ({s['head_name']})"}
         lines.append(f"- `{s['column']}`: {s['model']}, {what[s['head_kind']]}; input: "
                      f"{s['input_format'].replace('_', ' ')}")
