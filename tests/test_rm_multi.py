@@ -439,3 +439,19 @@ def test_doctests_of_the_new_modules_pass(module_name):
 
     result = doctest.testmod(importlib.import_module(module_name))
     assert result.failed == 0 and result.attempted > 0
+
+
+def test_script_exits_2_with_one_line_for_an_unknown_label(tmp_path, scorer_dirs):
+    import os
+    import subprocess
+
+    write_run(tmp_path / "responses")
+    done = subprocess.run(
+        [sys.executable, str(ROOT / "evals" / "rm_evals.py"),
+         *base_args(tmp_path, "--scorer", f"{scorer_dirs['humor']}:laughter")],
+        capture_output=True, text=True, timeout=300,
+        env={**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"},
+    )
+    assert done.returncode == 2, done.stderr
+    lines = done.stderr.strip().splitlines()
+    assert len(lines) == 1 and "'laughter' is not one of the model's" in lines[0]
