@@ -1,8 +1,12 @@
 """Loading a reward model and scoring conversations with it: chat template, right padding, heads.
 
-Conversation (PROTOCOL.md section 5): user turn ``question + " " + preference``, assistant
-turn ``response``, rendered by the RM's own chat template and tokenised without adding
-special tokens again (the template already holds BOS: no double BOS). Rows are
+Conversation (PROTOCOL.md section 5): user turn ``question + " " + preference`` (or the
+prompt :mod:`evals.scoring_inputs` chooses), assistant turn ``response``, rendered by the
+RM's own chat template and tokenised without adding special tokens again (the template
+already holds BOS: no double BOS). A model whose tokenizer has no chat template (the GPT-2
+reward models trained on Anthropic HH-RLHF, a BERT-style classifier) reads the HH-RLHF text
+``"\n\nHuman: {prompt}\n\nAssistant: {response}"`` tokenised with the tokenizer's own
+special tokens (e.g. BERT's ``[CLS]``/``[SEP]``). Rows are
 right-padded with the model's pad id, because ArmoRM reads its reward one position before
 the first pad id, and transformers' ``*ForSequenceClassification`` read it at the last
 non-pad token; with right padding both are the last real token of every row. A row that
@@ -44,6 +48,8 @@ class RewardModel:
     pad_id: int | None
     max_length: int
     dtype: str
+    input_format: str = "chat_template"  # or "hh_text" (see the module doc)
+    config: dict | None = None  # the raw config.json
 
     def ensure_model(self) -> Any:
         """Load the weights now if they are not loaded yet."""
@@ -155,12 +161,12 @@ def load_reward_model(
         tokenizer = AutoTokenizer.from_pretrained(name, trust_remote_code=trust_remote_code)
     except (OSError, ValueError) as exc:
         raise EvalError(f"cannot load the tokenizer of {name}: {_first_line(exc)}") from None
-    if not getattr(tokenizer, "chat_template", None):
-        raise EvalError(f"the tokenizer of {name} has no chat template; a reward model needs one")
+    input_format = "chat_template" if getattr(tokenizer, "chat_template", None) else "hh_text"
     pad_id = config.get("pad_token_id")
     if pad_id is None:
         pad_id = tokenizer.pad_token_id
-    limits = [max_length, config.get("max_position_embeddings"), tokenizer.model_max_length]
+    limits = [max_length, config.get("max_position_embeddings"), config.get("n_positions"),
+              tokenizer.model_max_length]
     limits = [int(x) for x in limits if isinstance(x, int) and 0 < x < _HUGE]
     if not limits:
         raise EvalError(f"cannot tell the context length of {name}: pass --max_length")
@@ -182,22 +188,35 @@ def load_reward_model(
     return RewardModel(
         name=name, tokenizer=tokenizer, model=None, loader=loader,
         implementation=implementation, pad_id=pad_id, max_length=min(limits),
-        dtype=str(torch_dtype).removeprefix("torch."),
+        dtype=str(torch_dtype).removeprefix("torch."), input_format=input_format, config=config,
     )
 
 
-def conversation_ids(tokenizer: Any, question: str, preference: str, response: str) -> list[int]:
-    """Token ids of ``[user: question + " " + preference, assistant: response]``.
-
-    Rendered with the tokenizer's chat template, then tokenised with
-    ``add_special_tokens=False`` because the template already writes BOS.
-    """
-    messages = [
-        {"role": "user", "content": f"{question} {preference}"},
-        {"role": "assistant", "content": response},
-    ]
+def chat_ids(tokenizer: Any, prompt: str, response: str) -> list[int]:
+    """Token ids of ``[user: prompt, assistant: response]``, rendered with the tokenizer's
+    chat template, then tokenised with ``add_special_tokens=False`` because the template
+    already writes BOS."""
+    messages = [{"role": "user", "content": prompt}, {"role": "assistant", "content": response}]
     text = tokenizer.apply_chat_template(messages, tokenize=False)
     return list(tokenizer(text, add_special_tokens=False)["input_ids"])
+
+
+def conversation_ids(tokenizer: Any, question: str, preference: str, response: str) -> list[int]:
+    """Amulet's conversation: :func:`chat_ids` with the prompt ``question + " " + preference``."""
+    return chat_ids(tokenizer, f"{question} {preference}", response)
+
+
+HH_TEXT = "\n\nHuman: {prompt}\n\nAssistant: {response}"
+
+
+def scoring_ids(rm: RewardModel, prompt: str, response: str) -> list[int]:
+    """Token ids a scorer reads for ``[user: prompt, assistant: response]``: :func:`chat_ids`,
+    or for a model without a chat template the HH-RLHF text with the tokenizer's own special
+    tokens."""
+    if rm.input_format == "chat_template":
+        return chat_ids(rm.tokenizer, prompt, response)
+    text = HH_TEXT.format(prompt=prompt, response=response)
+    return list(rm.tokenizer(text, add_special_tokens=True)["input_ids"])
 
 
 def score_key(rm: RewardModel, ids: Sequence[int]) -> str:
@@ -265,32 +284,3 @@ def score_rows(rm: RewardModel, id_lists: Sequence[Sequence[int]]) -> list[dict]
     with torch.inference_mode():
         output = model(input_ids=input_ids.to(device), attention_mask=mask.to(device))
     return read_outputs(output)
-
-
-def value_of(record: dict, dimension: int | str | None) -> float:
-    """The reported number: ``rewards[d]`` / ``score`` for ArmoRM-like records, else
-    ``logits[d]`` (``d`` defaults to 6 for multi-head records and to 0 for logits)."""
-    if "rewards" in record:
-        if dimension == "score":
-            if record.get("score") is None:
-                raise EvalError("this reward model returns no gated score; pick a head index")
-            return float(record["score"])
-        head = 6 if dimension is None else int(dimension)
-        if not 0 <= head < len(record["rewards"]):
-            raise EvalError(f"--rm_dimension {head}: the model has {len(record['rewards'])} heads")
-        return float(record["rewards"][head])
-    if dimension == "score":
-        raise EvalError("--rm_dimension score needs an ArmoRM-like model (rewards + score)")
-    index = 0 if dimension is None else int(dimension)
-    if not 0 <= index < len(record["logits"]):
-        raise EvalError(f"--rm_dimension {index}: the model has {len(record['logits'])} logits")
-    return float(record["logits"][index])
-
-
-def dimension_label(record: dict, dimension: int | str | None) -> str:
-    """A file-name-safe label, e.g. ``dim6``, ``score``, ``logit0``."""
-    if dimension == "score":
-        return "score"
-    if "rewards" in record:
-        return f"dim{6 if dimension is None else int(dimension)}"
-    return f"logit{0 if dimension is None else int(dimension)}"

@@ -58,3 +58,37 @@ def best_share(settings: Sequence[Mapping[str, float]], methods: Sequence[str]) 
         {"method": m, "best": credit[m], "share": credit[m] / total if total else float("nan")}
         for m in methods
     ]
+
+
+# Judge-free indicator columns of the table and where each comes from in
+# ``evals.indicators.text_indicators``: ("means" | "corpus", key).
+INDICATOR_COLUMNS = {
+    "len_tokens": ("means", "length_tokens"),
+    "len_words": ("means", "length_words"),
+    "hit_max_new_tokens": ("corpus", "share_hitting_cap"),
+    "distinct_1": ("corpus", "distinct_1"),
+    "distinct_2": ("corpus", "distinct_2"),
+    "rep_2": ("means", "rep_2"),
+    "rep_3": ("means", "rep_3"),
+    "rep_4": ("means", "rep_4"),
+    "diversity": ("means", "args_diversity"),
+    "degenerate": ("means", "degenerate"),
+}
+
+
+def indicator_row(
+    texts: Sequence[str],
+    token_counts: Sequence[int] | None = None,
+    max_new_tokens: int | None = None,
+    cap_slack: int = 0,
+) -> dict:
+    """One method's indicator columns (:data:`INDICATOR_COLUMNS`) over its responses:
+    mean length in tokens (``""`` without token counts) and words, the share of responses
+    with ``tokens >= max_new_tokens - cap_slack`` (``""`` without both), corpus distinct-1/2,
+    ARGS's mean rep-2/3/4 and diversity, the share of degenerate responses."""
+    from evals.indicators import text_indicators
+
+    found = text_indicators(list(texts), token_counts=token_counts,
+                            max_new_tokens=max_new_tokens if token_counts is not None else None,
+                            cap_slack=cap_slack)
+    return {column: found[part].get(key, "") for column, (part, key) in INDICATOR_COLUMNS.items()}

@@ -24,7 +24,9 @@ CORPUS = [
 ]
 
 
-def build_tokenizer(out_dir: Path):
+def build_tokenizer(out_dir: Path, chat_template: bool = True):
+    """The test tokenizer saved to ``out_dir``; ``chat_template=False`` leaves the template out
+    (as GPT-2's or BERT's tokenizers have none)."""
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
     from transformers import PreTrainedTokenizerFast
 
@@ -43,7 +45,8 @@ def build_tokenizer(out_dir: Path):
     tokenizer = PreTrainedTokenizerFast(
         tokenizer_object=core, bos_token=BOS, eos_token=EOT, pad_token=PAD
     )
-    tokenizer.chat_template = TEMPLATE
+    if chat_template:
+        tokenizer.chat_template = TEMPLATE
     tokenizer.save_pretrained(out_dir)
     return tokenizer
 

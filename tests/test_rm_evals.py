@@ -473,22 +473,24 @@ def test_native_armorm_parameter_names_match_the_published_checkpoint(tiny_model
 
 
 @pytest.mark.parametrize(
-    ("extra", "message"),
+    ("extra", "message", "code"),
     [
-        (["--eval_data", "nope"], "--eval_data 'nope'"),
-        (["--eval_data", "toy", "--methods", "base,la"], "missing la.json"),
-        (["--eval_data", "toy", "--rm_name", "/nonexistent/rm"], "cannot load reward model"),
-        (["--eval_data", "toy", "--rm_dimension", "score"], "needs an ArmoRM-like model"),
-        (["--methods", "base,best"], "best clash with a summary column"),
+        (["--eval_data", "nope"], "--eval_data 'nope'", 1),
+        (["--eval_data", "toy", "--methods", "base,la"], "missing la.json", 1),
+        (["--eval_data", "toy", "--rm_name", "/nonexistent/rm"], "cannot load reward model", 1),
+        (["--eval_data", "toy", "--rm_dimension", "score"], "needs an ArmoRM-like model", 2),
+        (["--methods", "base,best"], "best clash with a summary column", 1),
     ],
     ids=["missing-dataset", "missing-method", "missing-rm", "score-on-plain-rm",
          "method-named-like-a-column"],
 )
-def test_bad_input_is_one_line_and_nonzero_exit(tmp_path, tiny_models, capsys, extra, message):
+def test_bad_input_is_one_line_and_nonzero_exit(tmp_path, tiny_models, capsys, extra, message,
+                                               code):
+    """Usage errors (a head the model does not have) exit 2, other user errors 1."""
     write_run(tmp_path / "responses", "toy", TEXTS)
     args = rm_args(tmp_path, tiny_models["llama"], "--pref_name", "creative",
                    "--model_name", "Tiny-Gen", *extra)
-    assert rm_evals.main(args) == 1
+    assert rm_evals.main(args) == code
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and err[0].startswith("error: ") and message in err[0], err
 
