@@ -20,6 +20,7 @@ import json
 import platform
 import re
 import sys
+import textwrap
 import time
 from dataclasses import asdict, dataclass, field
 from itertools import combinations
@@ -431,7 +432,9 @@ def _write_outputs(config, comparisons, cache, judgments, pairs, target) -> None
         from evals.plots import plot_win_tie_lose
 
         bars = [{**r, "label": f"{r['target']} vs {r['baseline']}"} for r in target]
-        title = f"judge: {judge}\n{' / '.join(config.run.parts())}"
+        # wrapped: a long model or dataset name must not run off the 7-inch figure
+        title = textwrap.fill(f"judge: {judge}", 70) + "\n" + textwrap.fill(
+            " / ".join(config.run.parts()), 70)
         plot_win_tie_lose(bars, title, out / f"{prefix}win_rate.png")
 
 
