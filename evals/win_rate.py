@@ -315,14 +315,23 @@ class LazyLocalJudge:
 
     def get(self):
         if self._judge is None:
+            from transformers.utils import logging as hf_logging
+
             from evals.local_judge import load_local_judge
 
             config = self.config
+            bars_were_on = hf_logging.is_progress_bar_enabled()
             if config.progress:
                 print(f"loading the judge {config.judge}", file=sys.stderr)
-            self._judge = load_local_judge(config.judge_source or config.preset.model,
-                                           config.judge_device, config.preset,
-                                           config.retry.max_invalid_retries)
+            else:
+                hf_logging.disable_progress_bar()  # transformers' own "Loading weights" bar
+            try:
+                self._judge = load_local_judge(config.judge_source or config.preset.model,
+                                               config.judge_device, config.preset,
+                                               config.retry.max_invalid_retries)
+            finally:
+                if bars_were_on:
+                    hf_logging.enable_progress_bar()
         return self._judge
 
 

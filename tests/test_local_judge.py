@@ -307,3 +307,55 @@ def test_settings_take_comma_lists_and_all(tmp_path, tiny_model_dirs, scripted, 
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "--pref_name nope: no such setting" in err[0]
     assert "found: concise, creative, verbose" in err[0]
+
+
+# Mistral-like: no system role, and user/assistant turns must alternate.
+STRICT_TEMPLATE = (
+    "{% for m in messages %}{% if m['role'] == 'system' %}"
+    "{{ raise_exception('System role not supported') }}{% endif %}"
+    "{% if (m['role'] == 'user') != (loop.index0 % 2 == 0) %}"
+    "{{ raise_exception('roles must alternate') }}{% endif %}"
+    "{% if m['role'] == 'user' %}{{ '[INST] ' + m['content'] + ' [/INST]' }}"
+    "{% else %}{{ m['content'] + eos_token }}{% endif %}{% endfor %}"
+)
+
+
+def test_strict_templates_get_the_system_text_folded_and_re_asks_merged(
+        tmp_path, smol_tokenizer_dir, scripted):
+    from conftest import build_tiny_model
+    from transformers import AutoTokenizer
+
+    from evals.judge import REASK_REMINDER, SYSTEM_PROMPT, build_user_prompt
+
+    judge = build_tiny_model("llama", smol_tokenizer_dir, tmp_path / "strict-judge")
+    tokenizer = AutoTokenizer.from_pretrained(judge)
+    tokenizer.chat_template = STRICT_TEMPLATE
+    tokenizer.save_pretrained(judge)
+    scripted["answer"] = "I think the first"
+    write_run(tmp_path, "creative", "Gen", "toy", ("pref", "amulet"))
+    args = args_for(tmp_path, judge, "--max_questions", "1", "--max_invalid_retries", "1")
+    assert gpt_evals.main(args) == 0
+    first, second = presentation_order(42, 0, "amulet", "pref")
+    user = build_user_prompt("Question 0?", PREFERENCE, f"{first} answer 0 to toy",
+                             f"{second} answer 0 to toy")
+    assert scripted["prompts"] == [
+        f"[INST] {SYSTEM_PROMPT}\n\n{user} [/INST]",
+        f"[INST] {SYSTEM_PROMPT}\n\n{user}\n\n{REASK_REMINDER} [/INST]",
+    ]
+    out = tmp_path / "results" / "local_judge_win_rate" / "strict-judge" / "creative" / "Gen"
+    row = read_rows(out / "toy" / "win_rate_mtx.csv")[0]
+    assert (row["invalid"], row["n"]) == ("1", "1")
+
+
+def test_a_prompt_longer_than_the_judges_context_is_one_line(tmp_path, tiny_model_dirs,
+                                                             capsys, forwards):
+    run = write_run(tmp_path, "creative", "Gen", "toy", ("pref", "amulet"))
+    path = run / "amulet.json"
+    records = json.loads(path.read_text())
+    records[0]["response"] = "word " * 1500  # the tiny models hold 1024 positions
+    path.write_text(json.dumps(records))
+    assert gpt_evals.main(args_for(tmp_path, tiny_model_dirs["llama"], "--max_questions",
+                                   "1")) == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "exceeds tiny-llama's context of 1024 tokens" in err[0], err
+    assert forwards["n"] == 0
