@@ -35,9 +35,10 @@ def _source(name: str) -> ModelSource:
 
 
 def judge_name(name: str) -> str:
-    """The name results are labelled with: a directory's or file's name, or the hub id."""
-    local = Path(name).expanduser()
-    return _source(name).short_name if local.exists() or name == EMBEDDED_MODEL else name
+    """The name results are labelled with: a directory's or file's name, or the hub id.
+    A local path that does not exist is an error here, before anything is read or loaded."""
+    source = _source(name)
+    return source.short_name if is_local_model(name) else name
 
 
 def local_preset(name: str, max_tokens: int, seed: int, device: str, dtype: str

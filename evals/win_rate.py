@@ -286,17 +286,18 @@ def labelled(rows: list[dict], judge: str) -> list[dict]:
 
 def _sidecar(config: GptEvalConfig, counts: dict, seconds: float,
              ranking_error: str | None = None, preferences: list[str] | None = None) -> str:
-    import openai
-
     data = asdict(config)
     data["base_url"] = redact(config.base_url) if config.base_url else None
     data = json.loads(json.dumps(data, default=str))
-    versions = {"openai": openai.__version__}
     if config.is_local:
         import torch
         import transformers
 
         versions = {"torch": torch.__version__, "transformers": transformers.__version__}
+    else:
+        import openai
+
+        versions = {"openai": openai.__version__}
     data.update({
         "judge": config.judge, "judge_backend": "local" if config.is_local else "openai",
         "preferences_shown": preferences,
