@@ -105,22 +105,25 @@ def ask_until_parsed(
     complete: Callable[[list[dict], int], str], messages: list[dict], max_invalid_retries: int
 ) -> dict:
     """Ask through ``complete(messages, reask)`` until the answer parses, at most
-    ``1 + max_invalid_retries`` times; return ``{"raw", "verdict", "invalid_answers"}``.
+    ``1 + max_invalid_retries`` times; return ``{"raw", "verdict", "invalid_answers"}`` and,
+    after a re-ask, ``"earlier_raw"``: the unparseable answers before the last one.
 
     Re-ask ``k`` sends the messages followed by :data:`evals.judge.REASK_REMINDER` (and
     ``complete`` gets ``reask=k`` to vary what else it can); after the last unparseable
     answer the verdict is ``invalid``. Shared by the API judge and the local judge.
     """
-    invalid_answers = 0
+    invalid_answers, earlier = 0, []
     while True:
         raw = complete(reask_messages(messages) if invalid_answers else messages, invalid_answers)
         verdict = parse_verdict(raw)
         if verdict is not None or invalid_answers >= max_invalid_retries:
-            return {
+            answer = {
                 "raw": raw,
                 "verdict": verdict or INVALID,
                 "invalid_answers": invalid_answers + (verdict is None),
             }
+            return {**answer, "earlier_raw": earlier} if earlier else answer
+        earlier.append(raw)
         invalid_answers += 1
 
 
@@ -166,8 +169,7 @@ def ask_judge(
             return _answer_text(completion)
 
     answer = ask_until_parsed(complete, messages, policy.max_invalid_retries)
-    return {"raw": answer["raw"], "verdict": answer["verdict"], "api_retries": api_failures,
-            "invalid_answers": answer["invalid_answers"]}
+    return {**answer, "api_retries": api_failures}
 
 
 def cache_record(job: JudgeJob, preset: JudgePreset, answer: dict) -> dict:

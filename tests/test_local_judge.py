@@ -345,6 +345,10 @@ def test_strict_templates_get_the_system_text_folded_and_re_asks_merged(
     out = tmp_path / "results" / "local_judge_win_rate" / "strict-judge" / "creative" / "Gen"
     row = read_rows(out / "toy" / "win_rate_mtx.csv")[0]
     assert (row["invalid"], row["n"]) == ("1", "1")
+    (record,) = [json.loads(line) for line in
+                 (tmp_path / "results" / "judge_cache.jsonl").read_text().splitlines()]
+    assert (record["raw"], record["earlier_raw"]) == ("I think the first", ["I think the first"])
+    assert (record["verdict"], record["invalid_answers"]) == ("invalid", 2)
 
 
 def test_a_prompt_longer_than_the_judges_context_is_one_line(tmp_path, tiny_model_dirs,
