@@ -39,7 +39,8 @@ SETTING_FLAGS = ("--pref_name", "--model_name", "--eval_data")  # in RunKey's or
 def build_parser() -> argparse.ArgumentParser:
     """The command line; defaults are the paper's judge settings."""
     parser = argparse.ArgumentParser(
-        description="Pairwise GPT judge win rates (Amulet, ICLR 2025, section 5).",
+        description="Pairwise judge win rates (Amulet, ICLR 2025, section 5): GPT-4o by "
+                    "default, or a local chat model.",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
     data = parser.add_argument_group("responses")
@@ -49,7 +50,8 @@ def build_parser() -> argparse.ArgumentParser:
     data.add_argument("--eval_data", required=True, help="dataset name directory" + found)
     data.add_argument("--pref_name", required=True,
                       help="preference name directory (PAD principles too)" + found)
-    data.add_argument("--methods", default=",".join(DEFAULT_METHODS))
+    data.add_argument("--methods", default=",".join(DEFAULT_METHODS),
+                      help="comma list of the methods' files ({method}.json) to compare")
     data.add_argument("--target", default="amulet", help="method compared to every other")
     data.add_argument("--all_pairs", action="store_true",
                       help="judge every pair and rank by Bradley-Terry")
