@@ -54,7 +54,7 @@ def fetch(dest: Path) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(description=" ".join(__doc__.split("\n\n")[0].split()))
     parser.add_argument("--dest", type=Path, default=Path(__file__).resolve().parent)
     parser.add_argument("--verify", type=Path, default=None, metavar="DIR")
     args = parser.parse_args(argv)

@@ -4,18 +4,24 @@ Run from the repository root::
 
     python evals/gpt_evals.py --model_name Llama-3.1-8B-Instruct \\
         --eval_data personal_preference_eval_preference_data --pref_name creative
+    python evals/gpt_evals.py --model_name all --eval_data all --pref_name creative,verbose
+    python evals/gpt_evals.py ... --judge_model path/to/chat-model    # a local judge
 
-The API key comes from the environment only (see ``openai_key_info.py``). Every judgment
-is cached in ``--cache_path`` as it arrives: a rerun or a resumed crash asks nothing twice.
-With ``--all_pairs`` every pair of methods is judged and ranked by Bradley-Terry (choix),
-a tie counting as half a win for each side. The library entry point is
-:func:`evals.win_rate.evaluate`.
+``--pref_name``, ``--model_name`` and ``--eval_data`` take comma lists, ``all`` meaning every
+value found under ``--output_dir``; each setting holding every method's file is judged.
+The API key comes from the environment only (see ``openai_key_info.py``); a local judge
+(``--judge_backend local``, or a directory, .gguf file or the embedded model as
+``--judge_model``) needs none. Every judgment is cached in ``--cache_path`` as it arrives: a
+rerun or a resumed crash asks nothing twice. With ``--all_pairs`` every pair of methods is
+judged and ranked by Bradley-Terry (choix), a tie counting as half a win for each side. The
+library entry point is :func:`evals.win_rate.evaluate`.
 """
 
 from __future__ import annotations
 
 import argparse
 import sys
+from dataclasses import replace
 from pathlib import Path
 
 if __package__ in (None, ""):  # run as a script: make the repository root importable
@@ -24,22 +30,28 @@ if __package__ in (None, ""):  # run as a script: make the repository root impor
 from evals.errors import EvalError  # noqa: E402
 from evals.judge import PAPER_PRESET, JudgePreset  # noqa: E402
 from evals.judge_client import RetryPolicy  # noqa: E402
-from evals.responses import DEFAULT_METHODS, RunKey, split_methods  # noqa: E402
+from evals.responses import DEFAULT_METHODS, RunKey, discover_runs, split_methods  # noqa: E402
 from openai_key_info import redact  # noqa: E402
+
+SETTING_FLAGS = ("--pref_name", "--model_name", "--eval_data")  # in RunKey's order
 
 
 def build_parser() -> argparse.ArgumentParser:
     """The command line; defaults are the paper's judge settings."""
     parser = argparse.ArgumentParser(
-        description="Pairwise GPT judge win rates (Amulet, ICLR 2025, section 5).",
+        description="Pairwise judge win rates (Amulet, ICLR 2025, section 5): GPT-4o by "
+                    "default, or a local chat model.",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
     data = parser.add_argument_group("responses")
     data.add_argument("--output_dir", default="responses/", help="root of main.py's outputs")
-    data.add_argument("--model_name", required=True, help="model short name directory")
-    data.add_argument("--eval_data", required=True, help="dataset name directory")
-    data.add_argument("--pref_name", required=True, help="preference name directory")
-    data.add_argument("--methods", default=",".join(DEFAULT_METHODS))
+    found = "; comma list, 'all': every one found under --output_dir"
+    data.add_argument("--model_name", required=True, help="model short name directory" + found)
+    data.add_argument("--eval_data", required=True, help="dataset name directory" + found)
+    data.add_argument("--pref_name", required=True,
+                      help="preference name directory (PAD principles too)" + found)
+    data.add_argument("--methods", default=",".join(DEFAULT_METHODS),
+                      help="comma list of the methods' files ({method}.json) to compare")
     data.add_argument("--target", default="amulet", help="method compared to every other")
     data.add_argument("--all_pairs", action="store_true",
                       help="judge every pair and rank by Bradley-Terry")
@@ -48,7 +60,15 @@ def build_parser() -> argparse.ArgumentParser:
 
     judge = parser.add_argument_group("judge")
     judge.add_argument("--judge_model", default=PAPER_PRESET.model,
-                       help="model (or Azure deployment) name")
+                       help="API model (or Azure deployment) name; or a local chat model: a "
+                            "directory, a .gguf file, SmolLM2-135M-Instruct (embedded) or, with "
+                            "--judge_backend local, a hub id")
+    judge.add_argument("--judge_backend", default="auto", choices=("auto", "openai", "local"),
+                       help="local: transformers on this machine, greedy; auto: local for a "
+                            "directory, .gguf file or the embedded model, else openai")
+    judge.add_argument("--judge_device", default="auto", help="local judge: auto, cpu, cuda...")
+    judge.add_argument("--judge_dtype", default="auto",
+                       help="local judge: auto (bf16 on GPU, fp32 on CPU), float32, bfloat16")
     judge.add_argument("--judge_base_url", default=None,
                        help="OpenAI-compatible endpoint; default $OPENAI_BASE_URL or OpenAI")
     judge.add_argument("--judge_temperature", type=float, default=PAPER_PRESET.temperature)
@@ -93,20 +113,77 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def config_from_args(args: argparse.Namespace):
+def judge_preset(args: argparse.Namespace) -> tuple[JudgePreset, str | None]:
+    """``(preset, local model source or None)`` for the judge the arguments name."""
+    from evals.local_judge import is_local_model, local_preset
+
+    local = args.judge_backend == "local" or (
+        args.judge_backend == "auto" and is_local_model(args.judge_model))
+    if not local:
+        return JudgePreset(
+            model=args.judge_model, temperature=args.judge_temperature, top_p=args.judge_top_p,
+            max_tokens=args.judge_max_tokens, seed=args.judge_seed,
+        ), None
+    if args.judge_temperature != 0:
+        raise EvalError(f"a local judge decodes greedily: --judge_temperature "
+                        f"{args.judge_temperature:g} cannot apply (leave it at 0)")
+    if args.judge_max_tokens < 1:
+        raise EvalError("--judge_max_tokens must be >= 1")
+    return local_preset(args.judge_model, args.judge_max_tokens, args.judge_seed,
+                        args.judge_device, args.judge_dtype), args.judge_model
+
+
+def setting_names(text: str, flag: str) -> list[str] | None:
+    """A comma list of names; ``None`` when it holds ``all`` (every value found)."""
+    names = split_methods(text, flag)
+    return None if "all" in names else names
+
+
+def select_runs(output_dir: Path, methods: list[str], filters: list[list[str] | None]
+                ) -> list[RunKey]:
+    """The settings to judge: the one named (checked by ``load_run`` with its precise errors),
+    or every ``pref/model/dataset`` directory under ``output_dir`` that the filters keep and
+    that holds every method's file (incomplete ones are skipped with a warning)."""
+    if all(f is not None and len(f) == 1 for f in filters):
+        return [RunKey(*(f[0] for f in filters))]
+    if not output_dir.is_dir():
+        raise EvalError(f"output dir {output_dir} does not exist (pass --output_dir)")
+    present = [d.relative_to(output_dir).parts for d in output_dir.glob("*/*/*") if d.is_dir()]
+    for level, (flag, names) in enumerate(zip(SETTING_FLAGS, filters, strict=True)):
+        have = sorted({parts[level] for parts in present})
+        unknown = [n for n in names or [] if n not in have]
+        if unknown:
+            raise EvalError(f"{flag} {','.join(unknown)}: no such setting under {output_dir} "
+                            f"(found: {', '.join(have) or 'nothing'})")
+    runs, skipped = discover_runs(output_dir, methods, *filters)
+    for note in skipped:
+        print(f"warning: skipping incomplete setting {note}", file=sys.stderr)
+    if not runs:
+        raise EvalError(f"no setting under {output_dir} has all of {', '.join(methods)}"
+                        + (f" (incomplete: {len(skipped)})" if skipped else ""))
+    return runs
+
+
+def configs_from_args(args: argparse.Namespace) -> list:
+    """One validated :class:`evals.win_rate.GptEvalConfig` per setting to judge."""
+    methods = split_methods(args.methods)
+    filters = [setting_names(getattr(args, flag.lstrip("-")), flag) for flag in SETTING_FLAGS]
+    runs = select_runs(Path(args.output_dir), methods, filters)
+    config = config_from_args(args, runs[0])
+    return [replace(config, run=run) for run in runs]
+
+
+def config_from_args(args: argparse.Namespace, run: RunKey):
     """Turn parsed arguments into a validated :class:`evals.win_rate.GptEvalConfig`."""
     from evals.win_rate import GptEvalConfig
 
-    preset = JudgePreset(
-        model=args.judge_model, temperature=args.judge_temperature, top_p=args.judge_top_p,
-        max_tokens=args.judge_max_tokens, seed=args.judge_seed,
-    )
+    preset, judge_source = judge_preset(args)
     retry = RetryPolicy(
         max_retries=args.max_retries, max_invalid_retries=args.max_invalid_retries,
         base_delay=args.retry_base_delay, max_delay=args.retry_max_delay,
     )
     return GptEvalConfig(
-        run=RunKey(args.pref_name, args.model_name, args.eval_data),
+        run=run, judge_source=judge_source, judge_device=args.judge_device,
         output_dir=Path(args.output_dir), results_dir=Path(args.results_dir),
         cache_path=Path(args.cache_path or Path(args.results_dir) / "judge_cache.jsonl"),
         methods=tuple(split_methods(args.methods)),
@@ -125,22 +202,42 @@ def main(argv: list[str] | None = None) -> int:
     """CLI entry point; user errors become one stderr line and exit code 1."""
     args = build_parser().parse_args(argv)
     try:
-        config = config_from_args(args)
-        from evals.tables import to_markdown
-        from evals.win_rate import BT_COLUMNS, TARGET_COLUMNS, evaluate
+        configs = configs_from_args(args)
+        from evals.win_rate import LazyLocalJudge, evaluate, write_summary
 
-        result = evaluate(config)
+        local_judge = LazyLocalJudge(configs[0]) if configs[0].is_local else None
+        results, failed = [], False
+        for config in configs:
+            result = evaluate(config, local_judge)
+            results.append(result)
+            failed |= report(config, result)
     except EvalError as exc:
         print(f"error: {redact(str(exc))}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
         print("interrupted: finished judgments are cached; rerun to resume", file=sys.stderr)
         return 130
+    if configs[0].dry_run and len(configs) > 1:
+        total = sum(r["counts"]["comparisons"] for r in results)
+        to_ask = sum(r["counts"]["to_ask"] for r in results)
+        print(f"in all {len(configs)} settings: {total} comparisons, {to_ask} not cached yet")
+    elif len(configs) > 1:
+        path = write_summary(configs, results)
+        print(f"\nsummary of {len(configs)} settings written to {path}")
+    return 1 if failed else 0
+
+
+def report(config, result: dict) -> bool:
+    """Print one setting's tables (or its dry-run counts); True if its ranking failed."""
+    from evals.tables import to_markdown
+    from evals.win_rate import BT_COLUMNS, TARGET_COLUMNS
+
     counts = result["counts"]
+    where = " / ".join(config.run.parts())
     if config.dry_run:
-        print(f"{counts['comparisons']} comparisons, {counts['to_ask']} not cached yet")
-        return 0
-    print(f"## {config.target} vs baselines: {' / '.join(config.run.parts())}")
+        print(f"{where}: {counts['comparisons']} comparisons, {counts['to_ask']} not cached yet")
+        return False
+    print(f"## {config.target} vs baselines, judge {config.judge}: {where}")
     print(to_markdown(result["target"], TARGET_COLUMNS))
     if result["ranking"] is not None:
         print("\n## Bradley-Terry ranking (a tie counts as half a win for each side)")
@@ -154,8 +251,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: Bradley-Terry ranking failed: {result['ranking_error']}; the win-rate "
               f"and pairwise tables are written to {config.out_dir} (a larger --bt_alpha, now "
               f"{config.bt_alpha:g}, regularises the fit)", file=sys.stderr)
-        return 1
-    return 0
+        return True
+    return False
 
 
 if __name__ == "__main__":

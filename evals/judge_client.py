@@ -28,7 +28,7 @@ from typing import Any
 
 from evals.errors import EvalError
 from evals.jsonl_store import JsonlAppender
-from evals.judge import INVALID, JudgePreset, parse_verdict, reask_messages
+from evals.judge import INVALID, JudgePreset, judge_label, parse_verdict, reask_messages
 from openai_key_info import redact
 
 _RETRYABLE_STATUS = {408, 409, 429}
@@ -101,6 +101,32 @@ def _answer_text(completion: Any) -> str:
     return (getattr(message, "content", None) or "") if message is not None else ""
 
 
+def ask_until_parsed(
+    complete: Callable[[list[dict], int], str], messages: list[dict], max_invalid_retries: int
+) -> dict:
+    """Ask through ``complete(messages, reask)`` until the answer parses, at most
+    ``1 + max_invalid_retries`` times; return ``{"raw", "verdict", "invalid_answers"}`` and,
+    after a re-ask, ``"earlier_raw"``: the unparseable answers before the last one.
+
+    Re-ask ``k`` sends the messages followed by :data:`evals.judge.REASK_REMINDER` (and
+    ``complete`` gets ``reask=k`` to vary what else it can); after the last unparseable
+    answer the verdict is ``invalid``. Shared by the API judge and the local judge.
+    """
+    invalid_answers, earlier = 0, []
+    while True:
+        raw = complete(reask_messages(messages) if invalid_answers else messages, invalid_answers)
+        verdict = parse_verdict(raw)
+        if verdict is not None or invalid_answers >= max_invalid_retries:
+            answer = {
+                "raw": raw,
+                "verdict": verdict or INVALID,
+                "invalid_answers": invalid_answers + (verdict is None),
+            }
+            return {**answer, "earlier_raw": earlier} if earlier else answer
+        earlier.append(raw)
+        invalid_answers += 1
+
+
 def ask_judge(
     client: Any,
     preset: JudgePreset,
@@ -113,39 +139,37 @@ def ask_judge(
 
     ``verdict`` is ``text_1``/``text_2``/``tie``, or ``invalid`` after
     ``1 + max_invalid_retries`` unparseable answers; each re-ask differs from the first
-    request (see the module docstring). Raises :class:`JudgeCallError`.
+    request (see the module docstring). API failures are retried at most ``max_retries``
+    times per comparison. Raises :class:`JudgeCallError`.
     """
     import openai
 
     rng = rng or random.Random()
-    api_failures, invalid_answers = 0, 0
-    while True:
-        try:
-            completion = client.chat.completions.create(
-                messages=reask_messages(messages) if invalid_answers else messages,
-                **preset.request_kwargs(reask=invalid_answers),
-            )
-        except openai.OpenAIError as exc:
-            if not is_retryable(exc):
-                raise JudgeCallError(f"judge request failed: {describe_error(exc)}") from None
-            if api_failures >= policy.max_retries:
-                raise JudgeCallError(
-                    f"judge request still failing after {api_failures + 1} attempts: "
-                    f"{describe_error(exc)}"
-                ) from None
-            sleep(policy.delay(api_failures, rng, _retry_after(exc)))
-            api_failures += 1
-            continue
-        raw = _answer_text(completion)
-        verdict = parse_verdict(raw)
-        if verdict is not None or invalid_answers >= policy.max_invalid_retries:
-            return {
-                "raw": raw,
-                "verdict": verdict or INVALID,
-                "api_retries": api_failures,
-                "invalid_answers": invalid_answers + (verdict is None),
-            }
-        invalid_answers += 1
+    api_failures = 0
+
+    def complete(request: list[dict], reask: int) -> str:
+        nonlocal api_failures
+        while True:
+            try:
+                completion = client.chat.completions.create(
+                    messages=request, **preset.request_kwargs(reask=reask)
+                )
+            except openai.OpenAIError as exc:
+                if not is_retryable(exc):
+                    raise JudgeCallError(
+                        f"judge request failed: {describe_error(exc)}") from None
+                if api_failures >= policy.max_retries:
+                    raise JudgeCallError(
+                        f"judge request still failing after {api_failures + 1} attempts: "
+                        f"{describe_error(exc)}"
+                    ) from None
+                sleep(policy.delay(api_failures, rng, _retry_after(exc)))
+                api_failures += 1
+                continue
+            return _answer_text(completion)
+
+    answer = ask_until_parsed(complete, messages, policy.max_invalid_retries)
+    return {**answer, "api_retries": api_failures}
 
 
 def cache_record(job: JudgeJob, preset: JudgePreset, answer: dict) -> dict:
@@ -153,6 +177,7 @@ def cache_record(job: JudgeJob, preset: JudgePreset, answer: dict) -> dict:
     return {
         "key": job.key,
         "judge_model": preset.model,
+        "judge": judge_label(preset),
         "prompt_version": preset.prompt_version,
         **answer,
         "meta": job.meta,
@@ -162,14 +187,14 @@ def cache_record(job: JudgeJob, preset: JudgePreset, answer: dict) -> dict:
 
 def run_jobs(
     jobs: list[JudgeJob],
-    client: Any,
+    ask: Callable[[list[dict]], dict],
     preset: JudgePreset,
-    policy: RetryPolicy,
     appender: JsonlAppender,
     max_concurrency: int = 8,
     progress: bool = True,
 ) -> dict[str, dict]:
-    """Ask every job in a thread pool, appending each answer to the cache as it arrives.
+    """Ask every job (``ask(messages)`` gives its answer dict) in a thread pool, appending
+    each answer to the cache as it arrives.
 
     Returns ``{key: cache record}``. On the first :class:`JudgeCallError` no new job is
     started, the in-flight ones finish (and are cached), and :class:`EvalError` is raised:
@@ -184,7 +209,7 @@ def run_jobs(
         if stop.is_set():
             return None
         try:
-            answer = ask_judge(client, preset, job.messages, policy)
+            answer = ask(job.messages)
         except JudgeCallError:
             stop.set()  # before this thread can pick up another job
             raise

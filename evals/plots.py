@@ -37,8 +37,8 @@ def plot_win_tie_lose(rows: Sequence[dict], title: str, path: Path) -> None:
     ax.set_xlim(0, 100)
     ax.set_xlabel("% of valid judgments")
     ax.invert_yaxis()  # first row on top, as in a table
-    ax.set_title(title, fontsize=10)
-    ax.legend(ncol=3, loc="lower center", bbox_to_anchor=(0.5, 1.08), frameon=False, fontsize=8)
+    ax.set_title(title, fontsize=10, pad=24)  # room for the legend between title and bars
+    ax.legend(ncol=3, loc="lower center", bbox_to_anchor=(0.5, 1.0), frameon=False, fontsize=8)
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.stem}.tmp.png")

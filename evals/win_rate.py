@@ -1,7 +1,9 @@
 """The GPT win-rate evaluation as a library function: comparisons, cache, judge, tables, files.
 
 ``evaluate(config)`` is the Python API behind ``evals/gpt_evals.py``. Per run
-``{pref}/{model}/{dataset}`` it writes to ``{results_dir}/gpt_win_rate/{pref}/{model}/{dataset}/``:
+``{pref}/{model}/{dataset}`` it writes to ``{results_dir}/gpt_win_rate/{pref}/{model}/{dataset}/``
+(a local judge: ``{results_dir}/local_judge_win_rate/{judge}/{pref}/{model}/{dataset}/``, the
+same files without the ``gpt_`` prefix); every table has a ``judge`` column:
 
 - ``gpt_win_rate_mtx.csv`` / ``.md``: target vs each baseline (win/tie/lose counts, rates
   over valid judgments, invalid count, bootstrap CI of the win rate);
@@ -16,7 +18,9 @@ from __future__ import annotations
 
 import json
 import platform
+import re
 import sys
+import textwrap
 import time
 from dataclasses import asdict, dataclass, field
 from itertools import combinations
@@ -31,22 +35,28 @@ from evals.jsonl_store import JsonlAppender, repair_and_read, write_text_atomic
 from evals.judge import (
     INVALID,
     JudgePreset,
+    LocalJudgePreset,
     build_messages,
     cache_key,
+    judge_inputs,
+    judge_label,
     presentation_order,
     winner,
 )
-from evals.judge_client import JudgeJob, RetryPolicy, run_jobs
+from evals.judge_client import JudgeJob, RetryPolicy, ask_judge, run_jobs
 from evals.responses import RunKey, RunResponses, load_run
 from evals.tables import to_csv, to_markdown
 from openai_key_info import redact
 
 TARGET_COLUMNS = [
     "target", "baseline", "win", "tie", "lose", "invalid", "n",
-    "win_rate", "tie_rate", "lose_rate", "win_rate_ci_low", "win_rate_ci_high",
+    "win_rate", "tie_rate", "lose_rate", "win_rate_ci_low", "win_rate_ci_high", "judge",
 ]
-PAIR_COLUMNS = ["method_a", "method_b", "a_wins", "ties", "b_wins", "invalid", "a_score"]
-BT_COLUMNS = ["rank", "method", "bt_theta", "ci_low", "ci_high", "p_top"]
+PAIR_COLUMNS = ["method_a", "method_b", "a_wins", "ties", "b_wins", "invalid", "a_score",
+                "judge"]
+BT_COLUMNS = ["rank", "method", "bt_theta", "ci_low", "ci_high", "p_top", "judge"]
+JUDGMENT_COLUMNS = ["index", "method_a", "method_b", "text_1", "text_2", "raw_answer", "outcome",
+                    "judge"]
 
 
 @dataclass(frozen=True)
@@ -74,6 +84,8 @@ class GptEvalConfig:
     dry_run: bool = False
     plot: bool = True
     progress: bool = True
+    judge_source: str | None = None  # a local judge's directory, .gguf file or hub id
+    judge_device: str = "auto"
 
     def __post_init__(self) -> None:
         if len(self.methods) < 2:
@@ -97,7 +109,24 @@ class GptEvalConfig:
                 raise EvalError(message)
 
     @property
+    def is_local(self) -> bool:
+        return isinstance(self.preset, LocalJudgePreset)
+
+    @property
+    def judge(self) -> str:
+        """The judge's name, as every table, figure and log line shows it."""
+        return judge_label(self.preset)
+
+    @property
+    def prefix(self) -> str:
+        """Output file names start with ``gpt_`` only for an API (GPT) judge."""
+        return "" if self.is_local else "gpt_"
+
+    @property
     def out_dir(self) -> Path:
+        if self.is_local:
+            slug = re.sub(r"[^A-Za-z0-9._-]+", "__", self.preset.model.strip("/"))
+            return self.results_dir / "local_judge_win_rate" / slug / Path(*self.run.parts())
         return self.results_dir / "gpt_win_rate" / Path(*self.run.parts())
 
 
@@ -130,14 +159,19 @@ def method_pairs(methods: tuple[str, ...], target: str, all_pairs: bool) -> list
 def build_comparisons(
     responses: RunResponses, pairs: list[tuple[str, str]], seed: int, preset: JudgePreset
 ) -> list[Comparison]:
-    """Every comparison of the run, with its seeded presentation order and cache key."""
+    """Every comparison of the run, with its seeded presentation order and cache key.
+
+    The question and preference shown are :func:`evals.judge.judge_inputs`' (a PAD preference
+    prompt becomes a preference sentence).
+    """
     comparisons = []
+    shown = {item.index: judge_inputs(item.question, item.preference, responses.key.pref)
+             for item in responses.items}
     for method_a, method_b in pairs:
         for item in responses.items:
             first, second = presentation_order(seed, item.index, method_a, method_b)
             messages = build_messages(
-                item.question,
-                item.preference,
+                *shown[item.index],
                 responses.texts[first][item.index],
                 responses.texts[second][item.index],
             )
@@ -245,41 +279,93 @@ def judgment_rows(comparisons: list[Comparison], cache: dict[str, dict]) -> list
     ]
 
 
-def _sidecar(config: GptEvalConfig, counts: dict, seconds: float,
-             ranking_error: str | None = None) -> str:
-    import openai
+def labelled(rows: list[dict], judge: str) -> list[dict]:
+    """``rows`` with the judge's name in a ``judge`` column."""
+    return [{**row, "judge": judge} for row in rows]
 
+
+def _sidecar(config: GptEvalConfig, counts: dict, seconds: float,
+             ranking_error: str | None = None, preferences: list[str] | None = None) -> str:
     data = asdict(config)
     data["base_url"] = redact(config.base_url) if config.base_url else None
     data = json.loads(json.dumps(data, default=str))
+    if config.is_local:
+        import torch
+        import transformers
+
+        versions = {"torch": torch.__version__, "transformers": transformers.__version__}
+    else:
+        import openai
+
+        versions = {"openai": openai.__version__}
     data.update({
+        "judge": config.judge, "judge_backend": "local" if config.is_local else "openai",
+        "preferences_shown": preferences,
         "counts": counts, "ranking_error": ranking_error, "seconds": round(seconds, 3),
-        "git": git_commit(),
-        "python": platform.python_version(), "openai": openai.__version__,
+        "git": git_commit(), "python": platform.python_version(), **versions,
         "numpy": np.__version__, "argv": [redact(a) for a in sys.argv],
     })
     return json.dumps(data, indent=2) + "\n"
 
 
-def _ask(config: GptEvalConfig, jobs: list[JudgeJob]) -> dict[str, dict]:
-    from openai_key_info import MissingKeyError, build_client
+class LazyLocalJudge:
+    """Loads ``config``'s local judge on first use, once for every run sharing this object."""
 
-    try:
-        client, creds = build_client(config.base_url, config.timeout)
-    except MissingKeyError as exc:
-        raise EvalError(f"{exc} ({len(jobs)} judgments are not cached yet)") from None
-    if config.progress:
-        print(f"asking {config.preset.model} via {creds.describe()}", file=sys.stderr)
+    def __init__(self, config: GptEvalConfig) -> None:
+        self.config, self._judge = config, None
+
+    def get(self):
+        if self._judge is None:
+            from transformers.utils import logging as hf_logging
+
+            from evals.local_judge import load_local_judge
+
+            config = self.config
+            bars_were_on = hf_logging.is_progress_bar_enabled()
+            if config.progress:
+                print(f"loading the judge {config.judge}", file=sys.stderr)
+            else:
+                hf_logging.disable_progress_bar()  # transformers' own "Loading weights" bar
+            try:
+                self._judge = load_local_judge(config.judge_source or config.preset.model,
+                                               config.judge_device, config.preset,
+                                               config.retry.max_invalid_retries)
+            finally:
+                if bars_were_on:
+                    hf_logging.enable_progress_bar()
+        return self._judge
+
+
+def _ask(config: GptEvalConfig, jobs: list[JudgeJob], local_judge: LazyLocalJudge | None
+         ) -> dict[str, dict]:
+    if config.is_local:
+        ask, concurrency = local_judge.get().ask, 1  # one model answers one prompt at a time
+    else:
+        from openai_key_info import MissingKeyError, build_client
+
+        try:
+            client, creds = build_client(config.base_url, config.timeout)
+        except MissingKeyError as exc:
+            raise EvalError(f"{exc} ({len(jobs)} judgments are not cached yet)") from None
+        if config.progress:
+            print(f"asking {config.preset.model} via {creds.describe()}", file=sys.stderr)
+
+        def ask(messages: list[dict]) -> dict:
+            return ask_judge(client, config.preset, messages, config.retry)
+
+        concurrency = config.max_concurrency
     with JsonlAppender(config.cache_path) as appender:
-        return run_jobs(
-            jobs, client, config.preset, config.retry, appender,
-            config.max_concurrency, config.progress,
-        )
+        return run_jobs(jobs, ask, config.preset, appender, concurrency, config.progress)
 
 
-def evaluate(config: GptEvalConfig) -> dict:
-    """Run (or resume) the evaluation; return ``{"target": rows, "ranking": rows | None, ...}``."""
+def evaluate(config: GptEvalConfig, local_judge: LazyLocalJudge | None = None) -> dict:
+    """Run (or resume) the evaluation; return ``{"target": rows, "ranking": rows | None, ...}``.
+
+    A local judge (``config.preset`` a :class:`LocalJudgePreset`) is loaded by ``local_judge``
+    only when something is not cached yet; pass one object to every run to load it once.
+    """
     start = time.monotonic()
+    local_judge = local_judge or (LazyLocalJudge(config) if config.is_local else None)
     responses = load_run(config.output_dir, config.run, list(config.methods))
     if config.max_questions is not None:
         kept = responses.items[: config.max_questions]
@@ -296,9 +382,9 @@ def evaluate(config: GptEvalConfig) -> dict:
             todo.setdefault(c.key, JudgeJob(c.key, c.messages, meta))
     counts = {"comparisons": len(comparisons), "to_ask": len(todo)}
     if config.dry_run:
-        return {"counts": counts, "target": None, "ranking": None}
+        return {"counts": counts, "target": None, "ranking": None, "ranking_error": None}
     if todo:
-        cache.update(_ask(config, list(todo.values())))
+        cache.update(_ask(config, list(todo.values()), local_judge))
     judgments = to_judgments(comparisons, cache)
     methods = list(config.methods)
     indices = [item.index for item in responses.items]
@@ -307,7 +393,8 @@ def evaluate(config: GptEvalConfig) -> dict:
         metrics.bootstrap_weights(len(indices), config.bootstrap, config.bootstrap_seed)
         if config.bootstrap else None
     )
-    target = target_rows(judgments, methods, config.target, tensor, weights)
+    target = labelled(target_rows(judgments, methods, config.target, tensor, weights),
+                      config.judge)
     counts["invalid"] = sum(j.outcome == INVALID for j in judgments)
     _write_outputs(config, comparisons, cache, judgments, pairs, target)
     ranking, ranking_error = None, None
@@ -316,42 +403,63 @@ def evaluate(config: GptEvalConfig) -> dict:
             ranking, counts["bt_failed_replicates"] = ranking_rows(
                 tensor, methods, weights, config.bt_alpha
             )
+            ranking = labelled(ranking, config.judge)
         except metrics.BradleyTerryError as exc:
             ranking_error = str(exc)
-        _write_ranking(config.out_dir, ranking, ranking_error)
+        _write_ranking(config.out_dir, config.prefix, ranking, ranking_error)
+    preferences = sorted({judge_inputs(item.question, item.preference, config.run.pref)[1]
+                          for item in responses.items})
     write_text_atomic(
-        config.out_dir / "gpt_eval_config.json",
-        _sidecar(config, counts, time.monotonic() - start, ranking_error),
+        config.out_dir / f"{config.prefix}eval_config.json",
+        _sidecar(config, counts, time.monotonic() - start, ranking_error, preferences),
     )
     return {"counts": counts, "target": target, "ranking": ranking,
             "ranking_error": ranking_error}
 
 
-def _write_ranking(out: Path, ranking: list[dict] | None, error: str | None) -> None:
+def _write_ranking(out: Path, prefix: str, ranking: list[dict] | None, error: str | None) -> None:
     """The ranking tables, or, if the fit failed, a note saying why (and no stale CSV)."""
     if ranking is None:
-        (out / "gpt_bradley_terry.csv").unlink(missing_ok=True)
-        write_text_atomic(out / "gpt_bradley_terry.md", f"Bradley-Terry ranking failed: {error}\n")
+        (out / f"{prefix}bradley_terry.csv").unlink(missing_ok=True)
+        write_text_atomic(out / f"{prefix}bradley_terry.md",
+                          f"Bradley-Terry ranking failed: {error}\n")
         return
-    write_text_atomic(out / "gpt_bradley_terry.csv", to_csv(ranking, BT_COLUMNS))
-    write_text_atomic(out / "gpt_bradley_terry.md", to_markdown(ranking, BT_COLUMNS) + "\n")
+    write_text_atomic(out / f"{prefix}bradley_terry.csv", to_csv(ranking, BT_COLUMNS))
+    write_text_atomic(out / f"{prefix}bradley_terry.md", to_markdown(ranking, BT_COLUMNS) + "\n")
 
 
 def _write_outputs(config, comparisons, cache, judgments, pairs, target) -> None:
-    out = config.out_dir
-    write_text_atomic(out / "gpt_win_rate_mtx.csv", to_csv(target, TARGET_COLUMNS))
-    write_text_atomic(out / "gpt_win_rate_mtx.md", to_markdown(target, TARGET_COLUMNS) + "\n")
-    write_text_atomic(
-        out / "gpt_judgments.csv",
-        to_csv(judgment_rows(comparisons, cache),
-               ["index", "method_a", "method_b", "text_1", "text_2", "raw_answer", "outcome"]),
-    )
+    out, prefix, judge = config.out_dir, config.prefix, config.judge
+    write_text_atomic(out / f"{prefix}win_rate_mtx.csv", to_csv(target, TARGET_COLUMNS))
+    write_text_atomic(out / f"{prefix}win_rate_mtx.md",
+                      to_markdown(target, TARGET_COLUMNS) + "\n")
+    write_text_atomic(out / f"{prefix}judgments.csv",
+                      to_csv(labelled(judgment_rows(comparisons, cache), judge), JUDGMENT_COLUMNS))
     if config.all_pairs:
-        pairwise = to_csv(pair_rows(judgments, pairs), PAIR_COLUMNS)
-        write_text_atomic(out / "gpt_pairwise.csv", pairwise)
+        pairwise = to_csv(labelled(pair_rows(judgments, pairs), judge), PAIR_COLUMNS)
+        write_text_atomic(out / f"{prefix}pairwise.csv", pairwise)
     if config.plot:
         from evals.plots import plot_win_tie_lose
 
         bars = [{**r, "label": f"{r['target']} vs {r['baseline']}"} for r in target]
-        title = f"GPT judge ({config.preset.model}): {' / '.join(config.run.parts())}"
-        plot_win_tie_lose(bars, title, out / "gpt_win_rate.png")
+        # wrapped: a long model or dataset name must not run off the 7-inch figure
+        title = textwrap.fill(f"judge: {judge}", 70) + "\n" + textwrap.fill(
+            " / ".join(config.run.parts()), 70)
+        plot_win_tie_lose(bars, title, out / f"{prefix}win_rate.png")
+
+
+SUMMARY_COLUMNS = ["preference", "model", "dataset", *TARGET_COLUMNS]
+
+
+def write_summary(configs: list[GptEvalConfig], results: list[dict]) -> Path:
+    """Every setting's target-vs-baseline rows in one table, next to the settings' folders;
+    returns the CSV's path (a ``.md`` twin is written too)."""
+    rows = [
+        {"preference": c.run.pref, "model": c.run.model, "dataset": c.run.dataset, **row}
+        for c, result in zip(configs, results, strict=True) for row in result["target"]
+    ]
+    root = configs[0].out_dir.parents[2]
+    path = root / f"{configs[0].prefix}win_rate_summary.csv"
+    write_text_atomic(path, to_csv(rows, SUMMARY_COLUMNS))
+    write_text_atomic(path.with_suffix(".md"), to_markdown(rows, SUMMARY_COLUMNS) + "\n")
+    return path

@@ -209,6 +209,7 @@ def test_counts_match_the_scripted_judge_whatever_the_order_shown(workspace, jud
         got = {k: int(row[k]) for k in ("win", "tie", "lose")}
         assert got == want, baseline
         assert int(row["invalid"]) == 0
+        assert row["judge"] == "gpt-4o-2024-05-13"
         assert float(row["win_rate"]) == pytest.approx(want["win"] / N_QUESTIONS)
         assert float(row["win_rate_ci_low"]) <= float(row["win_rate"])
         assert float(row["win_rate"]) <= float(row["win_rate_ci_high"])
