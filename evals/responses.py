@@ -8,10 +8,12 @@ preference text; anything else is reported as one line naming the file and the f
 from __future__ import annotations
 
 import json
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 
 from evals.errors import EvalError
+from evals.run_settings import read_fingerprints, settings_problems
 
 DEFAULT_METHODS = ("base", "pref", "beam", "la", "amulet")
 _FIELDS = {"index": int, "question": str, "preference": str, "response": str}
@@ -46,6 +48,7 @@ class RunResponses:
     key: RunKey
     items: tuple[Item, ...]
     texts: dict[str, dict[int, str]]
+    settings_problems: tuple[str, ...] = ()  # generation settings that differ between methods
 
     @property
     def methods(self) -> list[str]:
@@ -156,7 +159,10 @@ def load_run(output_dir: Path, key: RunKey, methods: list[str]) -> RunResponses:
         Item(i, reference[i]["question"], reference[i]["preference"]) for i in sorted(reference)
     )
     texts = {m: {i: r["response"] for i, r in recs.items()} for m, recs in by_method.items()}
-    return RunResponses(key, items, texts)
+    problems = tuple(settings_problems(read_fingerprints(directory, methods)))
+    for problem in problems:
+        print(f"warning: {directory}: {problem}", file=sys.stderr)
+    return RunResponses(key, items, texts, problems)
 
 
 def discover_runs(

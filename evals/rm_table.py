@@ -253,6 +253,7 @@ def write_outputs(config, loaded, columns, names, values, skipped, modes, models
         header = ["method", *names, *ind_names]
         meta = table_metadata(config, columns, names, models, {key: modes[key]},
                               {key: indicators}, {key: counts})
+        meta["response_settings_problems"] = list(responses.settings_problems)
         _write_table(out_dir / config.table_name, rows, header, meta)
         per_run.append((key, avgs, counts))
         tables.append((key, rows, header))

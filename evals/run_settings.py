@@ -36,7 +36,10 @@ def read_fingerprints(directory: Path, methods: list[str]) -> dict[str, dict | N
 
 def settings_problems(fingerprints: dict[str, dict | None]) -> list[str]:
     """One line per problem: a method without a readable sidecar, or a shared field whose value
-    differs between methods (`max_new_tokens: base=128, amulet=64`). Empty when all agree."""
+    differs between methods (`max_new_tokens: base=128, amulet=64`). Empty when all agree, and
+    when no method has a sidecar (files not written by main.py: there is nothing to compare)."""
+    if all(stamp is None for stamp in fingerprints.values()):
+        return []
     problems = [f"{method}: no readable sidecar, its settings are unknown"
                 for method, stamp in fingerprints.items() if stamp is None]
     known = {m: s for m, s in fingerprints.items() if s is not None}

@@ -285,7 +285,8 @@ def labelled(rows: list[dict], judge: str) -> list[dict]:
 
 
 def _sidecar(config: GptEvalConfig, counts: dict, seconds: float,
-             ranking_error: str | None = None, preferences: list[str] | None = None) -> str:
+             ranking_error: str | None = None, preferences: list[str] | None = None,
+             settings_problems: list[str] | None = None) -> str:
     data = asdict(config)
     data["base_url"] = redact(config.base_url) if config.base_url else None
     data = json.loads(json.dumps(data, default=str))
@@ -301,6 +302,7 @@ def _sidecar(config: GptEvalConfig, counts: dict, seconds: float,
     data.update({
         "judge": config.judge, "judge_backend": "local" if config.is_local else "openai",
         "preferences_shown": preferences,
+        "response_settings_problems": settings_problems or [],
         "counts": counts, "ranking_error": ranking_error, "seconds": round(seconds, 3),
         "git": git_commit(), "python": platform.python_version(), **versions,
         "numpy": np.__version__, "argv": [redact(a) for a in sys.argv],
@@ -369,7 +371,8 @@ def evaluate(config: GptEvalConfig, local_judge: LazyLocalJudge | None = None) -
     responses = load_run(config.output_dir, config.run, list(config.methods))
     if config.max_questions is not None:
         kept = responses.items[: config.max_questions]
-        responses = RunResponses(responses.key, kept, responses.texts)
+        responses = RunResponses(responses.key, kept, responses.texts,
+                                 responses.settings_problems)
     pairs = method_pairs(config.methods, config.target, config.all_pairs)
     comparisons = build_comparisons(responses, pairs, config.swap_seed, config.preset)
     cache = load_cache(config.cache_path)
@@ -411,7 +414,8 @@ def evaluate(config: GptEvalConfig, local_judge: LazyLocalJudge | None = None) -
                           for item in responses.items})
     write_text_atomic(
         config.out_dir / f"{config.prefix}eval_config.json",
-        _sidecar(config, counts, time.monotonic() - start, ranking_error, preferences),
+        _sidecar(config, counts, time.monotonic() - start, ranking_error, preferences,
+                 list(responses.settings_problems)),
     )
     return {"counts": counts, "target": target, "ranking": ranking,
             "ranking_error": ranking_error}

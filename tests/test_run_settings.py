@@ -35,3 +35,22 @@ def test_a_missing_or_damaged_sidecar_is_reported(tmp_path):
     problems = settings_problems(read_fingerprints(tmp_path, ["base", "pref", "la"]))
     assert problems == ["pref: no readable sidecar, its settings are unknown",
                         "la: no readable sidecar, its settings are unknown"]
+
+
+def test_loading_responses_of_differing_settings_says_so(tmp_path, capsys):
+    from evals.responses import RunKey, load_run
+
+    directory = tmp_path / "creative" / "m" / "demo"
+    directory.mkdir(parents=True)
+    for method, tokens in (("pref", 128), ("amulet", 64)):
+        records = [{"index": 0, "question": "q", "preference": "p", "response": method}]
+        (directory / f"{method}.json").write_text(json.dumps(records))
+        write_meta(directory, method, {**SHARED, "max_new_tokens": tokens})
+    run = load_run(tmp_path, RunKey("creative", "m", "demo"), ["pref", "amulet"])
+    assert run.settings_problems == (
+        "max_new_tokens differs between methods: pref=128, amulet=64",)
+    assert "warning:" in capsys.readouterr().err
+
+
+def test_files_without_any_sidecar_have_nothing_to_compare(tmp_path):
+    assert settings_problems(read_fingerprints(tmp_path, ["base", "pref"])) == []
