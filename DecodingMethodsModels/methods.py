@@ -56,11 +56,12 @@ def generate_on(
     config = GenerationConfig(
         max_new_tokens=settings.max_new_tokens,
         do_sample=sampling.do_sample,
-        temperature=1.0, top_p=1.0, top_k=0,  # ScoreGuard warps, after the penalties
         num_beams=num_beams,
         eos_token_id=settings.eos_ids,
         pad_token_id=settings.pad_id,
     )
+    if sampling.do_sample:  # ScoreGuard warps, after the penalties: transformers must not
+        config.update(temperature=1.0, top_p=1.0, top_k=0)
     guard = ScoreGuard(padding, num_beams, settings.penalties, sampling)
     torch.manual_seed(seed)
     with torch.inference_mode(), neutral_generation_config(model):
