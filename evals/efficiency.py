@@ -36,7 +36,7 @@ if str(ROOT) not in sys.path:
 
 from DecodingMethodsModels.errors import UserError  # noqa: E402
 from DecodingMethodsModels.provenance import git_dirty, software_facts  # noqa: E402
-from evals.errors import EvalError  # noqa: E402
+from evals.errors import EvalError, EvalFailure, exit_code  # noqa: E402
 
 DEFAULT_MODEL = "SmolLM2-135M-Instruct"
 SOLVERS = ("closed_form", "iterative")
@@ -497,7 +497,7 @@ def rss_child(case: Case, args, model_path: str, live: bool) -> dict:
     done = subprocess.run(argv, capture_output=True, text=True, cwd=str(ROOT), env=env)
     lines = [ln for ln in done.stdout.splitlines() if ln.startswith(PROBE_PREFIX)]
     if done.returncode != 0 or not lines:
-        raise EvalError(f"memory probe for {case.key} failed: {done.stderr.strip()[-500:]}")
+        raise EvalFailure(f"memory probe for {case.key} failed: {done.stderr.strip()[-500:]}")
     return json.loads(lines[-1][len(PROBE_PREFIX):])
 
 
@@ -833,7 +833,7 @@ def main(argv: list[str] | None = None) -> int:
         run(args)
     except (EvalError, UserError) as err:
         print(f"error: {err}", file=sys.stderr)
-        return 2
+        return exit_code(err) if isinstance(err, EvalError) else 2
     return 0
 
 

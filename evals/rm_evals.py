@@ -24,7 +24,7 @@ from pathlib import Path
 if __package__ in (None, ""):  # run as a script: make the repository root importable
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from evals.errors import EvalError  # noqa: E402
+from evals.errors import EvalError, EvalFailure, exit_code  # noqa: E402
 from evals.jsonl_store import JsonlAppender, repair_and_read, write_text_atomic  # noqa: E402
 from evals.responses import (  # noqa: E402
     DEFAULT_METHODS,
@@ -165,7 +165,7 @@ def score_run(rm, responses: RunResponses, config: RmEvalConfig, path: Path):
             try:
                 outputs = score_rows(rm, [pending[k][1][2] for k in batch])
             except (ValueError, RuntimeError) as exc:
-                raise EvalError(f"scoring {label} with {rm.name} failed: {exc}") from None
+                raise EvalFailure(f"scoring {label} with {rm.name} failed: {exc}") from None
             records = []
             for k, output in zip(batch, outputs, strict=True):
                 key, (method, index, ids) = pending[k]
@@ -306,7 +306,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """CLI entry point; user errors become one stderr line and exit code 1."""
+    """CLI entry point; user errors become one stderr line and exit code 2, failures while
+    scoring exit code 1."""
     args = build_parser().parse_args(argv)
     try:
         config = RmEvalConfig(
@@ -323,7 +324,7 @@ def main(argv: list[str] | None = None) -> int:
         result = evaluate_rm(config)
     except EvalError as exc:
         print(f"error: {exc}", file=sys.stderr)
-        return 1
+        return exit_code(exc)
     except KeyboardInterrupt:
         print("interrupted: finished scores are saved; rerun to resume", file=sys.stderr)
         return 130

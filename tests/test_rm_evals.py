@@ -332,7 +332,7 @@ def test_too_long_conversation_is_skipped_for_every_method_or_fails_strictly(
     write_run(tmp_path / "responses", "toy", texts)
     base = rm_args(tmp_path, tiny_models["llama"], "--pref_name", "creative", "--model_name",
                    "Tiny-Gen", "--eval_data", "toy", "--max_length", "120")
-    assert rm_evals.main(base + ["--strict_length"]) == 1
+    assert rm_evals.main(base + ["--strict_length"]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "exceed the reward model's 120 tokens" in err[0]
     assert rm_evals.main(base) == 0
@@ -390,7 +390,7 @@ def test_remote_code_needs_the_flag_and_loads_with_it(tmp_path, monkeypatch, cap
     write_run(tmp_path / "responses", "toy", TEXTS)
     args = rm_args(tmp_path, standin, "--pref_name", "creative", "--model_name", "Tiny-Gen",
                    "--eval_data", "toy", "--rm_dimension", "3")
-    assert rm_evals.main(args) == 1
+    assert rm_evals.main(args) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "ships its own modeling code" in err[0]
     assert "--trust_remote_code" in err[0]
@@ -488,7 +488,7 @@ def test_bad_input_is_one_line_and_nonzero_exit(tmp_path, tiny_models, capsys, e
     write_run(tmp_path / "responses", "toy", TEXTS)
     args = rm_args(tmp_path, tiny_models["llama"], "--pref_name", "creative",
                    "--model_name", "Tiny-Gen", *extra)
-    assert rm_evals.main(args) == 1
+    assert rm_evals.main(args) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and err[0].startswith("error: ") and message in err[0], err
 
