@@ -1,7 +1,8 @@
 """Generate personalised responses: python main.py --method amulet --pref_name creative ...
 
 Data parallel: torchrun --nproc_per_node N main.py ... (or accelerate launch); see README.
-A user error is one line on stderr and exit code 2; an interruption (Ctrl-C, SIGTERM) keeps
+A user error (bad flags or inputs) is one line on stderr and exit code 2; a failure while
+running exits 1; an interruption (Ctrl-C, SIGTERM) keeps
 the finished batches, says how to resume and exits with 130.
 """
 

@@ -1,5 +1,8 @@
-"""Fetch the paper's four benchmark files into data/ (or --dest), pinned by sha256; or, with
---verify DIR, check copies you already have. The files are not part of this repository.
+"""Fetch the paper's four benchmark files into data/ (or --dest), pinned by sha256.
+
+With --verify DIR, check copies you already have instead. The files are not part of this
+repository. Exit codes: 0 done, 2 bad flags or files that are missing or differ, 1 a failed
+download.
 
     python data/fetch_benchmarks.py                       # download into data/
     python data/fetch_benchmarks.py --verify ../shared/data
@@ -54,17 +57,26 @@ def fetch(dest: Path) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=" ".join(__doc__.split("\n\n")[0].split()))
-    parser.add_argument("--dest", type=Path, default=Path(__file__).resolve().parent)
-    parser.add_argument("--verify", type=Path, default=None, metavar="DIR")
+    parser = argparse.ArgumentParser(
+        description="Fetch the paper's four benchmark files (pinned by sha256), or check copies "
+                    "you already have with --verify DIR.",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    parser.add_argument("--dest", type=Path, default=Path(__file__).resolve().parent,
+                        help="where to write the files")
+    parser.add_argument("--verify", type=Path, default=None, metavar="DIR",
+                        help="only check the files in DIR against the pinned sha256")
     args = parser.parse_args(argv)
     if args.verify is not None:
+        if not args.verify.is_dir():
+            print(f"error: --verify {args.verify}: no such directory", file=sys.stderr)
+            return 2
         problems = verify(args.verify)
         for line in problems:
             print(line, file=sys.stderr)
         if not problems:
             print(f"all {len(SHA256)} benchmark files in {args.verify} match")
-        return 1 if problems else 0
+        return 2 if problems else 0
     try:
         fetch(args.dest)
     except OSError as err:

@@ -62,7 +62,7 @@ from evals.efficiency_timing import (  # noqa: E402
     solver_cost,
     time_cases,
 )
-from evals.errors import EvalError  # noqa: E402
+from evals.errors import EvalError, exit_code  # noqa: E402
 
 DEFAULT_MODEL = "SmolLM2-135M-Instruct"
 
@@ -230,7 +230,7 @@ def main(argv: list[str] | None = None) -> int:
         report = run(args)
     except (EvalError, UserError) as err:
         print(f"error: {err}", file=sys.stderr)
-        return 2
+        return exit_code(err) if isinstance(err, EvalError) else 2
     failed = failed_targets(report["targets"])
     if failed:
         print(failure_message(failed, len(report["targets"])), file=sys.stderr)

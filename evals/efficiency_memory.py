@@ -19,7 +19,7 @@ from evals.efficiency_cases import (
     run_case,
     say,
 )
-from evals.errors import EvalError
+from evals.errors import EvalFailure
 
 ROOT = Path(__file__).resolve().parent.parent
 ENTRY_SCRIPT = ROOT / "evals" / "efficiency.py"
@@ -110,7 +110,7 @@ def rss_child(case: Case, args, model_path: str, live: bool) -> dict:
     done = subprocess.run(argv, capture_output=True, text=True, cwd=str(ROOT), env=env)
     lines = [ln for ln in done.stdout.splitlines() if ln.startswith(PROBE_PREFIX)]
     if done.returncode != 0 or not lines:
-        raise EvalError(f"memory probe for {case.key} failed: {done.stderr.strip()[-500:]}")
+        raise EvalFailure(f"memory probe for {case.key} failed: {done.stderr.strip()[-500:]}")
     return json.loads(lines[-1][len(PROBE_PREFIX):])
 
 

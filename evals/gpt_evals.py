@@ -27,7 +27,7 @@ from pathlib import Path
 if __package__ in (None, ""):  # run as a script: make the repository root importable
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from evals.errors import EvalError  # noqa: E402
+from evals.errors import EvalError, exit_code  # noqa: E402
 from evals.judge import PAPER_PRESET, JudgePreset  # noqa: E402
 from evals.judge_client import RetryPolicy  # noqa: E402
 from evals.responses import DEFAULT_METHODS, RunKey, discover_runs, split_methods  # noqa: E402
@@ -199,7 +199,8 @@ def config_from_args(args: argparse.Namespace, run: RunKey):
 
 
 def main(argv: list[str] | None = None) -> int:
-    """CLI entry point; user errors become one stderr line and exit code 1."""
+    """CLI entry point; user errors become one stderr line and exit code 2, failures while
+    judging (the API) exit code 1."""
     args = build_parser().parse_args(argv)
     try:
         configs = configs_from_args(args)
@@ -213,7 +214,7 @@ def main(argv: list[str] | None = None) -> int:
             failed |= report(config, result)
     except EvalError as exc:
         print(f"error: {redact(str(exc))}", file=sys.stderr)
-        return 1
+        return exit_code(exc)
     except KeyboardInterrupt:
         print("interrupted: finished judgments are cached; rerun to resume", file=sys.stderr)
         return 130

@@ -26,7 +26,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
-from evals.errors import EvalError
+from evals.errors import EvalFailure
 from evals.jsonl_store import JsonlAppender
 from evals.judge import INVALID, JudgePreset, judge_label, parse_verdict, reask_messages
 from openai_key_info import redact
@@ -197,7 +197,7 @@ def run_jobs(
     each answer to the cache as it arrives.
 
     Returns ``{key: cache record}``. On the first :class:`JudgeCallError` no new job is
-    started, the in-flight ones finish (and are cached), and :class:`EvalError` is raised:
+    started, the in-flight ones finish (and are cached), and :class:`EvalFailure` is raised:
     a rerun resumes from the cache.
     """
     from tqdm import tqdm
@@ -240,7 +240,7 @@ def run_jobs(
         pool.shutdown(wait=True, cancel_futures=True)
         bar.close()
     if failure is not None:
-        raise EvalError(
+        raise EvalFailure(
             f"{failure}; {len(results)} new judgments were cached, "
             f"{len(jobs) - len(results)} remain: rerun the same command to resume"
         )

@@ -31,7 +31,7 @@ from pathlib import Path
 if __package__ in (None, ""):  # run as a script: make the repository root importable
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from evals.errors import EvalError  # noqa: E402
+from evals.errors import EvalError, EvalFailure, exit_code  # noqa: E402
 from evals.jsonl_store import JsonlAppender, repair_and_read  # noqa: E402
 from evals.responses import (  # noqa: E402
     DEFAULT_METHODS,
@@ -219,7 +219,7 @@ def score_run(rm, responses: RunResponses, config: RmEvalConfig, path: Path, mod
             try:
                 outputs = score_rows(rm, [pending[k][1][2] for k in batch])
             except (ValueError, RuntimeError) as exc:
-                raise EvalError(f"scoring {label} with {rm.name} failed: {exc}") from None
+                raise EvalFailure(f"scoring {label} with {rm.name} failed: {exc}") from None
             records = []
             for k, output in zip(batch, outputs, strict=True):
                 key, (method, index, ids) = pending[k]
@@ -404,18 +404,15 @@ def config_from_args(args: argparse.Namespace) -> RmEvalConfig:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """CLI entry point: a usage error is one stderr line and exit code 2, another user error
-    (missing files, a model that does not load) one line and exit code 1."""
+    """CLI entry point: a usage or input error is one stderr line and exit code 2, a failure
+    while scoring one line and exit code 1."""
     args = build_parser().parse_args(argv)
     try:
         config = config_from_args(args)
         result = evaluate_rm(config)
-    except ScorerSpecError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
     except EvalError as exc:
         print(f"error: {exc}", file=sys.stderr)
-        return 1
+        return exit_code(exc)
     except KeyboardInterrupt:
         print("interrupted: finished scores are saved; rerun to resume", file=sys.stderr)
         return 130

@@ -448,7 +448,7 @@ def test_judge_request_carries_the_paper_prompt_and_presets(workspace, judge_ser
 )
 def test_bad_input_is_one_line_and_nonzero_exit(workspace, judge_server, capsys, change, message):
     change(workspace)
-    assert gpt_evals.main(cli_args(workspace, judge_server)) == 1
+    assert gpt_evals.main(cli_args(workspace, judge_server)) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and message in err[0], err
     assert judge_server.received == 0
@@ -462,7 +462,7 @@ def _drop_last_record(path: Path) -> None:
 def test_missing_run_lists_what_exists(workspace, judge_server, capsys):
     args = cli_args(workspace, judge_server)
     args[args.index("--eval_data") + 1] = "nope"
-    assert gpt_evals.main(args) == 1
+    assert gpt_evals.main(args) == 2
     err = capsys.readouterr().err
     assert "--eval_data 'nope'" in err and "holds: toy" in err
 
@@ -544,7 +544,7 @@ def test_api_key_never_reaches_files_or_output(workspace, judge_server, capfd):
 
 def test_missing_key_is_one_clear_line(workspace, judge_server, capsys, monkeypatch):
     monkeypatch.delenv("OPENAI_API_KEY")
-    assert gpt_evals.main(cli_args(workspace, judge_server)) == 1
+    assert gpt_evals.main(cli_args(workspace, judge_server)) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "OPENAI_API_KEY" in err[0] and "not cached" in err[0]
     assert judge_server.received == 0

@@ -103,7 +103,7 @@ def partial_file_of(args: list[str], batches: list[int]) -> Path:
     """Write the partial file that `args` would leave after finishing `batches`."""
     from config import config_from_args
     from DecodingMethodsModels.loading import resolve_model
-    from DecodingMethodsModels.runner import fingerprint, plan_runs
+    from DecodingMethodsModels.plan import fingerprint, plan_runs
 
     config = config_from_args(args)
     short = resolve_model(config.model_name).short_name

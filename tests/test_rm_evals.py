@@ -332,7 +332,7 @@ def test_too_long_conversation_is_skipped_for_every_method_or_fails_strictly(
     write_run(tmp_path / "responses", "toy", texts)
     base = rm_args(tmp_path, tiny_models["llama"], "--pref_name", "creative", "--model_name",
                    "Tiny-Gen", "--eval_data", "toy", "--max_length", "120")
-    assert rm_evals.main(base + ["--strict_length"]) == 1
+    assert rm_evals.main(base + ["--strict_length"]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "exceed the reward model's 120 tokens" in err[0]
     assert rm_evals.main(base) == 0
@@ -390,7 +390,7 @@ def test_remote_code_needs_the_flag_and_loads_with_it(tmp_path, monkeypatch, cap
     write_run(tmp_path / "responses", "toy", TEXTS)
     args = rm_args(tmp_path, standin, "--pref_name", "creative", "--model_name", "Tiny-Gen",
                    "--eval_data", "toy", "--rm_dimension", "3")
-    assert rm_evals.main(args) == 1
+    assert rm_evals.main(args) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "ships its own modeling code" in err[0]
     assert "--trust_remote_code" in err[0]
@@ -475,18 +475,18 @@ def test_native_armorm_parameter_names_match_the_published_checkpoint(tiny_model
 @pytest.mark.parametrize(
     ("extra", "message", "code"),
     [
-        (["--eval_data", "nope"], "--eval_data 'nope'", 1),
-        (["--eval_data", "toy", "--methods", "base,la"], "missing la.json", 1),
-        (["--eval_data", "toy", "--rm_name", "/nonexistent/rm"], "cannot load reward model", 1),
+        (["--eval_data", "nope"], "--eval_data 'nope'", 2),
+        (["--eval_data", "toy", "--methods", "base,la"], "missing la.json", 2),
+        (["--eval_data", "toy", "--rm_name", "/nonexistent/rm"], "cannot load reward model", 2),
         (["--eval_data", "toy", "--rm_dimension", "score"], "needs an ArmoRM-like model", 2),
-        (["--methods", "base,best"], "best clash with a summary column", 1),
+        (["--methods", "base,best"], "best clash with a summary column", 2),
     ],
     ids=["missing-dataset", "missing-method", "missing-rm", "score-on-plain-rm",
          "method-named-like-a-column"],
 )
 def test_bad_input_is_one_line_and_nonzero_exit(tmp_path, tiny_models, capsys, extra, message,
                                                code):
-    """Usage errors (a head the model does not have) exit 2, other user errors 1."""
+    """Usage and input errors exit 2 (failures while scoring exit 1)."""
     write_run(tmp_path / "responses", "toy", TEXTS)
     args = rm_args(tmp_path, tiny_models["llama"], "--pref_name", "creative",
                    "--model_name", "Tiny-Gen", *extra)

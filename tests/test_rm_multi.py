@@ -345,7 +345,7 @@ def test_args_pad_output_files_are_scored_like_responses(tmp_path, scorer_dirs):
     # files holding different questions are refused
     short = tmp_path / "short.jsonl"
     short.write_text(json.dumps(json.loads(pad.read_text())[:2]))
-    assert rm_evals.main(args + ["--input_file", f"short={short}"]) == 1
+    assert rm_evals.main(args + ["--input_file", f"short={short}"]) == 2
 
 
 @pytest.mark.parametrize(

@@ -8,8 +8,9 @@ from types import SimpleNamespace
 import pytest
 
 from config import RunConfig
+from DecodingMethodsModels.encode import encode_questions
 from DecodingMethodsModels.eval_data import Dataset, Question
-from DecodingMethodsModels.runner import PlannedRun, encode_questions, fingerprint
+from DecodingMethodsModels.plan import PlannedRun, fingerprint
 
 
 def planned(method: str = "amulet") -> PlannedRun:

@@ -1,0 +1,235 @@
+"""Stage 1 of a run: the grid of (preference, dataset, method) runs, the fingerprint of the
+settings that change each run's tokens, what earlier finished and partial files already hold,
+and the fixed batches every process agrees on."""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from .errors import UserError
+from .eval_data import Dataset, Question, load_dataset
+from .outputs import (
+    PartialStore,
+    changed_settings,
+    describe_changes,
+    preference_slug,
+    read_json,
+    run_dir,
+)
+from .prompts import SYSTEM_PROMPT, preference_sentence
+
+FINGERPRINT_VERSION = 2
+
+@dataclass(frozen=True)
+class PlannedRun:
+    method: str
+    pref_slug: str
+    preference: str
+    dataset: Dataset
+    directory: Path
+
+    @property
+    def final_path(self) -> Path:
+        return self.directory / f"{self.method}.json"
+
+    @property
+    def meta_path(self) -> Path:
+        return self.directory / f"{self.method}.meta.json"
+
+    def part_path(self, rank: int) -> Path:
+        return self.directory / f"{self.method}.part{rank}.jsonl"
+
+    def part_paths(self) -> list[Path]:
+        return sorted(self.directory.glob(f"{self.method}.part*.jsonl"))
+
+    @property
+    def label(self) -> str:
+        return f"{self.method} {self.pref_slug} {self.dataset.name}"
+
+
+@dataclass
+class Work:
+    """One run as this rank sees it: the fixed batches, those already on disk, and its own.
+
+    `kept` holds the records of a finished run of the same configuration with a smaller
+    --limit: only the other questions are decoded, and the final file is extended.
+    """
+
+    run: PlannedRun
+    expected: dict
+    done: set[int]
+    batches: list[list[int]] = field(default_factory=list)
+    mine: list[int] = field(default_factory=list)
+    kept: list[dict] = field(default_factory=list)
+
+    @property
+    def part_fingerprint(self) -> dict:
+        """Partial files of an extension hold other batches than those of a fresh run."""
+        if not self.kept:
+            return self.expected
+        return {**self.expected, "extends_records": len(self.kept)}
+
+    def positions_to_decode(self) -> list[int]:
+        kept = {r["index"] for r in self.kept}
+        questions = self.run.dataset.questions
+        return [i for i, q in enumerate(questions) if q.index not in kept]
+
+
+@dataclass(frozen=True)
+class Hardware:
+    """What the device and dtype flags resolve to on this machine (they change the tokens)."""
+
+    device_type: str
+    dtype: str
+
+
+def resolved_hardware(config) -> Hardware:
+    from .loading import resolve_device, resolve_dtype
+
+    device = "cuda" if config.multi_gpu else resolve_device(config.device)
+    dtype = str(resolve_dtype(config.dtype, device)).removeprefix("torch.")
+    return Hardware(device.split(":")[0], dtype)
+
+
+def method_parameters(config, method: str) -> dict:
+    """The hyperparameters that change the tokens of `method` (for fingerprints and sidecars)."""
+    if method == "beam":
+        return {"num_beams": config.num_beams}
+    if method == "la":
+        return {"reinforce_ratio": config.reinforce_ratio}
+    if method == "amulet":
+        from .combine import amulet_ratio
+
+        return {
+            "iteration_num": config.iteration_num, "alpha": config.alpha,
+            "player_lambda": config.player_lambda, "eta": config.eta,
+            "amulet_solver": config.amulet_solver,
+            "amulet_ratio": amulet_ratio(
+                config.iteration_num, config.alpha, config.player_lambda, config.eta
+            ),
+        }
+    return {}
+
+
+def fingerprint(config, run: PlannedRun, model_short_name: str,
+                hardware: Hardware | None = None) -> dict:
+    """Everything that changes the responses of a run; partial results must match it exactly.
+
+    The device type and dtype are recorded as resolved (`--dtype auto` is float32 on a CPU and
+    bfloat16 on CUDA); the seed only when sampling, since greedy and beam runs ignore it.
+    """
+    hardware = hardware or resolved_hardware(config)
+    sampling = (
+        {"temperature": config.temperature, "top_p": config.top_p, "top_k": config.top_k,
+         "seed": config.seed}
+        if config.do_sample else {}
+    )
+    return {
+        "version": FINGERPRINT_VERSION,
+        "model": config.model_name,
+        "model_short_name": model_short_name,
+        "dtype": hardware.dtype,
+        "device_type": hardware.device_type,
+        "method": run.method,
+        "system_prompt_sha256": hashlib.sha256(SYSTEM_PROMPT.encode()).hexdigest(),
+        "reference_prompts": config.reference_prompts,
+        "preference": run.preference,
+        "dataset": run.dataset.name,
+        "dataset_sha256": run.dataset.sha256,
+        "limit": config.limit,
+        "max_new_tokens": config.max_new_tokens,
+        "do_sample": config.do_sample,
+        "batch_size": config.batch_size,
+        "truncate_long_prompts": config.truncate_long_prompts,
+        "repetition_penalty": config.repetition_penalty,
+        "no_repeat_ngram_size": config.no_repeat_ngram_size,
+        "use_model_generation_config": config.use_model_generation_config,
+        **sampling,
+        **method_parameters(config, run.method),
+    }
+
+
+def plan_runs(config, model_short_name: str) -> list[PlannedRun]:
+    """Every (preference, dataset, method) of the grid, in that nesting; datasets validated."""
+    data_dir = Path(config.data_dir)
+    datasets = [load_dataset(data_dir, name, config.limit) for name in config.datasets]
+    runs = []
+    for pref_name in config.pref_names:
+        slug = preference_slug(pref_name, config.pref_text)
+        sentence = config.pref_text or preference_sentence(pref_name)
+        for dataset in datasets:
+            directory = run_dir(config.output_dir, slug, model_short_name, dataset.name)
+            for method in config.methods:
+                runs.append(PlannedRun(method, slug, sentence, dataset, directory))
+    return runs
+
+
+def finished_records(run: PlannedRun, expected: dict) -> list[dict] | None:
+    """The records of an earlier finished run that this one can use, or None if there is none.
+
+    Same configuration: all of them. Same but for a smaller --limit: those, and the caller
+    decodes the rest. Any other difference is refused, naming the settings, so that a file of
+    other settings is never taken for this run's.
+    """
+    if not run.final_path.exists():
+        return None
+    stored = (read_json(run.meta_path) or {}).get("fingerprint")
+    if not isinstance(stored, dict):
+        raise UserError(f"{run.final_path} exists without a readable sidecar "
+                        f"{run.meta_path.name}, so its settings are unknown; pass --overwrite "
+                        "to replace it, or choose another --output_dir")
+    changed = changed_settings(stored, expected)
+    if changed and changed != ["limit"]:
+        raise UserError(f"{run.final_path} was made with other settings "
+                        f"({describe_changes(stored, expected)}); pass --overwrite to replace "
+                        "it, or choose another --output_dir")
+    records = read_json(run.final_path)
+    if not isinstance(records, list):
+        raise UserError(f"{run.final_path} is not a list of records; pass --overwrite to redo it")
+    wanted = {q.index for q in run.dataset.questions}
+    return [r for r in records if isinstance(r, dict) and r.get("index") in wanted]
+
+
+def select_todo(config, runs: list[PlannedRun], short_name: str) -> tuple[list[Work], int]:
+    """The runs to do, with the batches already on disk; refuses finished and partial files of
+    another configuration now, before any model is loaded. Returns (work, number complete)."""
+    hardware = resolved_hardware(config)
+    todo, complete = [], 0
+    for planned in runs:
+        expected = fingerprint(config, planned, short_name, hardware)
+        if config.overwrite:
+            todo.append(Work(planned, expected, set()))
+            continue
+        kept = finished_records(planned, expected)
+        if kept is not None and len(kept) == len(planned.dataset.questions):
+            complete += 1
+            continue
+        work = Work(planned, expected, set(), kept=kept or [])
+        for part in planned.part_paths():
+            work.done |= set(PartialStore(part, work.part_fingerprint).load())
+        todo.append(work)
+    return todo, complete
+
+
+def batches_of(questions: tuple[Question, ...], prompt_lengths: list[int], size: int,
+               positions: list[int] | None = None):
+    """Fixed batches: questions (all, or those at `positions`) sorted by prompt length (stable),
+    cut into `size` chunks.
+
+    They depend only on the dataset and the batch size, so a resumed or sharded run decodes
+    exactly the batches an uninterrupted single-process run would.
+    """
+    candidates = range(len(questions)) if positions is None else positions
+    order = sorted(candidates, key=lambda i: prompt_lengths[i])
+    return [order[i: i + size] for i in range(0, len(order), size)]
+
+
+def check_model_source(source) -> None:
+    """A local directory must hold a model: say so before any loading is tried."""
+    if source.gguf_file is None and Path(source.path).is_dir():
+        if not (Path(source.path) / "config.json").is_file():
+            raise UserError(f"{source.path} is a directory without a model in it (no "
+                            "config.json): give a model directory, a .gguf file or a hub id")
+
