@@ -208,7 +208,7 @@ def test_local_and_api_judgments_never_share_a_cache_key():
 ])
 def test_bad_local_judge_options_are_one_line(tmp_path, tiny_model_dirs, capsys, extra, message):
     write_run(tmp_path, "creative", "Gen", "toy", ("pref", "amulet"))
-    assert gpt_evals.main(args_for(tmp_path, tiny_model_dirs["llama"], *extra)) == 1
+    assert gpt_evals.main(args_for(tmp_path, tiny_model_dirs["llama"], *extra)) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and message in err[0], err
     assert not (tmp_path / "results").exists()
@@ -303,7 +303,7 @@ def test_settings_take_comma_lists_and_all(tmp_path, tiny_model_dirs, scripted, 
 
     # a named value that does not exist is one line listing what does
     assert gpt_evals.main(args_for(tmp_path, judge, pref="creative,nope", model="all",
-                                   dataset="all")) == 1
+                                   dataset="all")) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "--pref_name nope: no such setting" in err[0]
     assert "found: concise, creative, verbose" in err[0]
@@ -359,7 +359,7 @@ def test_a_prompt_longer_than_the_judges_context_is_one_line(tmp_path, tiny_mode
     records[0]["response"] = "word " * 1500  # the tiny models hold 1024 positions
     path.write_text(json.dumps(records))
     assert gpt_evals.main(args_for(tmp_path, tiny_model_dirs["llama"], "--max_questions",
-                                   "1")) == 1
+                                   "1")) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "exceeds tiny-llama's context of 1024 tokens" in err[0], err
     assert forwards["n"] == 0
