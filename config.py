@@ -63,6 +63,7 @@ class RunConfig:
     repetition_penalty: float | None = None
     no_repeat_ngram_size: int | None = None
     use_model_generation_config: bool = False
+    continuous_batching: bool = True
 
     def __post_init__(self) -> None:
         for method in self.methods:
@@ -204,7 +205,12 @@ def build_parser() -> argparse.ArgumentParser:
     algo.add_argument("--amulet_solver", default="closed_form", choices=SOLVERS)
 
     hw = parser.add_argument_group("hardware")
-    hw.add_argument("--batch_size", type=int, default=8)
+    hw.add_argument("--batch_size", type=int, default=8,
+                    help="questions decoded at once (la and amulet run 2 rows per question)")
+    hw.add_argument("--no_continuous_batching", dest="continuous_batching",
+                    action="store_false",
+                    help="la and amulet (greedy) normally admit the next question as soon as "
+                    "one finishes; with this flag each batch waits for its longest answer")
     hw.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N")
     hw.add_argument("--dtype", default="auto", choices=DTYPES,
                     help="auto: float32 on CPU, bfloat16 on CUDA")

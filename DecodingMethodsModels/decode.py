@@ -31,6 +31,8 @@ class Decoder:
     settings: object
     eos_ids: list[int]
     seed: int
+    batch_size: int = 8
+    continuous_batching: bool = True
 
     def __call__(self, work: Work, batch: int) -> tuple[list[dict], int]:
         """(records of the batch, generated tokens)."""
@@ -46,14 +48,40 @@ class Decoder:
             )
         except NonFiniteScoresError as err:
             raise RankError(nan_message(work, batch, self.model, err)) from None
+        return self.records(work, rows, outputs), sum(len(ids) for ids in outputs)
+
+    def records(self, work: Work, rows: list[int], outputs: list[list[int]]) -> list[dict]:
         questions = work.run.dataset.questions
-        records = [
+        return [
             {"index": questions[i].index, "question": questions[i].question,
              "preference": work.run.preference,
              "response": decode_response(self.tokenizer, ids, self.eos_ids)}
             for i, ids in zip(rows, outputs, strict=True)
         ]
-        return records, sum(len(ids) for ids in outputs)
+
+    def can_stream(self, work: Work) -> bool:
+        from .methods import STREAMING_METHODS
+
+        return (self.continuous_batching and work.run.method in STREAMING_METHODS
+                and not self.settings.sampling.do_sample)
+
+    def stream(self, work: Work, positions: list[int]):
+        """(position, generated ids) of each question at `positions` as it finishes, with
+        continuous batching over all of them."""
+        from .engine import NonFiniteScoresError
+        from .methods import stream_method
+
+        pref_ids, base_ids = self.prompts[(work.run.preference, work.run.dataset.name)]
+        try:
+            for k, ids in stream_method(work.run.method, self.model,
+                                        [pref_ids[i] for i in positions],
+                                        [base_ids[i] for i in positions], self.settings,
+                                        self.batch_size):
+                yield positions[k], ids
+        except NonFiniteScoresError as err:
+            bad = [positions[k] for k in err.rows] or positions
+            batch = next(b for b, rows in enumerate(work.batches) if bad[0] in rows)
+            raise RankError(nan_message(work, batch, self.model, err, bad)) from None
 
 
 def decode_share(config, work: Work, process: Process, decoder: Decoder, bar) -> None:
@@ -63,6 +91,9 @@ def decode_share(config, work: Work, process: Process, decoder: Decoder, bar) ->
     store = PartialStore(work.run.part_path(process.rank), work.part_fingerprint,
                          config.to_dict())
     try:
+        if decoder.can_stream(work):
+            stream_share(work, decoder, store, bar)
+            return
         for b in work.mine:
             started = now()
             records, tokens = decoder(work, b)
@@ -70,6 +101,28 @@ def decode_share(config, work: Work, process: Process, decoder: Decoder, bar) ->
             bar.update(len(records))
     finally:
         store.close()
+
+
+def stream_share(work: Work, decoder: Decoder, store: PartialStore, bar) -> None:
+    """This rank's batches decoded as one stream (a question joins as soon as a slot frees);
+    each fixed batch is appended to disk once its last question finishes, so resuming and
+    the final file are as with batch-by-batch decoding. A batch's seconds are the time since
+    the previous append."""
+    batch_of = {i: b for b in work.mine for i in work.batches[b]}
+    finished: dict[int, dict[int, list[int]]] = {b: {} for b in work.mine}
+    positions = [i for b in work.mine for i in work.batches[b]]
+    last = now()
+    for position, ids in decoder.stream(work, positions):
+        b = batch_of[position]
+        finished[b][position] = ids
+        bar.update(1)
+        if len(finished[b]) == len(work.batches[b]):
+            done = finished.pop(b)
+            outputs = [done[i] for i in work.batches[b]]
+            records = decoder.records(work, work.batches[b], outputs)
+            store.append(b, records, seconds=round(now() - last, 4),
+                         tokens=sum(len(ids) for ids in outputs))
+            last = now()
 
 
 def resolve_penalties(config, model):
@@ -108,10 +161,12 @@ def resolve_penalties(config, model):
     return penalties, facts
 
 
-def nan_message(work: Work, batch: int, model, err: Exception) -> str:
+def nan_message(work: Work, batch: int, model, err: Exception,
+                positions: list[int] | None = None) -> str:
     import torch
 
-    indices = [work.run.dataset.questions[i].index for i in work.batches[batch]]
+    rows = work.batches[batch] if positions is None else positions
+    indices = [work.run.dataset.questions[i].index for i in rows]
     hint = ("the weights themselves give NaN" if model.dtype == torch.float32
             else "try --dtype float32")
     return (f"{work.run.label}: the scores became NaN in batch {batch} (question indices "

@@ -45,7 +45,12 @@ from .sampling import SamplingSettings, choose_tokens, unusable_rows
 
 
 class NonFiniteScoresError(RuntimeError):
-    """A row's scores hold NaN or nothing finite: no token can be chosen honestly."""
+    """A row's scores hold NaN or nothing finite: no token can be chosen honestly. `rows` are
+    the question numbers concerned, when known."""
+
+    def __init__(self, message: str, rows: list[int] | None = None):
+        super().__init__(message)
+        self.rows = rows or []
 
 
 @dataclass
@@ -195,7 +200,7 @@ def _advance(rows: _Rows, logprobs: torch.Tensor, rule: _Rule) -> list[bool]:
     status = torch.stack([torch.isin(tokens, rule.eos), unusable_rows(scores)]).cpu()  # one sync
     if status[1].any():
         bad = [rows.keys[i] for i in status[1].nonzero().flatten().tolist()]
-        raise NonFiniteScoresError(f"NaN or no finite score for batch rows {bad}")
+        raise NonFiniteScoresError(f"NaN or no finite score for batch rows {bad}", bad)
     rows.tokens = tokens
     done = []
     for i, token in enumerate(tokens.tolist()):

@@ -15,7 +15,13 @@ import torch
 from transformers import GenerationConfig, LogitsProcessor, LogitsProcessorList
 
 from .combine import CombineRule, amulet_rule, la_rule
-from .engine import NonFiniteScoresError, decode_two_prompts, left_pad, model_input_device
+from .engine import (
+    NonFiniteScoresError,
+    decode_two_prompts,
+    left_pad,
+    model_input_device,
+    stream_two_prompts,
+)
 from .penalties import Penalties, apply_penalties
 from .sampling import SamplingSettings, unusable_rows, warp_scores
 
@@ -173,16 +179,36 @@ def run_beam(model, pref_ids, base_ids, settings: DecodeSettings, seed: int):
     return generate_on(model, pref_ids, settings, settings.num_beams, seed)
 
 
+def combine_rule(method: str, settings: DecodeSettings) -> CombineRule:
+    """The two-prompt rule of `method` ("la" or "amulet") under `settings`."""
+    if method == "la":
+        return la_rule(settings.reinforce_ratio)
+    return amulet_rule(settings.iteration_num, settings.alpha, settings.player_lambda,
+                       settings.eta, settings.amulet_solver)
+
+
 def run_la(model, pref_ids, base_ids, settings: DecodeSettings, seed: int):
-    return two_prompt(model, pref_ids, base_ids, settings, la_rule(settings.reinforce_ratio), seed)
+    return two_prompt(model, pref_ids, base_ids, settings, combine_rule("la", settings), seed)
 
 
 def run_amulet(model, pref_ids, base_ids, settings: DecodeSettings, seed: int):
-    rule = amulet_rule(
-        settings.iteration_num, settings.alpha, settings.player_lambda, settings.eta,
-        settings.amulet_solver,
+    return two_prompt(model, pref_ids, base_ids, settings, combine_rule("amulet", settings), seed)
+
+
+# Methods that can decode a whole list of questions with continuous batching (greedy only: a
+# sampled token would depend on which questions share the random stream).
+STREAMING_METHODS = ("la", "amulet")
+
+
+def stream_method(method: str, model, pref_ids, base_ids, settings: DecodeSettings,
+                  batch_size: int) -> Iterator[tuple[int, list[int]]]:
+    """(position in the lists, generated ids) of every question as it finishes."""
+    if method not in STREAMING_METHODS or settings.sampling.do_sample:
+        raise ValueError(f"{method} with these settings cannot stream")
+    return stream_two_prompts(
+        model, pref_ids, base_ids, combine_rule(method, settings), settings.max_new_tokens,
+        settings.eos_ids, settings.pad_id, batch_size, penalties=settings.penalties,
     )
-    return two_prompt(model, pref_ids, base_ids, settings, rule, seed)
 
 
 METHOD_RUNNERS: dict[str, Runner] = {

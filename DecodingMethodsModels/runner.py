@@ -100,7 +100,8 @@ def load_and_check(config, process: Process, todo: list[Work]) -> tuple[Decoder,
     eos_ids = eos_token_ids(model, tokenizer)
     penalties, generation_facts = resolve_penalties(config, model)
     settings = decode_settings(config, eos_ids, pad_token_id(tokenizer, eos_ids), penalties)
-    decoder = Decoder(model, tokenizer, prompts, settings, eos_ids, config.seed)
+    decoder = Decoder(model, tokenizer, prompts, settings, eos_ids, config.seed,
+                      config.batch_size, config.continuous_batching)
     return decoder, {**environment_facts(process, device, model), **generation_facts}
 
 

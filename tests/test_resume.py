@@ -73,22 +73,20 @@ def test_ctrl_c_saves_finished_batches_and_prints_a_working_resume_command(
 def test_batches_written_by_any_rank_of_an_earlier_job_are_reused(
     model, data, reference, tmp_path, monkeypatch
 ):
-    import DecodingMethodsModels.runner as runner
-
     args = gen_args(model, data, tmp_path)
     final, directory = run_files(tmp_path, model)
-    real, calls = runner.Decoder.__call__, []
+    real, calls = PartialStore.append, []
 
-    def stop_after_two(self, work, batch):
+    def stop_after_two(self, batch, records, **stats):
         calls.append(batch)
         if len(calls) > 2:
             raise KeyboardInterrupt
-        return real(self, work, batch)
+        return real(self, batch, records, **stats)
 
-    monkeypatch.setattr(runner.Decoder, "__call__", stop_after_two)
+    monkeypatch.setattr(PartialStore, "append", stop_after_two)
     code, err = main_in_process(args)
     assert code == 130 and "to resume" in err
-    monkeypatch.setattr(runner.Decoder, "__call__", real)
+    monkeypatch.setattr(PartialStore, "append", real)
     # as if rank 3 of a four-process job had written them
     (directory / "amulet.part0.jsonl").rename(directory / "amulet.part3.jsonl")
 
@@ -288,3 +286,14 @@ def test_a_sampled_run_killed_midway_resumes_to_the_uninterrupted_file(model, da
     unseeded = tmp_path / "other-seed"
     code, err = main_in_process(gen_args(model, data, unseeded, *sampled[:-1], "8"))
     assert run_files(unseeded, model)[0].read_bytes() != expected  # the seed matters
+
+
+def test_continuous_batching_writes_the_files_of_batch_by_batch_decoding(model, data, tmp_path):
+    files = {}
+    for name, extra in (("continuous", ()), ("fixed", ("--no_continuous_batching",))):
+        out = tmp_path / name
+        code, err = main_in_process(gen_args(model, data, out, *extra, "--batch_size", "3",
+                                             method="la,amulet", max_new_tokens=24))
+        assert code == 0, err
+        files[name] = [run_files(out, model, m)[0].read_bytes() for m in ("la", "amulet")]
+    assert files["continuous"] == files["fixed"]
