@@ -115,6 +115,16 @@ def report_command(args) -> int:
     return 0
 
 
+def _int_list(text: str) -> list[int]:
+    try:
+        values = [int(v) for v in text.split(",") if v.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"want a comma list of integers, got {text!r}") from None
+    if not values or min(values) < 1:
+        raise argparse.ArgumentTypeError(f"want integers >= 1, got {text!r}")
+    return values
+
+
 def _decoding_options(parser: argparse.ArgumentParser) -> None:
     what = parser.add_argument_group("model and questions")
     what.add_argument("--model_name", default="SmolLM2-135M-Instruct",
@@ -166,7 +176,8 @@ def build_parser() -> argparse.ArgumentParser:
                                 formatter_class=fmt)
     ident.add_argument("--out", default="results/analysis/identity")
     ident.add_argument("--pref_name", default="creative")
-    ident.add_argument("--pad_top_k", type=int, default=10, help="PAD's candidate count")
+    ident.add_argument("--pad_top_k", type=_int_list, default=[10],
+                       help="PAD's candidate count(s), comma list (PAD's configs use 10)")
     ident.add_argument("--threads", type=int, default=None, help="torch threads")
     _decoding_options(ident)
     ident.set_defaults(handler=identity_command)

@@ -25,10 +25,10 @@ def implicit_pad_scores(pref_logprobs: torch.Tensor, base_logprobs: torch.Tensor
     prompt: over the ``top_k`` ids of the decoding model's own distribution (the base prompt),
     ``score = z + w (log_softmax_k(u) - log_softmax_k(z))``, which is
     ``(1 - w) log p_base + w log p_pref = LA(ratio = w - 1)`` plus a row constant; -inf
-    elsewhere. Shapes (B, V), (B, V) -> (B, V).
+    elsewhere (no id is cut when ``top_k >= V``). Shapes (B, V), (B, V) -> (B, V).
     """
     scores = linear_alignment(pref_logprobs, base_logprobs, weight - 1.0)  # (B, V)
-    candidates = base_logprobs.topk(top_k, dim=-1).indices  # (B, k)
+    candidates = base_logprobs.topk(min(top_k, base_logprobs.shape[-1]), dim=-1).indices  # (B, k)
     kept = torch.full_like(scores, float("-inf"))
     return kept.scatter(-1, candidates, scores.gather(-1, candidates))
 
@@ -52,7 +52,8 @@ def measure_identity(args) -> dict:
     """Decode every face of the mixture on ``args.limit`` questions; agreement vs Amulet.
 
     ``args``: model_name, data_dir, eval_data, limit, pref_name, batch_size, max_new_tokens,
-    iteration_num, alpha, player_lambda, eta, pad_top_k, device, dtype, threads.
+    iteration_num, alpha, player_lambda, eta, pad_top_k (a list), device, dtype,
+    threads.
     """
     from DecodingMethodsModels.combine import amulet_ratio
     from DecodingMethodsModels.methods import METHOD_RUNNERS, two_prompt
@@ -73,10 +74,11 @@ def measure_identity(args) -> dict:
         "la (ratio k)": lambda p, b: METHOD_RUNNERS["la"](model, p, b, work.settings, 0),
         "transformers CFG (guidance_scale 1 + k)": lambda p, b: efficiency.hf_cfg(
             model, p, b, work.settings, 1.0 + k),
-        f"implicit PAD (w = 1 + k, top-{args.pad_top_k})": lambda p, b: two_prompt(
-            model, p, b, work.settings,
-            partial(implicit_pad_scores, weight=1.0 + k, top_k=args.pad_top_k), 0),
     }
+    for top_k in args.pad_top_k:
+        rule = partial(implicit_pad_scores, weight=1.0 + k, top_k=top_k)
+        faces[f"implicit PAD (w = 1 + k, top-{top_k})"] = partial(
+            lambda p, b, rule: two_prompt(model, p, b, work.settings, rule, 0), rule=rule)
     outputs = {}
     for name, decode in faces.items():
         got = {}

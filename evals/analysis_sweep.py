@@ -238,8 +238,8 @@ def plot_sweep(data: dict, path: Path) -> None:
     on_axis = [p for p in data["points"] if p["ratio"] is not None]
     base = [p for p in data["points"] if p["ratio"] is None]
     prefs = sorted({p["pref"] for p in on_axis})
-    fig, axes = plt.subplots(3, 4, figsize=(15, 9.5))
-    for ax, panel in zip(axes.flat, data["panels"], strict=False):
+    fig, axes = plt.subplots(3, 4, figsize=(15, 10))
+    for number, (ax, panel) in enumerate(zip(axes.flat, data["panels"], strict=False)):
         key = panel["key"]
         for pref in prefs:
             line = sorted((p for p in on_axis if p["pref"] == pref), key=lambda p: p["ratio"])
@@ -252,8 +252,10 @@ def plot_sweep(data: dict, path: Path) -> None:
         ax.set_title(f"indicator: {panel['title']}", fontsize=9)
         ax.tick_params(labelsize=7)
         ax.set_xlabel("LA ratio r", fontsize=8)
-        top = ax.secondary_xaxis("top", functions=(lambda r: r + 1.0, lambda s: s - 1.0))
-        top.tick_params(labelsize=6)
+        if number < 4:  # the top row: the same axis as CFG's guidance scale / PAD's w
+            top = ax.secondary_xaxis("top", functions=(lambda r: r + 1.0, lambda s: s - 1.0))
+            top.tick_params(labelsize=6)
+            top.set_xlabel("1 + r", fontsize=7)
     axes.flat[0].legend(fontsize=7)
     model = ", ".join(sorted({p["model"] for p in data["points"]}))
     dataset = ", ".join(sorted({p["dataset"] for p in data["points"]}))
@@ -262,7 +264,8 @@ def plot_sweep(data: dict, path: Path) -> None:
                  f"strength, swept by {data['axis']}: {model}, {dataset}, {n} questions\n"
                  f"top axis: CFG guidance_scale = implicit PAD w = 1 + r; Amulet(T=60, alpha="
                  f"lambda=2, eta=10) is r = 4.65", fontsize=10)
-    fig.tight_layout()
+    # fixed margins: tight_layout would lay out 12 panels and their twin axes twice per save
+    fig.subplots_adjust(left=0.05, right=0.98, bottom=0.06, top=0.86, wspace=0.28, hspace=0.5)
     save_figure(fig, path)
 
 
