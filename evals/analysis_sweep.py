@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -187,6 +188,16 @@ def point_indicators(responses: list[str], token_counts: list[int], max_new_toke
     return {"n": result["n"], "values": values, "sem": sem, "corpus": result["corpus"]}
 
 
+def share_mentioning(texts: Sequence[str], word: str) -> float:
+    """``#{texts containing word as a whole word, any case} / len(texts)`` (NaN if none): how
+    often responses echo the preference's own name, a sign that the contrast picked the
+    preference prompt's words rather than its meaning."""
+    if not texts:
+        return float("nan")
+    pattern = re.compile(rf"\b{re.escape(word)}\b", re.I)
+    return sum(bool(pattern.search(t)) for t in texts) / len(texts)
+
+
 def token_counter(model_name: str) -> Callable[[str], int]:
     """Length in the model's tokens of a stored response (re-encoded, no special tokens)."""
     from DecodingMethodsModels.errors import UserError
@@ -222,6 +233,7 @@ def sweep_data(points: list[Point], axis_name: str, tokenizer_name: str | None =
             "max_new_tokens": point.max_new_tokens, "path": str(point.path),
             **point_indicators(texts, counts, point.max_new_tokens),
         })
+        rows[-1]["values"]["mentions_preference"] = share_mentioning(texts, point.pref)
     rows.sort(key=lambda r: (r["pref"], r["ratio"] is not None, r["ratio"] or 0.0))
     return {"label": INDICATORS_LABEL, "axis": axis_name, "equivalents": EQUIVALENTS,
             "panels": [{"key": k, "title": t} for k, t in PANELS], "points": rows}
@@ -266,7 +278,7 @@ def plot_sweep(data: dict, path: Path) -> None:
                  f"lambda=2, eta=10) is r = 4.65", fontsize=10)
     # fixed margins: tight_layout would lay out 12 panels and their twin axes twice per save
     fig.subplots_adjust(left=0.05, right=0.98, bottom=0.06, top=0.86, wspace=0.28, hspace=0.5)
-    save_figure(fig, path)
+    save_figure(fig, path, dpi=85)  # keeps the 12-panel PNG under 200 KB
 
 
 def _zero_nan(value: float) -> float:
@@ -276,7 +288,8 @@ def _zero_nan(value: float) -> float:
 def markdown_summary(data: dict, keys: Sequence[str] = ("length_tokens", "share_hitting_cap",
                                                         "distinct_2", "rep_2", "degenerate",
                                                         "vader_compound",
-                                                        "flesch_reading_ease")) -> str:
+                                                        "flesch_reading_ease",
+                                                        "mentions_preference")) -> str:
     """A table of the main indicators per point (base first, then by preference and ratio)."""
     header = ["preference", "method", "LA ratio r", "1 + r", "n", *keys]
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]

@@ -14,6 +14,7 @@ import torch
 from DecodingMethodsModels.combine import amulet_ratio, linear_alignment
 from evals import analysis, analysis_k, analysis_table1
 from evals.analysis_identity import agreement, implicit_pad_scores
+from evals.analysis_sweep import share_mentioning
 from evals.rm_evals import AVG_COLUMNS
 from evals.tables import to_csv
 from evals.win_rate import TARGET_COLUMNS
@@ -95,6 +96,12 @@ def test_agreement_counts_identical_outputs_and_common_prefixes():
     result = agreement([[1, 2, 3, 4], [5, 6], []], [[1, 2, 3, 4], [5, 7, 8], []])
     assert result["identical_count"] == 2 and result["n"] == 3
     assert result["token_agreement"] == pytest.approx((1 + 1 / 3 + 1) / 3)
+
+
+def test_share_mentioning_counts_whole_words_in_any_case():
+    texts = ["Be Creative!", "creatively so", "so creative.", "verbose"]
+    assert share_mentioning(texts, "creative") == 0.5
+    assert math.isnan(share_mentioning([], "creative"))
 
 
 # ---- Table 1 and the win-tie-lose figure from hand-made evaluation outputs -------------------
@@ -187,7 +194,8 @@ def test_analysis_end_to_end_produces_every_figure_and_the_report(tmp_path, tiny
                       ("verbose", "la", 2.0), ("creative", "base", None)}
     for point in ratio_data["points"]:
         assert point["n"] == 2 and 1 <= point["values"]["length_tokens"] <= 4 + 1
-        assert set(point["values"]) >= {p["key"] for p in ratio_data["panels"]}
+        assert set(point["values"]) >= {p["key"] for p in ratio_data["panels"]} | {
+            "mentions_preference"}
     t_data = json.loads((t_sweep / "sweep.json").read_text())
     assert sorted(p["ratio"] for p in t_data["points"]) == [0.0, amulet_ratio(60, 2, 2, 10)]
     for sweep in (ratio_sweep, t_sweep):
