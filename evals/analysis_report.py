@@ -10,7 +10,7 @@ from pathlib import Path
 from evals import analysis_k, analysis_sweep, analysis_table1
 from evals.errors import EvalError
 from evals.jsonl_store import write_text_atomic
-from evals.paper_results import PAPER_RM, PAPER_RM_LABEL, PERSONAL_DATASET
+from evals.paper_results import PAPER_METHODS, PAPER_RM, PAPER_RM_LABEL, PERSONAL_DATASET
 from evals.tables import to_markdown
 
 EXCERPT_CHARS = 400
@@ -96,12 +96,16 @@ def side_by_side_grid(responses_dir: Path, questions: int, settings: int) -> str
     parts = []
     directories = sorted(p for p in Path(responses_dir).glob("*/*/*") if p.is_dir())
     for directory in directories[:settings]:
-        methods = sorted(p.stem for p in directory.glob("*.json")
-                         if not p.name.endswith(".meta.json"))
+        found = {p.stem for p in directory.glob("*.json") if not p.name.endswith(".meta.json")}
+        methods = [m for m in PAPER_METHODS if m in found] + sorted(found - set(PAPER_METHODS))
         if len(methods) < 2:
             continue
         key = RunKey(*directory.relative_to(responses_dir).parts)
-        run = load_run(Path(responses_dir), key, methods)
+        try:
+            run = load_run(Path(responses_dir), key, methods)
+        except EvalError as exc:  # one unusable setting does not stop the report
+            parts.append(f"### {' / '.join(key.parts())}\n\nnot shown: {exc}\n")
+            continue
         asked = {item.index: item.question for item in run.items}
         texts = {i: {m: run.texts[m][i] for m in methods} for i in asked}
         parts.append(f"### {' / '.join(key.parts())}\n\n" + _side_by_side(asked, texts,

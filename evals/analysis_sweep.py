@@ -272,8 +272,14 @@ def plot_sweep(data: dict, path: Path) -> None:
     model = ", ".join(sorted({p["model"] for p in data["points"]}))
     dataset = ", ".join(sorted({p["dataset"] for p in data["points"]}))
     n = max(p["n"] for p in data["points"])
+    axis = AXES.get(data["axis"])
+    swept = ""
+    if axis is not None and axis.name != "ratio":
+        native = sorted({p["settings"][axis.field] for p in on_axis if axis.field in p["settings"]})
+        swept = f" ({axis.name} = {', '.join(f'{v:g}' for v in native)}, each at r = k)"
     fig.suptitle(f"Judge-free text indicators (descriptive, not quality scores) vs mixture "
-                 f"strength, swept by {data['axis']}: {model}, {dataset}, {n} questions\n"
+                 f"strength, swept by {data['axis']}{swept}: {model}, {dataset}, {n} "
+                 "questions\n"
                  f"top axis: CFG guidance_scale = implicit PAD w = 1 + r; Amulet(T=60, alpha="
                  f"lambda=2, eta=10) is r = 4.65", fontsize=10)
     # fixed margins: tight_layout would lay out 12 panels and their twin axes twice per save
