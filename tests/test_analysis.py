@@ -210,12 +210,19 @@ def test_analysis_end_to_end_produces_every_figure_and_the_report(tmp_path, tiny
         if "top-10)" not in name:  # every face but PAD's top-10 must give Amulet's tokens
             assert row["identical_count"] == 2, name
 
+    from config import RunConfig
+    from DecodingMethodsModels.runner import run
+
+    grid = tmp_path / "grid"
+    run(RunConfig(method="pref,la,amulet", model_name=str(tiny_model_dirs["llama"]),
+                  eval_data="two", data_dir=str(data_dir), pref_name="creative",
+                  output_dir=str(grid), max_new_tokens=4, device="cpu", dtype="float32"))
     results = tmp_path / "results"
     _hand_made_results(results)
     report = tmp_path / "report"
     assert analysis.main(["report", "--out", str(report), "--sweep", str(ratio_sweep),
                           str(t_sweep), "--results_dir", str(results), "--responses_dir",
-                          str(ratio_sweep / "responses" / "ratio=2"), "--identity",
+                          str(grid), "--identity",
                           str(identity / "identity.json")]) == 0
     text = (report / "report.md").read_text()
     figures = re.findall(r"!\[[^\]]*\]\(([^)]+)\)", text)
@@ -228,6 +235,10 @@ def test_analysis_end_to_end_produces_every_figure_and_the_report(tmp_path, tiny
     for question in QUESTIONS:
         assert question["question"] in text  # the side-by-side view
     assert "creative, la, r = 2" in text and "Token identity" in text
+    across_methods = text.split("the same questions across methods")[1]
+    assert "creative / tiny-llama / two" in across_methods
+    for method in ("pref", "la", "amulet"):
+        assert across_methods.count(f"- *{method}*: ") == 2
     capsys.readouterr()
 
 
