@@ -20,7 +20,7 @@ from pathlib import Path
 if __package__ in (None, ""):  # run as a script: make the repository root importable
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from evals.errors import EvalError  # noqa: E402
+from evals.errors import EvalError, exit_code  # noqa: E402
 
 
 def k_table_command(args) -> int:
@@ -208,7 +208,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """CLI entry point; user errors become one stderr line and exit code 1."""
+    """CLI entry point: an input error is one stderr line and exit code 2, a failure while
+    running one line and exit code 1."""
     from DecodingMethodsModels.errors import UserError
 
     args = build_parser().parse_args(argv)
@@ -216,7 +217,7 @@ def main(argv: list[str] | None = None) -> int:
         return args.handler(args)
     except (EvalError, UserError) as exc:
         print(f"error: {exc}", file=sys.stderr)
-        return 1
+        return exit_code(exc) if isinstance(exc, EvalError) else 2
     except KeyboardInterrupt:
         print("interrupted: finished runs are saved; rerun the same command to resume",
               file=sys.stderr)

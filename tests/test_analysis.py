@@ -15,7 +15,7 @@ from DecodingMethodsModels.combine import amulet_ratio, linear_alignment
 from evals import analysis, analysis_k, analysis_table1
 from evals.analysis_identity import agreement, implicit_pad_scores
 from evals.analysis_sweep import share_mentioning
-from evals.rm_evals import AVG_COLUMNS
+from evals.rm_table import AVG_COLUMNS
 from evals.tables import to_csv
 from evals.win_rate import TARGET_COLUMNS
 
@@ -243,7 +243,7 @@ def test_analysis_end_to_end_produces_every_figure_and_the_report(tmp_path, tiny
 
 
 def test_bad_inputs_are_one_line_errors(tmp_path, capsys):
-    assert analysis.main(["sweep", "--from_responses", str(tmp_path / "nowhere")]) == 1
-    assert analysis.main(["sweep", "--values", "1,x", "--out", str(tmp_path)]) == 1
+    assert analysis.main(["sweep", "--from_responses", str(tmp_path / "nowhere")]) == 2
+    assert analysis.main(["sweep", "--values", "1,x", "--out", str(tmp_path)]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 2 and all(line.startswith("error: ") for line in err)
