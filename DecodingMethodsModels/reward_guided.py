@@ -42,10 +42,10 @@ from .engine import (
     shared_prefix_length,
 )
 from .errors import UserError
+from .rg_config import DEFAULT_SAMPLE_TEMP
 from .sampling import SamplingSettings, choose_tokens
 
 MODES = ("greedy", "topk")
-DEFAULT_SAMPLE_TEMP = 0.7
 
 ScoreRule = Callable[[torch.Tensor, torch.Tensor, float], torch.Tensor]
 
@@ -85,6 +85,13 @@ class GuidedSettings:
             raise UserError(f"rm_batch_size must be at least 1, got {self.rm_batch_size}")
         if not self.eos_ids and not self.ignore_eos:
             raise UserError("no EOS ids given: pass the model's EOS ids or set ignore_eos")
+
+    @classmethod
+    def from_run(cls, run, max_new_tokens: int, eos_ids, pad_id: int, **options):
+        """Settings for one line of a run config (an rg_config.GuidedRunConfig)."""
+        temp = DEFAULT_SAMPLE_TEMP if run.sample_temp is None else run.sample_temp
+        return cls(weight=run.rm_weight, max_new_tokens=max_new_tokens, eos_ids=eos_ids,
+                   pad_id=pad_id, topk=run.topk, mode=run.mode, sample_temp=temp, **options)
 
 
 # ----- pure rules on the k candidates ---------------------------------------------------------
