@@ -57,16 +57,16 @@ def load_reward_model(name: str, device: str, dtype: str, trust_remote_code: boo
         AutoModelForSequenceClassification, source, dtype=resolve_dtype(dtype, device),
         trust_remote_code=trust_remote_code,
     )
-    if model.config.num_labels != 1:
-        raise UserError(
-            f"the reward model {name!r} has {model.config.num_labels} labels: ARGS needs a "
-            "sequence classifier with one scalar output (num_labels 1)"
-        )
     head = _module_name(model, getattr(model, "score", None))
     if head is not None and f"{head}.weight" in info["missing_keys"]:
         raise UserError(
             f"the reward model {name!r} has no reward head in its checkpoint ({head}.weight is "
             "missing): it is not a trained reward model"
+        )
+    if model.config.num_labels != 1:
+        raise UserError(
+            f"the reward model {name!r} has {model.config.num_labels} labels: ARGS needs a "
+            "sequence classifier with one scalar output (num_labels 1)"
         )
     return model.to(device).eval()
 
