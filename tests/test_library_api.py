@@ -405,3 +405,17 @@ def test_personalise_refuses_unknown_methods_settings_and_inputs(tiny_with_token
         personalise(model, tokenizer, "Hi")
     with pytest.raises(UserError, match="empty preference"):
         personalise(model, tokenizer, ["Hi"], preference="  ")
+
+
+# ----- evals/library_bench.py -------------------------------------------------------------------
+
+
+def test_library_bench_times_every_path_and_all_give_the_engine_tokens(models, prompts):
+    from evals.library_bench import bench, markdown_table
+
+    pref, base = prompts
+    rows = bench(models["llama"], pref, base, steps=4, pad_id=PAD, repeats=1)
+    assert len(rows) == 5 and all(r["tokens"] == 4 * len(pref) for r in rows)
+    assert [r["same_tokens"] for r in rows[1:]] == [f"{len(pref)}/{len(pref)}"] * 4
+    table = markdown_table(rows)
+    assert table.count("\n") == len(rows) + 1 and "HF CFG" in table
