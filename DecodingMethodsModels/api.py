@@ -29,6 +29,7 @@ from .loading import eos_token_ids, pad_token_id
 from .penalties import Penalties
 from .processors import PAPER
 from .prompts import PREFERENCE_NAMES, encode_prompt, preference_sentence, template_accepts_system
+from .runner import decode_response
 from .sampling import SamplingSettings
 
 # Method name -> the settings its rule takes, with the paper's values.
@@ -107,8 +108,7 @@ def personalise(
         base = [encode_prompt(tokenizer, q, "", system_role) for q in batch]
         result = decode_two_prompts(model, pref, base, rule, max_new_tokens, eos_ids, pad_id,
                                     sampling, generator)
-        texts += [tokenizer.decode(ids, skip_special_tokens=True).strip()
-                  for ids in result.token_ids]
+        texts += [decode_response(tokenizer, ids, eos_ids) for ids in result.token_ids]
     return texts
 
 

@@ -118,7 +118,8 @@ class TwoPromptProcessor(LogitsProcessor):
         return combined
 
     def _continues(self, input_ids: torch.Tensor) -> torch.Tensor | None:
-        """The beam sources of this call if it continues the previous one, else None."""
+        """The beam sources of this call if it continues the previous one; None if it starts a
+        new generation (another batch, prompt or length)."""
         if self.prompt is None or input_ids.shape[0] != self.prompt.shape[0]:
             return None
         width = self.prompt.shape[1]
@@ -126,7 +127,12 @@ class TwoPromptProcessor(LogitsProcessor):
             return None
         if not torch.equal(input_ids[:, :width], self.prompt):
             return None
-        return beam_sources(self.generated, input_ids[:, width:], self.beams)
+        sources = beam_sources(self.generated, input_ids[:, width:], self.beams)
+        if sources is None:  # one token further on the same prompts, yet no row continues
+            raise ValueError(
+                "generate's rows no longer extend the previous step's; this processor follows "
+                "greedy, sampling and beam search, not rows rewritten in place")
+        return sources
 
     def _extra_logits(self, input_ids: torch.Tensor) -> torch.Tensor:
         sources = self._continues(input_ids)

@@ -142,6 +142,21 @@ def test_a_processor_reused_for_a_second_generate_call_starts_afresh(models, pro
     assert generate_new_tokens(model, pref[:1], solo) == first[:1]
 
 
+def test_rows_rewritten_in_place_are_refused_not_silently_misread(models, prompts):
+    model = models["llama"]
+    pref, base = prompts
+    processor = processor_for(model, base, la_rule(2.0))
+    ids, _ = padded(pref)
+    vocab = model.config.vocab_size
+    with torch.no_grad():
+        processor(ids, torch.zeros(len(pref), vocab))
+        step_one = torch.cat([ids, torch.full((len(pref), 1), 7)], dim=1)
+        processor(step_one, torch.zeros(len(pref), vocab))
+        rewritten = torch.cat([ids, torch.full((len(pref), 2), 8)], dim=1)  # 7 became 8
+        with pytest.raises(ValueError, match="no longer extend"):
+            processor(rewritten, torch.zeros(len(pref), vocab))
+
+
 # ----- beam search: the base caches follow the beams --------------------------------------------
 
 
