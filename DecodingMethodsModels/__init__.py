@@ -1,1 +1,32 @@
-"""Decoding methods of the Amulet reproduction: math, engine, loading, prompts and I/O."""
+"""Decoding methods of the Amulet reproduction: math, engine, loading, prompts and I/O.
+
+The public library API (README, "Use it as a library"), imported on first use so that the
+CLI's argument checks never wait for torch:
+
+- `AmuletProcessor`, `LinearAlignmentProcessor`, `TwoPromptProcessor`: logits processors for
+  `model.generate(pref_ids, logits_processor=[...])` (processors.py);
+- `amulet_generate`, `la_generate`: the stacked engine as `model.generate(custom_generate=...)`;
+- `personalise`: answers to a list of questions for a preference, as strings (api.py);
+- `amulet_rule`, `la_rule`, `decode_two_prompts`: the pure rules and the engine themselves.
+"""
+
+from importlib import import_module
+
+_PUBLIC = {
+    "AmuletProcessor": "processors",
+    "LinearAlignmentProcessor": "processors",
+    "TwoPromptProcessor": "processors",
+    "amulet_generate": "api",
+    "la_generate": "api",
+    "personalise": "api",
+    "amulet_rule": "combine",
+    "la_rule": "combine",
+    "decode_two_prompts": "engine",
+}
+__all__ = sorted(_PUBLIC)
+
+
+def __getattr__(name: str):
+    if name in _PUBLIC:
+        return getattr(import_module(f".{_PUBLIC[name]}", __name__), name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

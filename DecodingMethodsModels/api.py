@@ -1,0 +1,215 @@
+"""The Python API around the two-prompt engine: `personalise` for a list of questions, and the
+engine as `model.generate(custom_generate=amulet_generate | la_generate, ...)`.
+
+Both run engine.decode_two_prompts (one stacked forward for both prompts per step) with the
+rules of combine.py; the logits processors of processors.py are the other way in, for
+whatever `generate` itself does (beam search, streamers, any stopping criteria).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+from transformers import (
+    EosTokenCriteria,
+    MaxLengthCriteria,
+    NoRepeatNGramLogitsProcessor,
+    RepetitionPenaltyLogitsProcessor,
+    TemperatureLogitsWarper,
+    TopKLogitsWarper,
+    TopPLogitsWarper,
+)
+from transformers.generation.utils import GenerateDecoderOnlyOutput
+
+from .combine import CombineRule, amulet_rule, la_rule
+from .engine import decode_two_prompts, model_input_device
+from .errors import UserError
+from .loading import eos_token_ids, pad_token_id
+from .penalties import Penalties
+from .processors import PAPER
+from .prompts import PREFERENCE_NAMES, encode_prompt, preference_sentence, template_accepts_system
+from .runner import decode_response
+from .sampling import SamplingSettings
+
+# Method name -> the settings its rule takes, with the paper's values.
+METHOD_SETTINGS: dict[str, dict] = {
+    "la": {"ratio": PAPER.reinforce_ratio},
+    "amulet": {"iterations": PAPER.iteration_num, "alpha": PAPER.alpha,
+               "player_lambda": PAPER.player_lambda, "eta": PAPER.eta,
+               "solver": PAPER.amulet_solver},
+    # Extension point (issue 14): "pad_implicit" (weight, topk) once reward_guided.py is merged.
+}
+
+
+def method_rule(method: str, **settings) -> CombineRule:
+    """The combine rule of `method` ("la" or "amulet") with `settings` over the paper's values."""
+    if method not in METHOD_SETTINGS:
+        raise UserError(f"unknown method {method!r}; the library offers {sorted(METHOD_SETTINGS)}")
+    unknown = sorted(set(settings) - set(METHOD_SETTINGS[method]))
+    if unknown:
+        raise UserError(f"{method} takes no setting {unknown}; it takes "
+                        f"{sorted(METHOD_SETTINGS[method])}")
+    values = {**METHOD_SETTINGS[method], **settings}
+    if method == "la":
+        return la_rule(values["ratio"])
+    return amulet_rule(values["iterations"], values["alpha"], values["player_lambda"],
+                       values["eta"], values["solver"])
+
+
+def preference_text(preference: str) -> str:
+    """The sentence for the system prompt: a named preference's sentence, or free text as is."""
+    if preference in PREFERENCE_NAMES:
+        return preference_sentence(preference)
+    if not preference.strip():
+        raise UserError(f"empty preference; give one of {PREFERENCE_NAMES} or a sentence")
+    return preference
+
+
+def personalise(
+    model,
+    tokenizer,
+    questions: Sequence[str],
+    preference: str = "creative",
+    method: str = "amulet",
+    *,
+    max_new_tokens: int = 128,
+    batch_size: int = 8,
+    do_sample: bool = False,
+    temperature: float = 1.0,
+    top_k: int | None = None,
+    top_p: float = 1.0,
+    seed: int = 0,
+    **settings,
+) -> list[str]:
+    """Answers to `questions` personalised for `preference`, one string per question.
+
+    `preference` is one of the paper's names ("creative", "concise", ...) or any sentence for
+    the system prompt. `method` "amulet" (settings iterations, alpha, player_lambda, eta,
+    solver) or "la" (ratio); unset settings take the paper's values. Prompts are the CLI's
+    (prompts.encode_prompt, with and without the preference); questions go through the engine
+    in batches of `batch_size`; decoding stops at any of the model's EOS ids.
+    """
+    if isinstance(questions, str):
+        raise UserError("questions must be a list of strings, not one string")
+    rule = method_rule(method, **settings)
+    sentence = preference_text(preference)
+    system_role = template_accepts_system(tokenizer)
+    eos_ids = eos_token_ids(model, tokenizer)
+    pad_id = pad_token_id(tokenizer, eos_ids)
+    sampling = SamplingSettings(do_sample, temperature, top_k, top_p)
+    generator = None
+    if do_sample:
+        generator = torch.Generator(device=model_input_device(model)).manual_seed(seed)
+    texts = []
+    for start in range(0, len(questions), batch_size):
+        batch = questions[start: start + batch_size]
+        pref = [encode_prompt(tokenizer, q, sentence, system_role) for q in batch]
+        base = [encode_prompt(tokenizer, q, "", system_role) for q in batch]
+        result = decode_two_prompts(model, pref, base, rule, max_new_tokens, eos_ids, pad_id,
+                                    sampling, generator)
+        texts += [decode_response(tokenizer, ids, eos_ids) for ids in result.token_ids]
+    return texts
+
+
+# ----- the engine as generate(custom_generate=...) --------------------------------------------
+
+_SAMPLING_WARPERS = (TemperatureLogitsWarper, TopKLogitsWarper, TopPLogitsWarper)
+_PENALTIES = (RepetitionPenaltyLogitsProcessor, NoRepeatNGramLogitsProcessor)
+
+
+def _unpadded(ids: torch.Tensor, mask: torch.Tensor | None) -> list[list[int]]:
+    """Rows of left-padded ids without their padding."""
+    if mask is None:
+        return ids.tolist()
+    return [row[m.bool()].tolist() for row, m in zip(ids, mask, strict=True)]
+
+
+def _engine_options(logits_processor, stopping_criteria, config) -> tuple:
+    """SamplingSettings and Penalties from a prepared `generate` call, or a ValueError naming
+    what the engine cannot do (it owns the loop: other processors and criteria never run)."""
+    if config.num_beams > 1:
+        raise ValueError("the two-prompt engine does not do beam search: pass AmuletProcessor "
+                         "or LinearAlignmentProcessor in logits_processor instead")
+    for processor in logits_processor:
+        if not isinstance(processor, _SAMPLING_WARPERS + _PENALTIES):
+            raise ValueError(
+                f"custom_generate runs the two-prompt engine, which cannot apply "
+                f"{type(processor).__name__}; use the logits processors of this package instead")
+    for criterion in stopping_criteria:
+        if not isinstance(criterion, (MaxLengthCriteria, EosTokenCriteria)):
+            raise ValueError(
+                f"custom_generate runs the two-prompt engine, which stops at max_new_tokens and "
+                f"EOS only, not at {type(criterion).__name__}")
+    sampling = SamplingSettings(bool(config.do_sample), config.temperature or 1.0,
+                                config.top_k or None, config.top_p or 1.0)
+    penalties = Penalties(config.repetition_penalty or 1.0, config.no_repeat_ngram_size or 0)
+    return sampling, penalties
+
+
+def _ids_list(value) -> list[int]:
+    if value is None:
+        return []
+    if torch.is_tensor(value):
+        return value.flatten().tolist()
+    return [value] if isinstance(value, int) else list(value)
+
+
+def _engine_generate(model, input_ids, logits_processor, stopping_criteria, generation_config,
+                     base_ids, base_attention_mask, rule: CombineRule, model_kwargs: dict):
+    """Decode `generate`'s prepared call with the engine; returns what `generate` would."""
+    if base_ids is None:
+        raise ValueError("pass base_ids (the base prompts, with base_attention_mask) to generate")
+    sampling, penalties = _engine_options(logits_processor, stopping_criteria, generation_config)
+    pref = _unpadded(input_ids, model_kwargs.get("attention_mask"))
+    base = (_unpadded(base_ids, base_attention_mask) if torch.is_tensor(base_ids)
+            else [list(row) for row in base_ids])
+    if len(pref) % len(base):
+        raise ValueError(f"{len(pref)} prompts for {len(base)} base prompts: give one base "
+                         "prompt per prompt")
+    copies = len(pref) // len(base)  # num_return_sequences
+    base = [row for row in base for _ in range(copies)]
+    eos_ids = _ids_list(generation_config.eos_token_id)
+    pad = _ids_list(generation_config.pad_token_id)
+    pad_id = pad[0] if pad else eos_ids[0]
+    max_new_tokens = generation_config.max_length - input_ids.shape[1]
+    result = decode_two_prompts(model, pref, base, rule, max_new_tokens, eos_ids, pad_id,
+                                sampling, None, penalties=penalties)
+    width = max(len(row) for row in result.token_ids)
+    new = torch.full((len(pref), width), pad_id, dtype=torch.long)
+    for i, row in enumerate(result.token_ids):
+        new[i, : len(row)] = torch.tensor(row, dtype=torch.long)
+    sequences = torch.cat([input_ids, new.to(input_ids.device)], dim=1)
+    if generation_config.return_dict_in_generate:
+        return GenerateDecoderOnlyOutput(sequences=sequences)
+    return sequences
+
+
+def amulet_generate(model, input_ids, logits_processor, stopping_criteria, generation_config,
+                    base_ids=None, base_attention_mask=None,
+                    iterations: int = PAPER.iteration_num, alpha: float = PAPER.alpha,
+                    player_lambda: float = PAPER.player_lambda, eta: float = PAPER.eta,
+                    solver: str = PAPER.amulet_solver, **model_kwargs) -> torch.Tensor:
+    """Amulet by the stacked engine, for `model.generate(custom_generate=amulet_generate, ...)`.
+
+    Call `model.generate(pref_ids, attention_mask=..., custom_generate=amulet_generate,
+    base_ids=..., base_attention_mask=..., max_new_tokens=..., [iterations=..., alpha=...,
+    player_lambda=..., eta=..., solver=...])`; `generate` hands the extra keywords to this
+    function. Greedy or sampling (temperature, top_k, top_p, under torch.manual_seed),
+    repetition_penalty and no_repeat_ngram_size (on the combined scores, as the CLI). No beam
+    search, other processors or stopping criteria (the engine owns the loop: a ValueError says
+    so), and a streamer passed to `generate` receives the prompt only.
+    """
+    rule = amulet_rule(iterations, alpha, player_lambda, eta, solver)
+    return _engine_generate(model, input_ids, logits_processor, stopping_criteria,
+                            generation_config, base_ids, base_attention_mask, rule, model_kwargs)
+
+
+def la_generate(model, input_ids, logits_processor, stopping_criteria, generation_config,
+                base_ids=None, base_attention_mask=None, ratio: float = PAPER.reinforce_ratio,
+                **model_kwargs) -> torch.Tensor:
+    """Linear Alignment by the stacked engine, for `model.generate(custom_generate=la_generate)`;
+    as `amulet_generate`, with the one setting `ratio`."""
+    return _engine_generate(model, input_ids, logits_processor, stopping_criteria,
+                            generation_config, base_ids, base_attention_mask, la_rule(ratio),
+                            model_kwargs)

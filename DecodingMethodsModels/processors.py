@@ -1,0 +1,203 @@
+"""LA and Amulet as logits processors: `model.generate(pref_ids, logits_processor=[p])`.
+
+`generate` runs the preference prompt as usual; the processor runs the second (base) prompt
+through the same model with a KV cache of its own, one new token per step after a prefill, and
+returns `combine(log p_pref, log p_base)` from the project's pure rules (combine.py), both
+log-softmaxed in fp32 here. Whatever `generate` does with those scores afterwards is its own:
+temperature, top-k and top-p warpers (which it applies after user processors), sampling, beam
+search, stopping criteria, streamers.
+
+Beam search: `generate` hands a processor `input_ids` of batch * num_beams rows and reorders the
+beams between steps without telling it. Each call finds, for every row, the row of the previous
+call whose tokens it extends (`beam_sources`) and reorders the base cache to match; rows of one
+question share a base prompt, so only the cache moves.
+
+This costs one extra forward of one token per row per step, like transformers' own
+`guidance_scale` CFG; the stacked engine (engine.decode_two_prompts, also reachable through
+`model.generate(custom_generate=...)`, see api.py) does both prompts in one forward.
+
+Extension point (issue 14): the reward-guided methods (reward_guided.py, ARGS and PAD) get
+their processors here once that engine is merged. Implicit PAD fits `TwoPromptProcessor` as it
+is: `generate` reads the base prompt, the extra prompt is the preference prompt, and the rule
+is PAD's score over the top-k candidates of the base scores (reward_guided.pad_scores, written
+back into a (rows, V) tensor of -inf). PAD with a separate PersRM is the same with
+`model=persrm` and `extra_ids` = the generate prompt itself. ARGS needs a reward-model cache of
+k rows per beam row, reordered to the chosen candidate: a class of its own beside these.
+"""
+
+from __future__ import annotations
+
+import torch
+from transformers import DynamicCache, LogitsProcessor
+
+from .combine import CombineRule, amulet_rule, la_rule
+from .engine import NonFiniteScoresError, _forward_kwargs, model_input_device, select_cache_rows
+from .methods import DecodeSettings
+from .sampling import unusable_rows
+
+# The paper's settings (PROTOCOL.md), as the CLI's defaults, for every entry point of the API.
+PAPER = DecodeSettings(max_new_tokens=1, eos_ids=[], pad_id=0)
+
+
+def beam_sources(previous: torch.Tensor, current: torch.Tensor, beams: int) -> torch.Tensor | None:
+    """For each row of `current`, the row of `previous` whose tokens it extends by one.
+
+    `previous` (R, n) and `current` (R, n + 1) hold the generated tokens of R = Q * beams rows,
+    rows q * beams ... (q + 1) * beams - 1 belonging to question q; a row is searched for among
+    its own question's rows only, and the first match is taken (rows with equal tokens have
+    equal caches). Returns a (R,) long index into `previous`, or None if some row extends none.
+    """
+    rows, length = previous.shape
+    if current.shape != (rows, length + 1) or rows % beams:
+        return None
+    questions = rows // beams
+    before = previous.view(questions, 1, beams, length)
+    now = current[:, :length].reshape(questions, beams, 1, length)
+    extends = (now == before).all(dim=-1)  # (Q, beams now, beams before)
+    if not bool(extends.any(dim=-1).all()):
+        return None
+    first = extends.int().argmax(dim=-1)  # (Q, beams): the first matching earlier beam
+    offsets = torch.arange(questions, device=first.device).unsqueeze(-1) * beams
+    return (first + offsets).flatten()
+
+
+def _as_batch(ids, attention_mask) -> tuple[torch.Tensor, torch.Tensor]:
+    """Prompt ids (Q, L) and mask (Q, L) from a tensor (mask defaults to ones) or id lists."""
+    if not torch.is_tensor(ids):
+        from .engine import left_pad
+
+        if attention_mask is not None:
+            raise ValueError("pass an attention mask only with a tensor of prompt ids")
+        return left_pad([list(row) for row in ids], 0)
+    ids = ids if ids.dim() == 2 else ids.unsqueeze(0)
+    mask = torch.ones_like(ids) if attention_mask is None else attention_mask
+    mask = mask if mask.dim() == 2 else mask.unsqueeze(0)
+    if mask.shape != ids.shape:
+        raise ValueError(
+            f"attention mask {tuple(mask.shape)} does not match ids {tuple(ids.shape)}")
+    return ids.long(), mask.long()
+
+
+class TwoPromptProcessor(LogitsProcessor):
+    """Scores of `generate`'s prompt combined with those of a second prompt, rule given.
+
+    `extra_ids` (Q, L) with `extra_attention_mask` (left padding), or a list of Q id lists, is
+    the second prompt of each of the Q questions of the `generate` call, in the same order.
+    `rule(own_logprobs, extra_logprobs) -> scores` takes fp32 (rows, V) log-probs: for LA and
+    Amulet `generate` reads the preference prompt and the extra prompt is the base prompt.
+    One processor serves one `generate` call at a time; a new call (another prompt or length)
+    starts afresh, so it can be reused.
+    """
+
+    def __init__(self, model, extra_ids, rule: CombineRule, extra_attention_mask=None):
+        self.model = model
+        self.rule = rule
+        self.extra_ids, self.extra_mask = _as_batch(extra_ids, extra_attention_mask)
+        self._forward_extra = _forward_kwargs(model)
+        self._reset()
+
+    def _reset(self) -> None:
+        self.cache = None
+        self.prompt: torch.Tensor | None = None  # (R, P) generate's prompt rows
+        self.generated: torch.Tensor | None = None  # (R, n) tokens generated so far
+        self.mask: torch.Tensor | None = None  # (R, L + n) the extra rows' attention mask
+        self.next_position: torch.Tensor | None = None  # (R,)
+        self.beams = 1
+
+    def __call__(self, input_ids: torch.LongTensor, scores: torch.Tensor) -> torch.Tensor:
+        # Greedy and sampling hand over raw logits, beam search log-softmaxed ones:
+        # log_softmax is idempotent, so both become the same fp32 log-probs.
+        own = torch.log_softmax(scores.float(), dim=-1)  # (R, V)
+        with torch.no_grad():
+            extra = torch.log_softmax(self._extra_logits(input_ids).float(), dim=-1)
+        combined = self.rule(own, extra.to(own.device))
+        bad = unusable_rows(combined)
+        if bool(bad.any()):
+            rows = bad.nonzero().flatten().tolist()
+            raise NonFiniteScoresError(f"NaN or no finite score for batch rows {rows}")
+        return combined
+
+    def _continues(self, input_ids: torch.Tensor) -> torch.Tensor | None:
+        """The beam sources of this call if it continues the previous one; None if it starts a
+        new generation (another batch, prompt or length)."""
+        if self.prompt is None or input_ids.shape[0] != self.prompt.shape[0]:
+            return None
+        width = self.prompt.shape[1]
+        if input_ids.shape[1] != width + self.generated.shape[1] + 1:
+            return None
+        if not torch.equal(input_ids[:, :width], self.prompt):
+            return None
+        sources = beam_sources(self.generated, input_ids[:, width:], self.beams)
+        if sources is None:  # one token further on the same prompts, yet no row continues
+            raise ValueError(
+                "generate's rows no longer extend the previous step's; this processor follows "
+                "greedy, sampling and beam search, not rows rewritten in place")
+        return sources
+
+    def _extra_logits(self, input_ids: torch.Tensor) -> torch.Tensor:
+        sources = self._continues(input_ids)
+        if sources is None:
+            return self._prefill(input_ids)
+        width = self.prompt.shape[1]
+        if not torch.equal(sources, torch.arange(len(sources), device=sources.device)):
+            select_cache_rows(self.cache, sources)
+        self.generated = input_ids[:, width:].clone()
+        device = self.mask.device
+        self.mask = torch.cat([self.mask, self.mask.new_ones((self.mask.shape[0], 1))], dim=1)
+        out = self.model(
+            input_ids=input_ids[:, -1:].to(device), attention_mask=self.mask,
+            position_ids=self.next_position.unsqueeze(-1), past_key_values=self.cache,
+            use_cache=True, **self._forward_extra,
+        )
+        self.next_position = self.next_position + 1
+        return out.logits[:, -1, :]
+
+    def _prefill(self, input_ids: torch.Tensor) -> torch.Tensor:
+        """A new generation: encode the extra prompts, one copy per row of `input_ids`."""
+        self._reset()
+        questions = self.extra_ids.shape[0]
+        if input_ids.shape[0] % questions:
+            raise ValueError(
+                f"generate has {input_ids.shape[0]} rows for {questions} extra prompts: pass one "
+                "extra prompt per prompt of the generate call"
+            )
+        self.beams = input_ids.shape[0] // questions  # num_beams or num_return_sequences
+        device = model_input_device(self.model)
+        ids = self.extra_ids.repeat_interleave(self.beams, dim=0).to(device)  # (R, L)
+        mask = self.extra_mask.repeat_interleave(self.beams, dim=0).to(device)  # (R, L)
+        positions = (mask.cumsum(-1) - 1).clamp(min=0)  # left padding: real tokens from 0
+        self.cache = DynamicCache()
+        out = self.model(input_ids=ids, attention_mask=mask, position_ids=positions,
+                         past_key_values=self.cache, use_cache=True, **self._forward_extra)
+        self.mask = mask
+        self.next_position = mask.sum(-1)  # (R,)
+        self.prompt = input_ids.clone()
+        self.generated = input_ids[:, input_ids.shape[1]:].clone()  # (R, 0)
+        return out.logits[:, -1, :]
+
+
+class LinearAlignmentProcessor(TwoPromptProcessor):
+    """Linear Alignment inside `generate`: `log p_pref + ratio (log p_pref - log p_base)`.
+
+    `generate` reads the preference prompts; `base_ids` (with `base_attention_mask`) are the
+    base prompts of the same questions. The scores are not renormalised (as transformers' CFG).
+    """
+
+    def __init__(self, model, base_ids, base_attention_mask=None,
+                 ratio: float = PAPER.reinforce_ratio):
+        super().__init__(model, base_ids, la_rule(ratio), base_attention_mask)
+
+
+class AmuletProcessor(TwoPromptProcessor):
+    """Amulet inside `generate`: T FTRL iterations per token (PROTOCOL.md section 3).
+
+    `generate` reads the preference prompts; `base_ids` (with `base_attention_mask`) are the
+    base prompts of the same questions. `solver` "closed_form" or "iterative" (same tokens).
+    """
+
+    def __init__(self, model, base_ids, base_attention_mask=None,
+                 iterations: int = PAPER.iteration_num, alpha: float = PAPER.alpha,
+                 player_lambda: float = PAPER.player_lambda, eta: float = PAPER.eta,
+                 solver: str = PAPER.amulet_solver):
+        rule = amulet_rule(iterations, alpha, player_lambda, eta, solver)
+        super().__init__(model, base_ids, rule, base_attention_mask)
