@@ -23,13 +23,13 @@ from transformers import (
 from transformers.generation.utils import GenerateDecoderOnlyOutput
 
 from .combine import CombineRule, amulet_rule, la_rule
+from .decode import decode_response
 from .engine import decode_two_prompts, model_input_device
 from .errors import UserError
 from .loading import eos_token_ids, pad_token_id
 from .penalties import Penalties
 from .processors import PAPER
 from .prompts import PREFERENCE_NAMES, encode_prompt, preference_sentence, template_accepts_system
-from .runner import decode_response
 from .sampling import SamplingSettings
 
 # Method name -> the settings its rule takes, with the paper's values.

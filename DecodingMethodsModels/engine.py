@@ -56,6 +56,7 @@ class NonFiniteScoresError(RuntimeError):
 @dataclass
 class DecodeResult:
     token_ids: list[list[int]]  # generated ids per question, ending EOS included
+    steps: int = 0  # forward passes after the prefill, where the decoder counts them
 
 
 def left_pad(rows: list[list[int]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
