@@ -126,3 +126,21 @@ def reference(tmp_path_factory, model, data) -> bytes:
     from cli_helpers import reference_output
 
     return reference_output(tmp_path_factory, model, data)
+
+
+def sharpened_models(tiny_model_dirs: dict, families, factor: float = 10.0) -> dict:
+    """The tiny models of `families` in fp32 with every 2-D weight scaled by `factor`, so their
+    next-token distributions depend on the prompt and their top scores are far apart compared
+    with fp32 noise between code paths."""
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    loaded = {}
+    for family in families:
+        model = AutoModelForCausalLM.from_pretrained(tiny_model_dirs[family], dtype=torch.float32)
+        with torch.no_grad():
+            for weight in model.parameters():
+                if weight.dim() == 2:
+                    weight.mul_(factor)
+        loaded[family] = model.eval()
+    return loaded

@@ -55,17 +55,9 @@ def tokenizer(smol_tokenizer_dir):
 
 @pytest.fixture(scope="module")
 def models(tiny_model_dirs) -> dict:
-    from transformers import AutoModelForCausalLM
+    from conftest import sharpened_models
 
-    loaded = {}
-    for family in FAMILIES:
-        model = AutoModelForCausalLM.from_pretrained(tiny_model_dirs[family], dtype=torch.float32)
-        with torch.no_grad():
-            for weight in model.parameters():
-                if weight.dim() == 2:
-                    weight.mul_(SHARPEN)
-        loaded[family] = model.eval()
-    return loaded
+    return sharpened_models(tiny_model_dirs, FAMILIES, SHARPEN)
 
 
 @pytest.fixture(scope="module")
