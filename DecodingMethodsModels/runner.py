@@ -80,6 +80,10 @@ def load_and_check(config, process: Process, todo: list[Work]) -> tuple[Decoder,
 
         hf_logging.disable_progress_bar()
         hf_logging.set_verbosity_error()
+    if config.num_threads is not None:
+        import torch
+
+        torch.set_num_threads(config.num_threads)
     source = resolve_model(config.model_name)
     restrict_gpus(process, config.multi_gpu, config.device)
     device = rank_device(resolve_device(config.device), process, config.multi_gpu)

@@ -279,11 +279,11 @@ def build_parser() -> argparse.ArgumentParser:
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
     data = parser.add_argument_group("responses (omit a filter to take every value found)")
-    data.add_argument("--output_dir", default="responses/")
+    data.add_argument("--output_dir", default="responses/", help="root of main.py's outputs")
     data.add_argument("--pref_name", default=None, help="preference name(s), comma separated")
     data.add_argument("--model_name", default=None, help="model short name(s), comma separated")
     data.add_argument("--eval_data", default=None, help="dataset name(s), comma separated")
-    data.add_argument("--methods", default=",".join(DEFAULT_METHODS))
+    data.add_argument("--methods", default=",".join(DEFAULT_METHODS), help="comma list")
     rm = parser.add_argument_group("reward model")
     rm.add_argument("--rm_name", default="RLHFlow/ArmoRM-Llama3-8B-v0.1",
                     help="hub id or local directory")
@@ -292,17 +292,31 @@ def build_parser() -> argparse.ArgumentParser:
     rm.add_argument("--rm_dimension", type=_dimension, default=None,
                     help="ArmoRM head index (default 6: instruction following) or 'score' "
                          "for the gated score; for other models the logit index (default 0)")
-    rm.add_argument("--batch_size", type=int, default=8)
+    rm.add_argument("--batch_size", type=int, default=8, help="conversations per forward pass")
     rm.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1, ...")
     rm.add_argument("--dtype", default="auto", help="auto (bf16 on GPU, fp32 on CPU), ...")
+    rm.add_argument("--num_threads", type=int, default=None,
+                    help="torch CPU threads (None: torch's choice); 1 is often much faster on "
+                    "a shared or busy machine")
     rm.add_argument("--max_length", type=int, default=None,
-                    help="context limit in tokens (default: the model's)")
+                    help="context limit in tokens (None: the model's)")
     rm.add_argument("--strict_length", action="store_true",
                     help="fail on a too-long conversation instead of skipping it")
     out = parser.add_argument_group("outputs")
-    out.add_argument("--results_dir", default="results/")
-    out.add_argument("--no_progress", action="store_true")
+    out.add_argument("--results_dir", default="results/", help="score files and tables")
+    out.add_argument("--no_progress", action="store_true", help="no progress bar")
     return parser
+
+
+def set_threads(count: int | None) -> None:
+    """torch.set_num_threads(count), unless None (torch's default)."""
+    if count is None:
+        return
+    if count < 1:
+        raise EvalError(f"--num_threads must be >= 1, got {count}")
+    import torch
+
+    torch.set_num_threads(count)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -310,6 +324,7 @@ def main(argv: list[str] | None = None) -> int:
     scoring exit code 1."""
     args = build_parser().parse_args(argv)
     try:
+        set_threads(args.num_threads)
         config = RmEvalConfig(
             output_dir=Path(args.output_dir), results_dir=Path(args.results_dir),
             methods=tuple(split_methods(args.methods)),
