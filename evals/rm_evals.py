@@ -184,6 +184,9 @@ def evaluate_rm(config: RmEvalConfig) -> dict:
     """Score every selected setting and write the tables; returns them as row lists."""
     runs = select_runs(config)
     loaded = [load_run(config.output_dir, run, list(config.methods)) for run in runs]
+    from evals.reward_model import check_fetchable
+
+    check_fetchable(config.rm_name)
     from transformers.utils import logging as hf_logging  # after input checks: slow import
 
     bars_were_on = hf_logging.is_progress_bar_enabled()
