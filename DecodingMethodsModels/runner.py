@@ -4,6 +4,11 @@ once, decode batch by batch with resumable partial results, and write the final 
 Order matters for the promises main.py makes: every input (output directory, model name,
 datasets, partial files of an earlier configuration, prompt lengths) is checked before anything
 is written, and the output directory before any weights are loaded.
+
+The stages live in their own modules, in pipeline order: plan.py (the runs, their fingerprints,
+what is already on disk, the batches), encode.py (prompts as token ids, checked against the
+context), decode.py (the decode settings and each rank's batches into partial files) and
+assemble.py (the partial files of every rank into final files). This module is the glue.
 """
 
 from __future__ import annotations
