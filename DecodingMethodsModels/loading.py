@@ -56,12 +56,18 @@ def resolve_model(model_name: str) -> ModelSource:
         return ModelSource(str(local.resolve()), None, local.resolve().name)
     if model_name.startswith((".", "/", "~")) or model_name.count("/") > 1:
         raise UserError(f"model directory not found: {model_name}")
-    # offline, a hub id fails now, in seconds, instead of after a minute of retries
-    missing = offline_and_not_cached(model_name)
-    if missing:
-        raise UserError(f"cannot load model {model_name!r}: not a local model directory or "
-                        f".gguf file, and {missing}")
     return ModelSource(model_name, None, model_name.rstrip("/").split("/")[-1])
+
+
+def check_fetchable(source: ModelSource) -> None:
+    """Offline, a hub id that is not in the local cache fails now, in seconds, instead of after
+    a minute of retries (a local file or directory is left to the loaders)."""
+    if source.gguf_file or Path(source.path).is_dir():
+        return
+    missing = offline_and_not_cached(source.path)
+    if missing:
+        raise UserError(f"cannot load model {source.path!r}: not a local model directory or "
+                        f".gguf file, and {missing}")
 
 
 def resolve_dtype(dtype: str, device: str):

@@ -55,12 +55,14 @@ def run(config) -> list[Path]:
 def plan_work(config, process: Process) -> list[Work]:
     """Validate what needs no model (output directory, model name, datasets, partial files)
     and list the runs left to do."""
-    from .loading import resolve_model
+    from .loading import check_fetchable, resolve_model
 
     check_writable(config.output_dir)
     source = resolve_model(config.model_name)
     check_model_source(source)
     runs = plan_runs(config, source.short_name)
+    if config.overwrite or not all(r.final_path.exists() for r in runs):
+        check_fetchable(source)  # the model will be needed: offline, say so in seconds
     todo, complete = select_todo(config, runs, source.short_name)
     if complete:
         _printer(process)(f"{complete} of {len(runs)} runs already complete: skipped")
