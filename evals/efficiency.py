@@ -9,7 +9,7 @@ and the combination step alone on random log-probs, measures each method's peak 
 a fresh process, and sweeps the batch size for pref and amulet. It prints markdown tables
 and writes JSON (--out) and markdown beside it.
 
-    python evals/efficiency.py --data_dir ../shared/data --eval_data UltraFeedback_truthful_qa \
+    python evals/efficiency.py --eval_data UltraFeedback_truthful_qa \
         --limit 8 --batch_size 8 --max_new_tokens 128
 
 Greedy decoding throughout. Tokens are generated tokens per question, the ending EOS
