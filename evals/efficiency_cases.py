@@ -100,6 +100,7 @@ def load(args):
     import torch
 
     from DecodingMethodsModels.loading import (
+        check_fetchable,
         load_model,
         load_tokenizer,
         resolve_device,
@@ -109,6 +110,7 @@ def load(args):
     if args.threads:
         torch.set_num_threads(args.threads)
     source = resolve_model(args.probe_model or args.model_name)
+    check_fetchable(source)
     device = resolve_device(args.device)
     tokenizer = load_tokenizer(source)
     model = load_model(source, device, args.dtype)

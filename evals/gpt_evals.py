@@ -71,10 +71,14 @@ def build_parser() -> argparse.ArgumentParser:
                        help="local judge: auto (bf16 on GPU, fp32 on CPU), float32, bfloat16")
     judge.add_argument("--judge_base_url", default=None,
                        help="OpenAI-compatible endpoint; default $OPENAI_BASE_URL or OpenAI")
-    judge.add_argument("--judge_temperature", type=float, default=PAPER_PRESET.temperature)
-    judge.add_argument("--judge_top_p", type=float, default=PAPER_PRESET.top_p)
-    judge.add_argument("--judge_max_tokens", type=int, default=PAPER_PRESET.max_tokens)
-    judge.add_argument("--judge_seed", type=int, default=PAPER_PRESET.seed)
+    judge.add_argument("--judge_temperature", type=float, default=PAPER_PRESET.temperature,
+                       help="the judge's sampling temperature")
+    judge.add_argument("--judge_top_p", type=float, default=PAPER_PRESET.top_p,
+                       help="the judge's nucleus top_p")
+    judge.add_argument("--judge_max_tokens", type=int, default=PAPER_PRESET.max_tokens,
+                       help="the judge answers in one word")
+    judge.add_argument("--judge_seed", type=int, default=PAPER_PRESET.seed,
+                       help="sent with every request")
     judge.add_argument("--timeout", type=float, default=60.0, help="seconds per request")
     judge.add_argument("--max_concurrency", type=int, default=8, help="parallel requests")
     judge.add_argument("--max_retries", type=int, default=6,
@@ -84,12 +88,13 @@ def build_parser() -> argparse.ArgumentParser:
                             "(each with the judge seed + k and a reminder of the three answers)")
     judge.add_argument("--retry_base_delay", type=float, default=1.0,
                        help="first backoff delay in seconds (doubles each retry)")
-    judge.add_argument("--retry_max_delay", type=float, default=60.0)
+    judge.add_argument("--retry_max_delay", type=float, default=60.0,
+                       help="longest backoff delay in seconds")
     judge.add_argument("--retry_invalid", action="store_true",
                        help="re-ask comparisons cached as invalid")
 
     out = parser.add_argument_group("outputs")
-    out.add_argument("--results_dir", default="results/")
+    out.add_argument("--results_dir", default="results/", help="tables, JSON and figures")
     out.add_argument("--cache_path", default=None,
                      help="judge cache (JSONL); default {results_dir}/judge_cache.jsonl")
     out.add_argument("--bootstrap", type=int, default=1000,
@@ -106,8 +111,8 @@ def build_parser() -> argparse.ArgumentParser:
     out.add_argument("--bootstrap_seed", type=int, default=argparse.SUPPRESS,
                      help="seed of the bootstrap resampling only (a new value asks the judge "
                           "nothing) (default: --seed)")
-    out.add_argument("--no_plot", action="store_true")
-    out.add_argument("--no_progress", action="store_true")
+    out.add_argument("--no_plot", action="store_true", help="no win-rate figure")
+    out.add_argument("--no_progress", action="store_true", help="no progress bar")
     out.add_argument("--dry_run", action="store_true",
                      help="only count comparisons and cache hits; ask nothing")
     return parser

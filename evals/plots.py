@@ -3,17 +3,34 @@
 from __future__ import annotations
 
 import math
+import textwrap
 from collections.abc import Sequence
 from pathlib import Path
 
 COLOURS = {"win": "#4c9a6a", "tie": "#c9c9c9", "lose": "#d0605e"}
+FIGURE_WIDTH = 7.0  # inches
+TITLE_CHARS = 70  # characters of a 10 pt title line that fit in FIGURE_WIDTH
+LEGEND_INCHES = 0.3
 
 
 def plot_win_tie_lose(rows: Sequence[dict], title: str, path: Path) -> None:
+    """The chart of :func:`win_tie_lose_figure`, written to ``path`` (PNG) via a temporary
+    file."""
+    import matplotlib.pyplot as plt
+
+    fig = win_tie_lose_figure(rows, title)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.stem}.tmp.png")
+    fig.savefig(tmp, dpi=150)
+    plt.close(fig)
+    tmp.replace(path)
+
+
+def win_tie_lose_figure(rows: Sequence[dict], title: str):
     """One bar per row (``label``, ``win_rate``, ``tie_rate``, ``lose_rate`` in [0, 1]).
 
     Segments are stacked left to right win | tie | lose and labelled in percent when wide
-    enough to hold the label. Written to ``path`` (PNG) via a temporary file.
+    enough to hold the label. Returns the matplotlib figure (Agg backend).
     """
     import matplotlib
 
@@ -21,7 +38,10 @@ def plot_win_tie_lose(rows: Sequence[dict], title: str, path: Path) -> None:
     import matplotlib.pyplot as plt
 
     labels = [row["label"] for row in rows]
-    fig, ax = plt.subplots(figsize=(7.0, 0.55 * len(rows) + 1.2))
+    # a long title (model and dataset names) is wrapped to the figure's width, not cut off
+    title_lines = textwrap.wrap(title, TITLE_CHARS) or [""]
+    height = 0.55 * len(rows) + 1.2 + 0.2 * len(title_lines)
+    fig, ax = plt.subplots(figsize=(FIGURE_WIDTH, height))
     left = [0.0] * len(rows)
     for part in ("win", "tie", "lose"):
         rates = [float(row[f"{part}_rate"]) for row in rows]
@@ -37,11 +57,8 @@ def plot_win_tie_lose(rows: Sequence[dict], title: str, path: Path) -> None:
     ax.set_xlim(0, 100)
     ax.set_xlabel("% of valid judgments")
     ax.invert_yaxis()  # first row on top, as in a table
-    ax.set_title(title, fontsize=10, pad=24)  # room for the legend between title and bars
-    ax.legend(ncol=3, loc="lower center", bbox_to_anchor=(0.5, 1.0), frameon=False, fontsize=8)
-    fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.stem}.tmp.png")
-    fig.savefig(tmp, dpi=150)
-    plt.close(fig)
-    tmp.replace(path)
+    ax.set_title("\n".join(title_lines), fontsize=10)
+    # the legend in its own strip at the bottom of the figure, clear of title and axis label
+    fig.legend(ncol=3, loc="lower center", frameon=False, fontsize=8)
+    fig.tight_layout(rect=(0, LEGEND_INCHES / height, 1, 1))
+    return fig

@@ -63,6 +63,18 @@ def _first_line(exc: BaseException) -> str:
     return lines[0][:200] if lines else type(exc).__name__
 
 
+def check_fetchable(name: str) -> None:
+    """Offline, a hub id that is not in the local cache fails now, in seconds, instead of
+    after a minute of retries (a local directory is left to the loaders)."""
+    from pathlib import Path
+
+    from DecodingMethodsModels.hub import offline_and_not_cached
+
+    missing = None if Path(name).expanduser().exists() else offline_and_not_cached(name)
+    if missing:
+        raise EvalError(f"cannot load reward model {name!r}: not a local directory, and {missing}")
+
+
 def read_config_dict(name: str, trust_remote_code: bool) -> dict:
     """The raw ``config.json`` of a hub id or local directory, without building any class."""
     from transformers import PretrainedConfig
@@ -70,9 +82,13 @@ def read_config_dict(name: str, trust_remote_code: bool) -> dict:
     try:
         config, _ = PretrainedConfig.get_config_dict(name)
     except (OSError, ValueError) as exc:
+        from DecodingMethodsModels.hub import offline_reason
+
+        reason = offline_reason()
+        offline = f"; offline: {reason}" if reason else ""
         raise EvalError(
             f"cannot load reward model {name!r}: not a local directory with a config.json nor "
-            f"reachable on the hub ({_first_line(exc)})"
+            f"reachable on the hub ({_first_line(exc)}{offline})"
         ) from None
     return config
 
@@ -146,6 +162,7 @@ def load_reward_model(
     """
     from evals.armorm import ARMORM_ARCHITECTURES
 
+    check_fetchable(name)
     config = read_config_dict(name, trust_remote_code)
     is_armorm = any(a in ARMORM_ARCHITECTURES for a in config.get("architectures") or [])
     if config.get("auto_map") and not trust_remote_code and not is_armorm:

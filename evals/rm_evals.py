@@ -239,6 +239,10 @@ def evaluate_rm(config: RmEvalConfig) -> dict:
     """Score every selected setting with every scorer and write the tables; returns what
     :func:`evals.rm_table.write_outputs` returns."""
     loaded = load_inputs(config)
+    from evals.reward_model import check_fetchable
+
+    for model_name in dict.fromkeys(spec.model for spec in config.specs):
+        check_fetchable(model_name)
     from transformers.utils import logging as hf_logging  # after input checks: slow import
 
     bars_were_on = hf_logging.is_progress_bar_enabled()
@@ -326,11 +330,11 @@ def build_parser() -> argparse.ArgumentParser:
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
     data = parser.add_argument_group("responses (omit a filter to take every value found)")
-    data.add_argument("--output_dir", default="responses/")
+    data.add_argument("--output_dir", default="responses/", help="root of main.py's outputs")
     data.add_argument("--pref_name", default=None, help="preference name(s), comma separated")
     data.add_argument("--model_name", default=None, help="model short name(s), comma separated")
     data.add_argument("--eval_data", default=None, help="dataset name(s), comma separated")
-    data.add_argument("--methods", default=",".join(DEFAULT_METHODS))
+    data.add_argument("--methods", default=",".join(DEFAULT_METHODS), help="comma list")
     data.add_argument("--input_file", action="append", default=[], metavar="[NAME=]PATH",
                       help="an ARGS/PAD output file (a JSON list of {prompt, result, ...}), one "
                            "per method, named NAME or by the file's stem; repeat for several")
@@ -356,9 +360,12 @@ def build_parser() -> argparse.ArgumentParser:
                          "question + preference for preference sentences")
     rm.add_argument("--trust_remote_code", action="store_true",
                     help="allow the model's own code (ArmoRM runs natively without it)")
-    rm.add_argument("--batch_size", type=int, default=8)
+    rm.add_argument("--batch_size", type=int, default=8, help="conversations per forward pass")
     rm.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1, ...")
     rm.add_argument("--dtype", default="auto", help="auto (bf16 on GPU, fp32 on CPU), ...")
+    rm.add_argument("--num_threads", type=int, default=None,
+                    help="torch CPU threads (None: torch's choice); 1 is often much faster on "
+                    "a shared or busy machine")
     rm.add_argument("--max_length", type=int, default=None,
                     help="context limit in tokens (none: each model's)")
     rm.add_argument("--strict_length", action="store_true",
@@ -373,9 +380,9 @@ def build_parser() -> argparse.ArgumentParser:
                      help="token budget for the share hitting it (none: the run's "
                           ".meta.json)")
     out = parser.add_argument_group("outputs")
-    out.add_argument("--results_dir", default="results/")
-    out.add_argument("--table_name", default="rm_table")
-    out.add_argument("--no_progress", action="store_true")
+    out.add_argument("--results_dir", default="results/", help="score files and tables")
+    out.add_argument("--table_name", default="rm_table", help="file name of the tables")
+    out.add_argument("--no_progress", action="store_true", help="no progress bar")
     return parser
 
 
@@ -403,11 +410,23 @@ def config_from_args(args: argparse.Namespace) -> RmEvalConfig:
     )
 
 
+def set_threads(count: int | None) -> None:
+    """torch.set_num_threads(count), unless None (torch's default)."""
+    if count is None:
+        return
+    if count < 1:
+        raise EvalError(f"--num_threads must be >= 1, got {count}")
+    import torch
+
+    torch.set_num_threads(count)
+
+
 def main(argv: list[str] | None = None) -> int:
     """CLI entry point: a usage or input error is one stderr line and exit code 2, a failure
     while scoring one line and exit code 1."""
     args = build_parser().parse_args(argv)
     try:
+        set_threads(args.num_threads)
         config = config_from_args(args)
         result = evaluate_rm(config)
     except EvalError as exc:

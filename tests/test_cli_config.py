@@ -65,6 +65,7 @@ BAD_INPUTS = [
     ("top_p_zero", ["--do_sample", "--top_p", "0"], ["--top_p must be in (0, 1]"]),
     ("negative_alpha", ["--alpha", "-2"], ["--alpha must be >= 0"]),
     ("zero_player_lambda", ["--player_lambda", "0"], ["--player_lambda must be > 0"]),
+    ("zero_num_threads", ["--num_threads", "0"], ["--num_threads must be >= 1"]),
 ]
 
 
@@ -93,6 +94,41 @@ def test_help_works_and_lists_every_option_group():
     for text in ("--method", "--pref_text", "--iteration_num", "--amulet_solver", "decoding",
                  "LA and Amulet", "hardware"):
         assert text in result.stdout
+
+
+def test_help_shows_the_defaults():
+    shown = " ".join(run_main(["--help"]).stdout.split())
+    for text in ("--max_new_tokens MAX_NEW_TOKENS response length cap (default: 128)",
+                 "(default: amulet)", "(default: 0.7)", "(default: closed_form)",
+                 f"(default: {ROOT / 'data'})"):
+        assert text in shown
+
+
+def test_started_elsewhere_with_a_slash_in_the_preference_and_a_thread_count(
+    tiny_model_dirs, tmp_path
+):
+    """From another directory the default --data_dir is still the project's data/ (its demo
+    questions); a "/" in --pref_text is fine (the directory is a slug of the text); and
+    --num_threads reaches torch (the sidecar records its thread count: 2, against the 1 of
+    OMP_NUM_THREADS=1 in the environment)."""
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    text = "Answer in 1/2 the words, and/or with a smile."
+    env = {**clean_env(), "OMP_NUM_THREADS": "1"}
+    result = subprocess.run(
+        [sys.executable, str(ROOT / "main.py"), "--model_name", str(tiny_model_dirs["llama"]),
+         "--method", "pref", "--pref_text", text, "--limit", "1", "--max_new_tokens", "2",
+         "--num_threads", "2", "--output_dir", "out"],
+        cwd=elsewhere, env=env, capture_output=True, text=True, timeout=300,
+    )
+    assert result.returncode == 0, result.stderr
+    [final] = (elsewhere / "out").glob("custom-answer-in-1-2-the-words-*/*/demo/pref.json")
+    demo = json.loads((ROOT / "data" / "demo.json").read_text())
+    [record] = json.loads(final.read_text())
+    assert record["preference"] == text and record["question"] == demo[0]["question"]
+    meta = json.loads(final.with_name("pref.meta.json").read_text())
+    assert meta["environment"]["torch_threads"] == 2
+    assert "num_threads" not in meta["fingerprint"]
 
 
 def python_says(code: str) -> str:

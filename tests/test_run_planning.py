@@ -33,6 +33,12 @@ def test_fingerprint_of_a_greedy_run_ignores_the_seed_and_a_sampled_one_keeps_it
     assert sampled[0]["seed"] == 1 and sampled[1]["seed"] == 2
 
 
+def test_fingerprint_ignores_the_thread_count():
+    prints = [fingerprint(RunConfig(device="cpu", num_threads=n), planned(), "m")
+              for n in (None, 1, 4)]
+    assert prints[0] == prints[1] == prints[2]
+
+
 def test_fingerprint_records_the_penalty_settings():
     plain = fingerprint(RunConfig(device="cpu"), planned("pref"), "m")
     penalised = fingerprint(RunConfig(device="cpu", repetition_penalty=1.2), planned("pref"), "m")
