@@ -64,7 +64,7 @@ def linear_alignment(
 
 
 def amulet_ratio(iterations: int, alpha: float, player_lambda: float, eta: float) -> float:
-    """The scalar k with Amulet(T) == Linear Alignment with ratio k (PROTOCOL.md section 3).
+    """The scalar k with Amulet(T) == Linear Alignment with ratio k (paper, Algorithm 1).
 
     `k_1 = 0`,
     `k_{t+1} = (alpha * (1 + mean(k_1..k_t)) + k_t / (eta t)) / (lambda + 1 / (eta t))`,
@@ -103,7 +103,7 @@ def amulet_iterative(
     player_lambda: float,
     eta: float,
 ) -> torch.Tensor:
-    """Amulet's per-token FTRL update, iterated literally (PROTOCOL.md section 3).
+    """Amulet's per-token FTRL update, iterated literally (paper, Algorithm 1).
 
     With `x_1 = log p_pref` and `b = log p_base`, for t = 1..T:
         `Q_t = alpha * (x_t - b)`

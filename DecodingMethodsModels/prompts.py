@@ -1,4 +1,4 @@
-"""The experiment's prompts, verbatim from PROTOCOL.md section 1, and their tokenisation."""
+"""The experiment's prompts, verbatim as the paper builds them (README: Prompts), tokenised."""
 
 from __future__ import annotations
 

@@ -1,7 +1,7 @@
 """Amulet's mixture strength k(T, alpha, lambda, eta) over the paper's sweeps, with its regimes.
 
 Amulet is Linear Alignment with ratio ``k = amulet_ratio(T, alpha, lambda, eta)``
-(PROTOCOL.md section 3). For large t the recursion reads ``k ~ alpha (1 + mean k) / lambda``;
+(README: Methods). For large t the recursion reads ``k ~ alpha (1 + mean k) / lambda``;
 with ``k ~ c t^p`` the mean is ``c t^p / (p + 1)``, so ``p = alpha / lambda - 1``:
 
 - ``alpha < lambda``: k converges to the fixed point ``alpha / (lambda - alpha)``;

@@ -3,7 +3,7 @@
 The strength axis is always the LA ratio r: ``z = log p_pref + r (log p_pref - log p_base)``.
 Amulet is LA with ``r = k(T, alpha, lambda, eta)``; transformers' classifier-free guidance is
 the same mixture at ``guidance_scale = 1 + r``, and PAD's reward with the decoding model as its
-own reward model (PROTOCOL.md section 7) at ``w = 1 + r`` (restricted to PAD's top-k).
+own reward model at ``w = 1 + r`` (restricted to PAD's top-k).
 
 A sweep runs ``run(config)`` (DecodingMethodsModels.runner) once per strength value, each into
 its own output directory ``{out}/responses/{axis}={value}/``, or reads any existing response

@@ -1,6 +1,6 @@
 """The paper's pairwise GPT judge as data and pure functions: prompts, verdict parser, swap rule.
 
-Nothing here does I/O. The prompts are PROTOCOL.md section 5 verbatim; change them only
+Nothing here does I/O. The prompts are the paper's verbatim (its gpt_evals); change them only
 together with ``PROMPT_VERSION`` (it is part of every cache key).
 """
 

@@ -1,4 +1,4 @@
-"""The paper's own numbers (Amulet, ICLR 2025), typed in from PROTOCOL.md section 6.
+"""The paper's own numbers (Amulet, ICLR 2025), typed in from the paper's Table 1 and text.
 
 Facts, not code: Table 1's ArmoRM (head 6, instruction following) averages over the four
 datasets per model and preference, and Amulet's GPT-4o win rates on the Personal dataset

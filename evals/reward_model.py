@@ -1,6 +1,6 @@
 """Loading a reward model and scoring conversations with it: chat template, right padding, heads.
 
-Conversation (PROTOCOL.md section 5): user turn ``question + " " + preference`` (or the
+Conversation (as the paper's rm_evals): user turn ``question + " " + preference`` (or the
 prompt :mod:`evals.scoring_inputs` chooses), assistant turn ``response``, rendered by the
 RM's own chat template and tokenised without adding special tokens again (the template
 already holds BOS: no double BOS). A model whose tokenizer has no chat template (the GPT-2

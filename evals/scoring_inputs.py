@@ -4,7 +4,7 @@ Prompt modes (``--scorer_prompt``):
 
 - ``question``: the plain question. PAD's protocol: its ``measure_reward.py`` cuts the
   preference prompt ``[Guidelines] ... [Principles] {principles} [Instruction] `` out before
-  scoring (PROTOCOL.md section 7).
+  scoring.
 - ``question_and_preference``: ``question + " " + preference``, Amulet's protocol (section 5).
 - ``auto``: ``question`` for PAD's family (the preference is PAD's preference prompt, or a set
   of PAD principles such as ``harmless and humor``, or empty), else
@@ -101,7 +101,7 @@ def extract_args_pad_response(prompt: str, result: str) -> str:
 
     PAD's ``result`` is the decoded whole sequence (special tokens skipped) with the prompt
     "removed" by ``removeprefix``, which removes nothing under a chat template: it reads
-    ``user\\n\\n{prompt}assistant\\n\\n{response}user\\n\\n...`` (PROTOCOL.md section 7). So:
+    ``user\\n\\n{prompt}assistant\\n\\n{response}user\\n\\n...``. So:
 
     1. start: if ``prompt`` occurs in ``result``, after the first ``assistant`` header that
        follows it (chat template); else if ``result`` starts with a ``system`` or ``user``

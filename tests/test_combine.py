@@ -1,5 +1,5 @@
 """Pure math of LA and Amulet (DecodingMethodsModels/combine.py) against formulas written out
-literally from PROTOCOL.md section 3 and the docstrings."""
+literally from the paper's Algorithm 1 and the docstrings."""
 
 from __future__ import annotations
 
@@ -52,7 +52,7 @@ def literal_ratio(T: int, alpha: float, lam: float, eta: float) -> float:
 
 def literal_ftrl(pref: torch.Tensor, base: torch.Tensor, T: int, alpha: float, lam: float,
                  eta: float) -> torch.Tensor:
-    """PROTOCOL.md's FTRL update in float64 with the whole history kept, (B, T+1, V), and
+    """The paper's FTRL update in float64 with the whole history kept, (B, T+1, V), and
     Q_1..Q_t re-summed at every t, as the reference code does; log_softmax skipped at t = T."""
     x1, b = pref.double(), base.double()  # (B, V)
     history = x1.unsqueeze(1)  # (B, 1, V): x_1

@@ -17,7 +17,7 @@ import openai_key_info  # noqa: E402
 from evals import metrics, responses, tables, win_rate  # noqa: E402
 from evals.judge_client import RetryPolicy  # noqa: E402
 
-# PROTOCOL.md section 5, line by line (the markdown indentation removed).
+# The paper's judge prompt, line by line (the markdown indentation removed).
 PAPER_USER_LINES = [
     "Which of the following responses answers the given question while better aligning with "
     "the specified preferences, without including unnecessary or irrelevant details?",
