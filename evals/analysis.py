@@ -44,6 +44,7 @@ def run_config(args):
         batch_size=args.batch_size, device=args.device, dtype=args.dtype,
         reinforce_ratio=args.reinforce_ratio, iteration_num=args.iteration_num,
         alpha=args.alpha, player_lambda=args.player_lambda, eta=args.eta,
+        num_threads=args.threads,
     )
 
 
@@ -117,6 +118,16 @@ def report_command(args) -> int:
     return 0
 
 
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"want an integer, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"want an integer >= 1, got {text!r}")
+    return value
+
+
 def _int_list(text: str) -> list[int]:
     try:
         values = [int(v) for v in text.split(",") if v.strip()]
@@ -139,6 +150,9 @@ def _decoding_options(parser: argparse.ArgumentParser) -> None:
     what.add_argument("--batch_size", type=int, default=8)
     what.add_argument("--device", default="auto")
     what.add_argument("--dtype", default="auto")
+    what.add_argument("--num_threads", "--threads", dest="threads", type=_positive_int,
+                      default=None, help="torch CPU threads (None: torch's choice); 1 is often "
+                      "much faster on a shared or busy machine")
     amulet = parser.add_argument_group("Amulet (the settings not swept)")
     amulet.add_argument("--iteration_num", type=int, default=60, help="T")
     amulet.add_argument("--alpha", type=float, default=2.0)
@@ -181,7 +195,6 @@ def build_parser() -> argparse.ArgumentParser:
     ident.add_argument("--pref_name", default="creative")
     ident.add_argument("--pad_top_k", type=_int_list, default=[10],
                        help="PAD's candidate count(s), comma list (PAD's configs use 10)")
-    ident.add_argument("--threads", type=int, default=None, help="torch threads")
     _decoding_options(ident)
     ident.set_defaults(handler=identity_command)
 

@@ -31,6 +31,7 @@ from evals.errors import EvalError, exit_code  # noqa: E402
 from evals.judge import PAPER_PRESET, JudgePreset  # noqa: E402
 from evals.judge_client import RetryPolicy  # noqa: E402
 from evals.responses import DEFAULT_METHODS, RunKey, discover_runs, split_methods  # noqa: E402
+from evals.threads import NUM_THREADS_HELP, set_threads  # noqa: E402
 from openai_key_info import redact  # noqa: E402
 
 SETTING_FLAGS = ("--pref_name", "--model_name", "--eval_data")  # in RunKey's order
@@ -67,6 +68,8 @@ def build_parser() -> argparse.ArgumentParser:
                        help="local: transformers on this machine, greedy; auto: local for a "
                             "directory, .gguf file or the embedded model, else openai")
     judge.add_argument("--judge_device", default="auto", help="local judge: auto, cpu, cuda...")
+    judge.add_argument("--num_threads", type=int, default=None,
+                       help="local judge: " + NUM_THREADS_HELP)
     judge.add_argument("--judge_dtype", default="auto",
                        help="local judge: auto (bf16 on GPU, fp32 on CPU), float32, bfloat16")
     judge.add_argument("--judge_base_url", default=None,
@@ -209,6 +212,8 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         configs = configs_from_args(args)
+        if configs[0].is_local:
+            set_threads(args.num_threads)
         from evals.win_rate import LazyLocalJudge, evaluate, write_summary
 
         local_judge = LazyLocalJudge(configs[0]) if configs[0].is_local else None

@@ -57,6 +57,7 @@ from evals.scoring_inputs import (  # noqa: E402
     scorer_prompt,
 )
 from evals.tables import to_markdown  # noqa: E402
+from evals.threads import NUM_THREADS_HELP, set_threads  # noqa: E402
 
 ARMORM_DEFAULT = "RLHFlow/ArmoRM-Llama3-8B-v0.1"
 INPUT_FORMATS = ("responses", "args_pad")
@@ -363,9 +364,7 @@ def build_parser() -> argparse.ArgumentParser:
     rm.add_argument("--batch_size", type=int, default=8, help="conversations per forward pass")
     rm.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1, ...")
     rm.add_argument("--dtype", default="auto", help="auto (bf16 on GPU, fp32 on CPU), ...")
-    rm.add_argument("--num_threads", type=int, default=None,
-                    help="torch CPU threads (None: torch's choice); 1 is often much faster on "
-                    "a shared or busy machine")
+    rm.add_argument("--num_threads", type=int, default=None, help=NUM_THREADS_HELP)
     rm.add_argument("--max_length", type=int, default=None,
                     help="context limit in tokens (none: each model's)")
     rm.add_argument("--strict_length", action="store_true",
@@ -408,17 +407,6 @@ def config_from_args(args: argparse.Namespace) -> RmEvalConfig:
         input_files=tuple(parse_input_file(s) for s in args.input_file),
         input_name=args.input_name, table_name=args.table_name, progress=not args.no_progress,
     )
-
-
-def set_threads(count: int | None) -> None:
-    """torch.set_num_threads(count), unless None (torch's default)."""
-    if count is None:
-        return
-    if count < 1:
-        raise EvalError(f"--num_threads must be >= 1, got {count}")
-    import torch
-
-    torch.set_num_threads(count)
 
 
 def main(argv: list[str] | None = None) -> int:

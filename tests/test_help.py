@@ -19,19 +19,25 @@ HELP = [
                  "--num_threads NUM_THREADS"]),
     ("evals/gpt_evals.py", ["--results_dir RESULTS_DIR tables, JSON and figures (default: "
                             "results/)", "--judge_max_tokens JUDGE_MAX_TOKENS the judge answers "
-                            "in one word (default: 5)"]),
+                            "in one word (default: 5)", "--num_threads NUM_THREADS local judge: "
+                            "torch CPU threads"]),
     ("evals/rm_evals.py", ["--batch_size BATCH_SIZE conversations per forward pass (default: 8)",
                            "--num_threads NUM_THREADS"]),
     ("evals/efficiency.py", ["--num_threads THREADS, --threads THREADS"]),
     ("data/fetch_benchmarks.py", ["Fetch the paper's four benchmark files (pinned by sha256), "
                                   "or check copies you already have with --verify DIR.",
                                   f"(default: {ROOT / 'data'})"]),
+    ("evals/analysis.py sweep", ["--num_threads THREADS, --threads THREADS",
+                                 f"(default: {ROOT / 'data'})"]),
+    ("evals/analysis.py identity", ["--num_threads THREADS, --threads THREADS"]),
 ]
 
 
 @pytest.mark.parametrize(("script", "shows"), HELP, ids=[h[0] for h in HELP])
 def test_help_shows_defaults(script, shows):
-    done = subprocess.run([sys.executable, str(ROOT / script), "--help"], cwd=ROOT,
+    script_path, *command = script.split(" ")  # "evals/analysis.py sweep": a subcommand's help
+    argv = [sys.executable, str(ROOT / script_path), *command, "--help"]
+    done = subprocess.run(argv, cwd=ROOT,
                           env=cli_env(COLUMNS="100"), capture_output=True, text=True, timeout=120)
     assert done.returncode == 0 and not done.stderr, done.stderr
     text = " ".join(done.stdout.split())
