@@ -3,17 +3,20 @@
 reference (reward_guided_reference.py) and against plain greedy `generate` on the preference
 prompt (pref), on one model and one question set.
 
-    OMP_NUM_THREADS=2 python evals/rg_bench.py --data_dir ../shared/data \
-        --eval_data UltraFeedback_truthful_qa --limit 8 --batch_size 8 --max_new_tokens 128
+    python evals/rg_bench.py --eval_data UltraFeedback_truthful_qa --limit 8 --batch_size 8 \
+        --max_new_tokens 128 --cases all --naive_limit 2 --num_threads 2
 
 Greedy, k candidates; tokens are generated tokens per question (the ending EOS included),
 tokens/s their sum over wall-clock seconds of one timed run after a short warm-up. Prompts are
-Amulet's (PROTOCOL.md section 1): implicit PAD decodes on the base prompt, guided by the same
+Amulet's (README: Prompts): implicit PAD decodes on the base prompt, guided by the same
 model on the preference prompt. ARGS's reward model and PAD's PersRM are stand-ins of the
 decoding model's size: its backbone with a random one-label head, and a second copy of it.
 The reference is slow (it re-reads every sequence at every step), so `--naive_limit` times it
 on the first questions only; a per-token cost that grows with the length makes a short naive
 run, if anything, faster per token than a long one.
+
+It prints a markdown table and the targets (implicit PAD >= 0.4 x pref's tokens/s; PAD and ARGS
+each >= 10 x their naive reference) and exits 1 when a measured target fails.
 """
 
 from __future__ import annotations
@@ -30,6 +33,13 @@ if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
 CASES = ("pref", "implicit", "implicit_naive", "pad", "pad_naive", "args", "args_naive")
+# (name, numerator case, denominator case, threshold): each holds when the ratio of tokens/s
+# is at least the threshold
+TARGETS = (
+    ("implicit PAD / pref", "implicit", "pref", 0.4),
+    ("PAD engine / naive PAD", "pad", "pad_naive", 10.0),
+    ("ARGS engine / naive ARGS", "args", "args_naive", 10.0),
+)
 
 
 def timed_tokens(fn: Callable[[], list[list[int]]]) -> dict:
@@ -145,10 +155,44 @@ def agreement(results: dict, engine: str, naive: str) -> bool | None:
     return results[engine]["outputs"][:count] == results[naive]["outputs"]
 
 
+def targets(results: dict) -> list[dict]:
+    """Each target's measured ratio (None where a case was not run) and whether it holds."""
+    out = []
+    for name, top, bottom, threshold in TARGETS:
+        ratio = None
+        if top in results and bottom in results:
+            ratio = results[top]["tokens_per_s"] / results[bottom]["tokens_per_s"]
+        out.append({"target": name, "measured": ratio, "threshold": threshold,
+                    "holds": None if ratio is None else ratio >= threshold})
+    return out
+
+
+def markdown(summary: dict, checks: list[dict]) -> str:
+    """The cases as a table of tokens and tokens/s, then the targets."""
+    lines = ["| case | questions | tokens | seconds | tokens / s | same tokens as naive |",
+             "|---|---:|---:|---:|---:|---|"]
+    for case in CASES:
+        if case in summary:
+            row = summary[case]
+            same = {True: "yes", False: "NO", None: ""}[row.get("same_tokens_as_naive")]
+            lines.append(f"| {case} | {row['questions']} | {row['tokens']} | "
+                         f"{row['seconds']:.1f} | {row['tokens_per_s']:.2f} | {same} |")
+    lines += ["", "| target | measured | threshold | holds |", "|---|---:|---:|---|"]
+    for check in checks:
+        measured = "-" if check["measured"] is None else f"{check['measured']:.2f}"
+        holds = {True: "yes", False: "NO", None: "not measured"}[check["holds"]]
+        lines.append(f"| {check['target']} | {measured} | >= {check['threshold']} | {holds} |")
+    return "\n".join(lines) + "\n"
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(
+        description=__doc__.splitlines()[0],
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
     parser.add_argument("--model_name", default="SmolLM2-135M-Instruct")
-    parser.add_argument("--data_dir", default=str(ROOT.parent / "shared" / "data"))
+    parser.add_argument("--data_dir", default=str(ROOT / "data"),
+                        help="where datasets live (data/fetch_benchmarks.py puts them here)")
     parser.add_argument("--eval_data", default="UltraFeedback_truthful_qa")
     parser.add_argument("--limit", type=int, default=8)
     parser.add_argument("--batch_size", type=int, default=8)
@@ -158,7 +202,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--naive_limit", type=int, default=None,
                         help="time the naive reference on the first N questions only")
     parser.add_argument("--cases", default="pref,implicit,implicit_naive",
-                        help=f"comma-separated, from {', '.join(CASES)}")
+                        help=f"comma-separated, from {', '.join(CASES)}; or all")
+    parser.add_argument("--num_threads", type=int, default=None,
+                        help="torch CPU threads (None: torch's choice)")
     parser.add_argument("--out", default=None, help="write the results as JSON here")
     return parser
 
@@ -170,11 +216,16 @@ def main(argv: list[str] | None = None) -> int:
     from DecodingMethodsModels.loading import load_model, load_tokenizer, resolve_model
 
     args = build_parser().parse_args(argv)
-    cases = [c for c in args.cases.split(",") if c]
+    cases = list(CASES) if args.cases == "all" else [c for c in args.cases.split(",") if c]
     unknown = [c for c in cases if c not in CASES]
     if unknown:
         print(f"error: unknown cases {unknown}; choose from {', '.join(CASES)}", file=sys.stderr)
         return 2
+    if args.num_threads is not None:
+        if args.num_threads < 1:
+            print(f"error: --num_threads must be >= 1, got {args.num_threads}", file=sys.stderr)
+            return 2
+        torch.set_num_threads(args.num_threads)
     source = resolve_model(args.model_name)
     tokenizer, model = load_tokenizer(source), load_model(source, "cpu", "float32")
     questions = [q.question for q in
@@ -188,11 +239,15 @@ def main(argv: list[str] | None = None) -> int:
         same = agreement(results, method, f"{method}_naive")
         if same is not None:
             summary[method]["same_tokens_as_naive"] = same
+    checks = targets(results)
+    table = markdown(summary, checks)
     summary["threads"] = torch.get_num_threads()
-    print(json.dumps(summary, indent=2))
+    summary["targets"] = checks
+    print(table)
     if args.out:
         Path(args.out).write_text(json.dumps(summary, indent=2) + "\n")
-    return 0
+        Path(args.out).with_suffix(".md").write_text(table)
+    return 1 if any(check["holds"] is False for check in checks) else 0
 
 
 if __name__ == "__main__":
