@@ -397,3 +397,33 @@ def test_help_says_all_means_the_five_methods_without_a_reward_model():
     assert "--rm_name RM_NAME" in text and "--config FILE" in text
     assert config_from_args(["--method", "all"]).methods == ["base", "pref", "beam", "la",
                                                              "amulet"]
+
+
+def test_two_ranks_share_the_batches_and_rank_0_writes_the_single_process_file(
+    model, data, args_reference, tmp_path, monkeypatch
+):
+    """Data parallel without a launcher: the rendezvous is replaced by a direct call, rank 1
+    decodes its batches (1, 3, ...) first, then rank 0 its own and assembles them all."""
+    from DecodingMethodsModels import runner
+
+    reference_dir, args = args_reference
+    args = [str(tmp_path) if a == str(reference_dir) else a for a in args]
+    reference, _ = run_files(reference_dir, model, "args")
+    final, directory = run_files(tmp_path, model, "args")
+    monkeypatch.setattr(runner, "join", lambda process: None)
+    monkeypatch.setattr(runner, "meet", lambda process, shared, prepare: prepare())
+    monkeypatch.setattr(runner, "leave", lambda process: None)
+    n_batches = len(QUESTIONS) // BATCH
+    for rank in (1, 0):
+        for key, value in (("WORLD_SIZE", 2), ("RANK", rank), ("LOCAL_RANK", rank),
+                           ("LOCAL_WORLD_SIZE", 2)):
+            monkeypatch.setenv(key, str(value))
+        run_ok(args)
+        if rank == 1:
+            part = (directory / "args.part1.jsonl").read_text()
+            batches = [json.loads(line)["batch"] for line in part.splitlines()[1:]]
+            assert batches == list(range(1, n_batches, 2)) and not final.exists()
+    assert final.read_bytes() == reference.read_bytes()
+    meta = json.loads((directory / "args.meta.json").read_text())
+    assert meta["environment"]["world_size"] == 2
+    assert sorted(p.name for p in directory.iterdir()) == ["args.json", "args.meta.json"]
