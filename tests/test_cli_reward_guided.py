@@ -427,3 +427,28 @@ def test_two_ranks_share_the_batches_and_rank_0_writes_the_single_process_file(
     meta = json.loads((directory / "args.meta.json").read_text())
     assert meta["environment"]["world_size"] == 2
     assert sorted(p.name for p in directory.iterdir()) == ["args.json", "args.meta.json"]
+
+
+def test_flags_that_change_nothing_are_named_in_a_warning(tmp_path):
+    import warnings
+
+    from config import config_from_args
+
+    cases = [
+        (["--method", "pref", "--rm_name", "RM", "--topk", "5"],
+         "rm_name, topk only affect --method args and pad"),
+        (["--method", "pad", "--rm_name", "self", "--config", str(tmp_path / "grid.jsonl"),
+          "--rm_weight", "2"], "rm_weight ignored: --config sets them per line"),
+        (["--method", "pad", "--rm_name", "self", "--sample_temp", "0.9"],
+         "sample_temp ignored with --mode greedy"),
+        (["--method", "pad", "--rm_name", "self", "--rm_device", "cpu"],
+         "rm_device ignored with --rm_name self"),
+    ]
+    (tmp_path / "grid.jsonl").write_text(
+        '{"rm_weight": 1.0, "topk": 10, "mode": "greedy", "sample_temp": null}\n')
+    for argv, says in cases:
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            config_from_args(argv)
+        messages = [str(w.message) for w in caught]
+        assert len(messages) == 1 and says in messages[0], messages
