@@ -336,7 +336,7 @@ def build_parser() -> argparse.ArgumentParser:
                     "(ARGS's and PAD's own config files load); each writes METHOD_<settings>.json")
     rg.add_argument("--ignore_eos", action="store_true",
                     help="always generate --max_new_tokens tokens, as the public codes do "
-                    "(default: stop at EOS)")
+                    "(off: stop at the first EOS)")
     rg.add_argument("--rm_device", default=None, help="the guide's device (None: --device)")
     rg.add_argument("--rm_dtype", default=None, choices=DTYPES,
                     help="the guide's dtype (None: --dtype)")
