@@ -5,18 +5,23 @@ from __future__ import annotations
 
 import argparse
 import difflib
+import math
 import os
 import warnings
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 
 from DecodingMethodsModels.errors import UserError
+from DecodingMethodsModels.guided_runs import DEFAULT_RM_WEIGHT
+from DecodingMethodsModels.pad_prompts import PRINCIPLE_SETS
 
-METHODS = ("base", "pref", "beam", "la", "amulet")
+METHODS = ("base", "pref", "beam", "la", "amulet")  # `--method all`: the two-prompt family
+GUIDED_METHODS = ("args", "pad")  # reward-guided: they need a guide model (--rm_name)
 PREFERENCES = (
     "creative", "sycophantic", "verbose", "complex", "formal", "pleasant", "concise", "uplifting",
 )
 SOLVERS = ("closed_form", "iterative")
+GUIDED_MODES = ("greedy", "topk")
 DTYPES = ("auto", "float32", "bfloat16", "float16")
 DEFAULT_MODEL = "SmolLM2-135M-Instruct"
 DEFAULT_DATA = "demo"
@@ -69,16 +74,27 @@ class RunConfig:
     use_model_generation_config: bool = False
     continuous_batching: bool = True
     num_threads: int | None = None  # torch's CPU threads; changes speed, never the tokens
+    # ARGS and PAD (reward-guided decoding)
+    rm_name: str | None = None
+    rm_weight: float | None = None  # None: DEFAULT_RM_WEIGHT of the method
+    topk: int = 10
+    mode: str = "greedy"
+    sample_temp: float = 0.7
+    run_config: str | None = None  # --config: a JSON-lines file, one run per line
+    ignore_eos: bool = False
+    rm_device: str | None = None  # None: the decoding model's device
+    rm_dtype: str | None = None  # None: --dtype
+    rm_batch_size: int | None = None
 
     def __post_init__(self) -> None:
         for method in self.methods:
-            if method not in METHODS:
-                raise UserError(_unknown("method", method, METHODS))
+            if method not in METHODS + GUIDED_METHODS:
+                raise UserError(_unknown("method", method, METHODS + GUIDED_METHODS))
         if self.pref_text is None:
             for pref in self.pref_names:
-                if pref not in PREFERENCES:
-                    raise UserError(_unknown("preference", pref, PREFERENCES) + (
-                        "; or give any preference as --pref_text"))
+                if pref not in PREFERENCES and pref not in PRINCIPLE_SETS:
+                    raise UserError(_unknown("preference", pref, PREFERENCES + tuple(
+                        PRINCIPLE_SETS)) + "; or give any preference as --pref_text")
         else:
             if not self.pref_text.strip():
                 raise UserError("--pref_text is empty")
@@ -114,6 +130,63 @@ class RunConfig:
             raise UserError(_unknown("Amulet solver", self.amulet_solver, SOLVERS))
         if self.dtype not in DTYPES:
             raise UserError(_unknown("dtype", self.dtype, DTYPES))
+        if self.reference_prompts and any(p in PRINCIPLE_SETS for p in self.pref_names):
+            raise UserError("--reference_prompts rebuilds the Amulet paper's prompts; PAD's "
+                            "principle sets have their own prompt: drop one of the two")
+        self._check_guided()
+
+    def _check_guided(self) -> None:
+        """Flags of ARGS and PAD, and the --config file, checked before any model loads."""
+        guided = self.guided_methods
+        if not guided:
+            if self.run_config is not None:
+                raise UserError("--config FILE (one reward-guided run per line) is for "
+                                "--method args or pad")
+            return
+        if len(guided) > 1:
+            raise UserError("--method args and pad need different guides (ARGS a reward "
+                            "model, PAD a PersRM): run them as two commands")
+        method = guided[0]
+        if self.rm_name is None:
+            raise UserError(f"--method {method} needs --rm_name: " + (
+                "a reward model (a sequence classifier with one label) with the decoding "
+                "model's tokenizer" if method == "args" else
+                "PAD's PersRM (a causal LM with the decoding model's tokenizer), or 'self' for "
+                "implicit PAD (the decoding model under the preference prompt)"))
+        if method == "args" and self.rm_name == "self":
+            raise UserError("--rm_name self (implicit PAD) is for --method pad: ARGS needs a "
+                            "reward model")
+        if self.rm_weight is not None and not math.isfinite(self.rm_weight):
+            raise UserError(f"--rm_weight must be a finite number, got {self.rm_weight}")
+        _at_least("topk", self.topk, 1)
+        if self.mode not in GUIDED_MODES:
+            raise UserError(_unknown("mode", self.mode, GUIDED_MODES))
+        if not math.isfinite(self.sample_temp):
+            raise UserError(f"--sample_temp must be a finite number, got {self.sample_temp}")
+        _positive("sample_temp", self.sample_temp)
+        if self.rm_batch_size is not None:
+            _at_least("rm_batch_size", self.rm_batch_size, 1)
+        if self.rm_dtype is not None and self.rm_dtype not in DTYPES:
+            raise UserError(_unknown("dtype", self.rm_dtype, DTYPES))
+        if self.do_sample:
+            raise UserError(f"--do_sample does not apply to --method {method}: it samples with "
+                            "--mode topk, from softmax(score / --sample_temp) over its --topk "
+                            "candidates")
+        penalised = [f"--{name}" for name, off in (("repetition_penalty", 1.0),
+                                                   ("no_repeat_ngram_size", 0))
+                     if getattr(self, name) not in (None, off)]
+        if penalised:
+            raise UserError(f"{' and '.join(penalised)} cannot be applied by --method {method}: "
+                            "the reward-guided decoder scores raw logits of its top-k "
+                            "candidates, with no penalty; run it without them")
+        if self.run_config is not None:
+            from DecodingMethodsModels.rg_config import load_run_configs
+
+            load_run_configs(self.run_config)  # a bad line is an error now, naming the line
+
+    @property
+    def guided_methods(self) -> list[str]:
+        return [m for m in self.methods if m in GUIDED_METHODS]
 
     @property
     def methods(self) -> list[str]:
@@ -143,11 +216,33 @@ class RunConfig:
             notes.append("reinforce_ratio only affects --method la")
         if "num_beams" in given and "beam" not in self.methods:
             notes.append("num_beams only affects --method beam")
+        notes += self._ineffective_guided_flags(given)
         if "amulet" in self.methods and self.alpha > self.player_lambda:
             notes.append(
                 f"alpha {self.alpha} > player_lambda {self.player_lambda}: Amulet's ratio k "
                 "diverges as iteration_num grows"
             )
+        return notes
+
+    def _ineffective_guided_flags(self, given: set[str]) -> list[str]:
+        guide_flags = {"rm_name", "rm_weight", "topk", "mode", "sample_temp", "ignore_eos",
+                       "rm_device", "rm_dtype", "rm_batch_size"}
+        if not self.guided_methods:
+            flags = guide_flags & given
+            return [f"{', '.join(sorted(flags))} only affect --method args and pad"] if flags \
+                else []
+        notes = []
+        per_line = {"rm_weight", "topk", "mode", "sample_temp"} & given
+        if self.run_config is not None and per_line:
+            notes.append(f"{', '.join(sorted(per_line))} ignored: --config sets them per line")
+        elif "sample_temp" in given and self.mode == "greedy":
+            notes.append("sample_temp ignored with --mode greedy (use --mode topk to sample)")
+        unused = {"rm_device", "rm_dtype", "rm_batch_size"} & given
+        if self.rm_name == "self" and unused:
+            notes.append(f"{', '.join(sorted(unused))} ignored with --rm_name self: the "
+                         "decoding model is its own PersRM")
+        elif "rm_batch_size" in given and self.guided_methods == ["pad"]:
+            notes.append("rm_batch_size only affects --method args")
         return notes
 
 
@@ -162,17 +257,21 @@ def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(
         prog="main.py",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
-        description="Personalised decoding: base, pref, beam, la and amulet (Amulet, ICLR 2025).",
+        description="Personalised decoding: base, pref, beam, la and amulet (Amulet, ICLR 2025), "
+        "and the reward-guided args (ARGS, ICLR 2024) and pad (PAD, ICLR 2025).",
     )
     run = parser.add_argument_group("what to run")
     run.add_argument("--method", default="amulet",
-                     help="base, pref, beam, la, amulet; a comma list or 'all'")
+                     help="base, pref, beam, la, amulet, args, pad; a comma list, or 'all' for "
+                     "the five that need no reward model (base, pref, beam, la, amulet)")
     run.add_argument("--model_name", default=DEFAULT_MODEL,
                      help="embedded default, a hub id, a local model directory or a .gguf file")
     run.add_argument("--eval_data", default=DEFAULT_DATA,
                      help="dataset name(s) in --data_dir, comma separated; 'all': the paper's four")
     run.add_argument("--pref_name", default="creative",
-                     help=f"{', '.join(PREFERENCES)}; a comma list or 'all'")
+                     help=f"{', '.join(PREFERENCES)}; a comma list or 'all' (these eight); or "
+                     f"PAD's principle sets {', '.join(PRINCIPLE_SETS)} (PAD's prompt in the user "
+                     "turn; the base prompt is the bare question)")
     run.add_argument("--pref_text", default=None, help="any free-text preference sentence")
     run.add_argument("--data_dir", default=os.environ.get("AMULET_DATA_DIR", DEFAULT_DATA_DIR),
                      help="where datasets live (env AMULET_DATA_DIR)")
@@ -215,6 +314,34 @@ def build_parser() -> argparse.ArgumentParser:
     algo.add_argument("--iteration_num", type=int, default=60, help="Amulet's T")
     algo.add_argument("--amulet_solver", default="closed_form", choices=SOLVERS,
                       help="closed form, or the paper's T iterations")
+
+    rg = parser.add_argument_group(
+        "ARGS and PAD", "Reward-guided decoding: per token, the decoding model's top-k "
+        "candidates are rescored by a guide and the best is taken. ARGS: z + w r (r: a reward "
+        "model's score of the sequence ending in the candidate); PAD: z + w (log_softmax_k(u) - "
+        "log_softmax_k(z)) (u: the PersRM's logits on the same ids).")
+    rg.add_argument("--rm_name", default=None,
+                    help="the guide: ARGS's reward model (a one-label sequence classifier), "
+                    "PAD's PersRM (a causal LM), or 'self' (pad only: implicit PAD, the "
+                    "decoding model under the preference prompt); same tokenizer as the model")
+    rg.add_argument("--rm_weight", type=float, default=None,
+                    help=f"w (None: {DEFAULT_RM_WEIGHT['args']} for args, "
+                    f"{DEFAULT_RM_WEIGHT['pad']} for pad); 0 is greedy decoding")
+    rg.add_argument("--topk", type=int, default=10, help="candidates rescored per token")
+    rg.add_argument("--mode", default="greedy", choices=GUIDED_MODES,
+                    help="greedy: the best score; topk: sample softmax(score / sample_temp)")
+    rg.add_argument("--sample_temp", type=float, default=0.7, help="with --mode topk")
+    rg.add_argument("--config", dest="run_config", default=None, metavar="FILE",
+                    help="JSON lines {rm_weight, topk, mode, sample_temp}, one run per line "
+                    "(ARGS's and PAD's own config files load); each writes METHOD_<settings>.json")
+    rg.add_argument("--ignore_eos", action="store_true",
+                    help="always generate --max_new_tokens tokens, as the public codes do "
+                    "(off: stop at the first EOS)")
+    rg.add_argument("--rm_device", default=None, help="the guide's device (None: --device)")
+    rg.add_argument("--rm_dtype", default=None, choices=DTYPES,
+                    help="the guide's dtype (None: --dtype)")
+    rg.add_argument("--rm_batch_size", type=int, default=None,
+                    help="rows per reward-model forward in args (None: batch_size x topk)")
 
     hw = parser.add_argument_group("hardware")
     hw.add_argument("--batch_size", type=int, default=8,

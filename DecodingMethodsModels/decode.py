@@ -33,6 +33,7 @@ class Decoder:
     seed: int
     batch_size: int = 8
     continuous_batching: bool = True
+    guide: object = None  # guided_runs.Guide: ARGS's or PAD's guide, when a run needs one
 
     def __call__(self, work: Work, batch: int) -> tuple[list[dict], int]:
         """(records of the batch, generated tokens)."""
@@ -41,11 +42,14 @@ class Decoder:
 
         rows = work.batches[batch]
         pref_ids, base_ids = self.prompts[(work.run.preference, work.run.dataset.name)]
+        pref_rows, base_rows = [pref_ids[i] for i in rows], [base_ids[i] for i in rows]
+        seed = seed_for_batch(self.seed, batch)
         try:
-            outputs = METHOD_RUNNERS[work.run.method](
-                self.model, [pref_ids[i] for i in rows], [base_ids[i] for i in rows],
-                self.settings, seed_for_batch(self.seed, batch),
-            )
+            if work.run.guided is not None:
+                outputs = self.guide.decode(work.run.guided, pref_rows, base_rows, seed)
+            else:
+                outputs = METHOD_RUNNERS[work.run.method](self.model, pref_rows, base_rows,
+                                                          self.settings, seed)
         except NonFiniteScoresError as err:
             raise RankError(nan_message(work, batch, self.model, err)) from None
         return self.records(work, rows, outputs), sum(len(ids) for ids in outputs)

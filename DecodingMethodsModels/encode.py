@@ -11,14 +11,20 @@ from .plan import Work
 
 
 def encode_questions(tokenizer, dataset: Dataset, preference: str, system_role: bool,
-                     context: int | None, config) -> tuple[list[list[int]], list[list[int]]]:
+                     context: int | None, config, pad_set: str | None = None
+                     ) -> tuple[list[list[int]], list[list[int]]]:
     """(preference prompt ids, base prompt ids) per question, both built from the same question
-    text. A question too long for the context is refused, or, if asked, cut from the left once
+    text: the paper's system prompt with and without the preference sentence, or, for one of
+    PAD's principle sets (`pad_set`), the user turn with and without PAD's preference prompt.
+    A question too long for the context is refused, or, if asked, cut from the left once
     so that the longer of its two prompts fits, and both prompts are built from that cut text:
     LA and Amulet then contrast two prompts about the same question."""
+    from .pad_prompts import encode_pad_prompt
     from .prompts import encode_prompt
 
     def encode(question: str) -> tuple[list[int], list[int]]:
+        if pad_set is not None:
+            return tuple(encode_pad_prompt(tokenizer, question, name) for name in (pad_set, None))
         return tuple(
             encode_prompt(tokenizer, question, sentence, system_role,
                           reference=config.reference_prompts)
@@ -61,7 +67,8 @@ def encode_all(todo: list[Work], tokenizer, system_role: bool, context: int | No
         key = (work.run.preference, work.run.dataset.name)
         if key not in prompts:
             prompts[key] = encode_questions(
-                tokenizer, work.run.dataset, work.run.preference, system_role, context, config
+                tokenizer, work.run.dataset, work.run.preference, system_role, context, config,
+                work.run.pad_set,
             )
     return prompts
 

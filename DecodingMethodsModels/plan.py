@@ -18,35 +18,50 @@ from .outputs import (
     read_json,
     run_dir,
 )
+from .pad_prompts import PRINCIPLE_SETS, preference_prompt
 from .prompts import SYSTEM_PROMPT, preference_sentence
+from .rg_config import GuidedRunConfig
 
 FINGERPRINT_VERSION = 2
 
 @dataclass(frozen=True)
 class PlannedRun:
+    """One output file. `preference` is the preference text the records carry: the paper's
+    sentence, the free text, or PAD's preference prompt when `pad_set` names PAD's principles
+    (then both prompts are PAD's: the preference prompt, or none, before the question in the
+    user turn). `guided` holds the settings of an ARGS or PAD run, whose file is `stem`.json."""
+
     method: str
     pref_slug: str
     preference: str
     dataset: Dataset
     directory: Path
+    guided: GuidedRunConfig | None = None
+    stem: str | None = None
+    pad_set: str | None = None
+
+    @property
+    def name(self) -> str:
+        """The file stem: the method, or the method and its settings in a --config grid."""
+        return self.stem or self.method
 
     @property
     def final_path(self) -> Path:
-        return self.directory / f"{self.method}.json"
+        return self.directory / f"{self.name}.json"
 
     @property
     def meta_path(self) -> Path:
-        return self.directory / f"{self.method}.meta.json"
+        return self.directory / f"{self.name}.meta.json"
 
     def part_path(self, rank: int) -> Path:
-        return self.directory / f"{self.method}.part{rank}.jsonl"
+        return self.directory / f"{self.name}.part{rank}.jsonl"
 
     def part_paths(self) -> list[Path]:
-        return sorted(self.directory.glob(f"{self.method}.part*.jsonl"))
+        return sorted(self.directory.glob(f"{self.name}.part*.jsonl"))
 
     @property
     def label(self) -> str:
-        return f"{self.method} {self.pref_slug} {self.dataset.name}"
+        return f"{self.name} {self.pref_slug} {self.dataset.name}"
 
 
 @dataclass
@@ -79,18 +94,25 @@ class Work:
 
 @dataclass(frozen=True)
 class Hardware:
-    """What the device and dtype flags resolve to on this machine (they change the tokens)."""
+    """What the device and dtype flags resolve to on this machine (they change the tokens);
+    `rm_dtype` is the guide's of ARGS and PAD, when there is one."""
 
     device_type: str
     dtype: str
+    rm_dtype: str | None = None
 
 
 def resolved_hardware(config) -> Hardware:
+    from .guided_runs import SELF, guide_dtype
     from .loading import resolve_device, resolve_dtype
 
     device = "cuda" if config.multi_gpu else resolve_device(config.device)
     dtype = str(resolve_dtype(config.dtype, device)).removeprefix("torch.")
-    return Hardware(device.split(":")[0], dtype)
+    rm_dtype = None
+    if config.guided_methods and config.rm_name != SELF:
+        rm_device = device if config.rm_device is None else resolve_device(config.rm_device)
+        rm_dtype = str(resolve_dtype(guide_dtype(config), rm_device)).removeprefix("torch.")
+    return Hardware(device.split(":")[0], dtype, rm_dtype)
 
 
 def method_parameters(config, method: str) -> dict:
@@ -119,7 +141,11 @@ def fingerprint(config, run: PlannedRun, model_short_name: str,
 
     The device type and dtype are recorded as resolved (`--dtype auto` is float32 on a CPU and
     bfloat16 on CUDA); the seed only when sampling, since greedy and beam runs ignore it.
+    Keys that only some runs have (PAD's principle set, the settings of ARGS and PAD) are
+    added only to those, so the fingerprints of other runs stay as they were.
     """
+    from .guided_runs import guided_parameters
+
     hardware = hardware or resolved_hardware(config)
     sampling = (
         {"temperature": config.temperature, "top_p": config.top_p, "top_k": config.top_k,
@@ -148,21 +174,34 @@ def fingerprint(config, run: PlannedRun, model_short_name: str,
         "use_model_generation_config": config.use_model_generation_config,
         **sampling,
         **method_parameters(config, run.method),
+        **({"pad_principles": run.pad_set} if run.pad_set else {}),
+        **(guided_parameters(config, run.guided, hardware.rm_dtype) if run.guided else {}),
     }
 
 
 def plan_runs(config, model_short_name: str) -> list[PlannedRun]:
-    """Every (preference, dataset, method) of the grid, in that nesting; datasets validated."""
+    """Every (preference, dataset, method) of the grid, in that nesting, ARGS and PAD once per
+    line of their --config; datasets validated."""
+    from .guided_runs import guided_runs
+
     data_dir = Path(config.data_dir)
     datasets = [load_dataset(data_dir, name, config.limit) for name in config.datasets]
     runs = []
     for pref_name in config.pref_names:
         slug = preference_slug(pref_name, config.pref_text)
-        sentence = config.pref_text or preference_sentence(pref_name)
+        pad_set = pref_name if config.pref_text is None and pref_name in PRINCIPLE_SETS else None
+        sentence = config.pref_text or (
+            preference_prompt(pad_set) if pad_set else preference_sentence(pref_name))
         for dataset in datasets:
             directory = run_dir(config.output_dir, slug, model_short_name, dataset.name)
             for method in config.methods:
-                runs.append(PlannedRun(method, slug, sentence, dataset, directory))
+                if method not in config.guided_methods:
+                    runs.append(PlannedRun(method, slug, sentence, dataset, directory,
+                                           pad_set=pad_set))
+                    continue
+                for stem, guided in guided_runs(config, method):
+                    runs.append(PlannedRun(method, slug, sentence, dataset, directory, guided,
+                                           stem, pad_set))
     return runs
 
 

@@ -29,6 +29,8 @@ from .distributed import (
     restrict_gpus,
 )
 from .encode import configured_context, encode_all, model_context
+from .errors import UserError
+from .guided_runs import check_guide_tokenizer, guide_context, guide_device, load_guide
 from .outputs import check_writable
 from .plan import Work, batches_of, check_model_source, plan_runs, select_todo
 from .provenance import software_facts
@@ -96,12 +98,17 @@ def load_and_check(config, process: Process, todo: list[Work]) -> tuple[Decoder,
     device = rank_device(resolve_device(config.device), process, config.multi_gpu)
     tokenizer = load_tokenizer(source, config.trust_remote_code)
     system_role = template_accepts_system(tokenizer)
+    guided = [w.run.guided for w in todo if w.run.guided is not None]
+    if guided:
+        check_guide_tokenizer(config, tokenizer)  # before any weight loads
+    guide_limit = guide_context(config) if guided else None  # the guide reads the same ids
     # every prompt is encoded and checked before anything is written or any weight loaded
     context = configured_context(source, config.trust_remote_code)
-    prompts = encode_all(todo, tokenizer, system_role, context, config)
+    prompts = encode_all(todo, tokenizer, system_role, _smaller(context, guide_limit), config)
     model = load_model(source, device, config.dtype, config.multi_gpu, config.trust_remote_code)
     if context is None and model_context(model.config) is not None:
-        prompts = encode_all(todo, tokenizer, system_role, model_context(model.config), config)
+        prompts = encode_all(todo, tokenizer, system_role,
+                             _smaller(model_context(model.config), guide_limit), config)
     for work in todo:
         pref_ids, _ = prompts[(work.run.preference, work.run.dataset.name)]
         positions = work.positions_to_decode() if work.kept else None
@@ -110,10 +117,25 @@ def load_and_check(config, process: Process, todo: list[Work]) -> tuple[Decoder,
         work.mine = [b for b in range(len(work.batches)) if process.owns(b) and b not in work.done]
     eos_ids = eos_token_ids(model, tokenizer)
     penalties, generation_facts = resolve_penalties(config, model)
-    settings = decode_settings(config, eos_ids, pad_token_id(tokenizer, eos_ids), penalties)
+    pad_id = pad_token_id(tokenizer, eos_ids)
+    settings = decode_settings(config, eos_ids, pad_id, penalties)
+    guide, guide_facts = None, {}
+    if guided:
+        if penalties.active:
+            raise UserError(f"the checkpoint's repetition penalty or n-gram ban "
+                            f"(--use_model_generation_config) cannot be applied by --method "
+                            f"{config.guided_methods[0]}: run it without that flag")
+        guide, guide_facts = load_guide(config, guide_device(config, process, device), model,
+                                        eos_ids, pad_id, guided)
     decoder = Decoder(model, tokenizer, prompts, settings, eos_ids, config.seed,
-                      config.batch_size, config.continuous_batching)
-    return decoder, {**environment_facts(process, device, model), **generation_facts}
+                      config.batch_size, config.continuous_batching, guide)
+    return decoder, {**environment_facts(process, device, model), **guide_facts,
+                     **generation_facts}
+
+
+def _smaller(a: int | None, b: int | None) -> int | None:
+    """The smaller of two context lengths, either of which may be unknown (None)."""
+    return b if a is None else a if b is None else min(a, b)
 
 
 def clear_for_rerun(todo: list[Work], overwrite: bool) -> None:

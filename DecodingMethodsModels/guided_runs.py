@@ -1,0 +1,162 @@
+"""ARGS and PAD in the CLI: the runs a command asks for, their guide model, and one batch of
+one run decoded by the reward-guided engine (reward_guided.py).
+
+A run's settings (w, k, mode, sample_temp) come from the flags, or one line each from a
+`--config` JSON-lines file; a grid's runs are written to `{method}_{settings}.json` so that
+they never overwrite each other. Both methods decode on the run's preference prompt, exactly as
+`pref` does, and the guide reads the same ids: ARGS's reward model scores [prompt, tokens so
+far, candidate], PAD's PersRM reads [prompt, tokens so far]. `--rm_name self` is implicit PAD:
+the decoding model reads the base prompt and, under the preference prompt, is its own PersRM.
+Nothing here imports torch at import time: the planner uses it before any model loads.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from .errors import UserError
+from .rg_config import GuidedRunConfig, load_run_configs, run_suffixes
+
+SELF = "self"  # --rm_name for implicit PAD
+DEFAULT_RM_WEIGHT = {"args": 1.5, "pad": 0.8}  # ARGS's greedy_rm_1.5, PAD's P-Soups weight
+
+
+def guided_runs(config, method: str) -> list[tuple[str, GuidedRunConfig]]:
+    """(file stem, settings) of every run of `method` ("args" or "pad") the command asks for."""
+    if config.run_config is not None:
+        runs = load_run_configs(config.run_config)
+        return [(f"{method}_{suffix}", run) for suffix, run in zip(run_suffixes(runs), runs,
+                                                                     strict=True)]
+    weight = DEFAULT_RM_WEIGHT[method] if config.rm_weight is None else config.rm_weight
+    temp = config.sample_temp if config.mode == "topk" else None
+    return [(method, GuidedRunConfig(float(weight), config.topk, config.mode, temp, line=0))]
+
+
+def guided_parameters(config, run: GuidedRunConfig, rm_dtype: str | None) -> dict:
+    """What changes the tokens of a reward-guided run, for its fingerprint: the guide and its
+    resolved dtype (none for `self`), w, k, the mode, the temperature and seed when sampling,
+    and whether EOS stops it. Not the guide's device nor --rm_batch_size."""
+    params = {"rm_name": config.rm_name, "rm_weight": run.rm_weight, "topk": run.topk,
+              "mode": run.mode, "ignore_eos": config.ignore_eos}
+    if run.mode == "topk":
+        params.update(sample_temp=run.sample_temp, seed=config.seed)
+    if config.rm_name != SELF:
+        params["rm_dtype"] = rm_dtype
+    return params
+
+
+def guide_device(config, process, decoding_device: str) -> str:
+    """Where the guide lives: --rm_device (spread over GPUs by rank like --device), or the
+    decoding model's device."""
+    from .distributed import rank_device
+    from .loading import resolve_device
+
+    if config.rm_device is None:
+        return decoding_device
+    return rank_device(resolve_device(config.rm_device), process, False)
+
+
+def guide_dtype(config) -> str:
+    return config.dtype if config.rm_dtype is None else config.rm_dtype
+
+
+def check_guide_tokenizer(config, tokenizer) -> None:
+    """The guide must map every token to the decoding model's id: checked on the tokenizers
+    alone, before any weight loads."""
+    from .reward_guided import check_same_tokenizer
+    from .rg_loading import load_guide_tokenizer
+
+    if config.rm_name == SELF:
+        return
+    role = "reward model" if config.guided_methods == ["args"] else "PersRM"
+    check_same_tokenizer(tokenizer, load_guide_tokenizer(config.rm_name,
+                                                         config.trust_remote_code), role)
+
+
+def guide_context(config) -> int | None:
+    """The guide's context length from its configuration (None: unknown, or `self`)."""
+    from .encode import configured_context
+    from .loading import resolve_model
+
+    if config.rm_name == SELF:
+        return None
+    return configured_context(resolve_model(config.rm_name), config.trust_remote_code)
+
+
+@dataclass
+class Guide:
+    """The decoding model with its guide, and what every reward-guided batch shares."""
+
+    model: object
+    guide_model: object | None  # None: implicit PAD (the decoding model guides itself)
+    method: str
+    max_new_tokens: int
+    eos_ids: list[int]
+    pad_id: int
+    ignore_eos: bool = False
+    rm_batch_size: int | None = None
+
+    def settings(self, run: GuidedRunConfig):
+        from .reward_guided import GuidedSettings
+
+        return GuidedSettings.from_run(run, self.max_new_tokens, self.eos_ids, self.pad_id,
+                                       ignore_eos=self.ignore_eos,
+                                       rm_batch_size=self.rm_batch_size)
+
+    def check(self, runs: list[GuidedRunConfig]) -> None:
+        """Every run's k against the vocabulary, and the guide's kind, before decoding."""
+        from .reward_guided import _check_reward_model, vocabulary_size
+
+        vocab = vocabulary_size(self.model)
+        for run in runs:
+            if run.topk > vocab:
+                where = f" (--config line {run.line})" if run.line else ""
+                raise UserError(f"--topk {run.topk}{where} is larger than the decoding model's "
+                                f"vocabulary ({vocab} tokens)")
+        if self.method == "args":
+            _check_reward_model(self.guide_model, vocab)
+        elif self.guide_model is not None and vocabulary_size(self.guide_model) < vocab:
+            raise UserError(f"the PersRM scores {vocabulary_size(self.guide_model)} token ids "
+                            f"but the decoding model writes {vocab}: they must share one "
+                            "tokenizer")
+
+    def decode(self, run: GuidedRunConfig, pref_ids: list[list[int]],
+               base_ids: list[list[int]], seed: int) -> list[list[int]]:
+        """One batch: the generated ids per question, the ending EOS included."""
+        import torch
+
+        from .engine import model_input_device
+        from .reward_guided import decode_args, decode_pad, decode_pad_implicit
+
+        settings = self.settings(run)
+        generator = None
+        if settings.mode == "topk":
+            generator = torch.Generator(device=model_input_device(self.model)).manual_seed(seed)
+        if self.method == "args":
+            result = decode_args(self.model, self.guide_model, pref_ids, settings, generator)
+        elif self.guide_model is None:
+            result = decode_pad_implicit(self.model, base_ids, pref_ids, settings, generator)
+        else:
+            result = decode_pad(self.model, self.guide_model, pref_ids, settings, generator)
+        return result.token_ids
+
+
+def load_guide(config, device: str, model, eos_ids: list[int], pad_id: int,
+               runs: list[GuidedRunConfig]) -> tuple[Guide, dict]:
+    """The guide of the command's reward-guided method, loaded and checked; facts for the
+    sidecar."""
+    from .rg_loading import load_persrm, load_reward_model
+
+    method = config.guided_methods[0]
+    dtype = guide_dtype(config)
+    guide_model = None
+    if config.rm_name != SELF:
+        load = load_reward_model if method == "args" else load_persrm
+        guide_model = load(config.rm_name, device, dtype, config.trust_remote_code)
+    guide = Guide(model, guide_model, method, config.max_new_tokens, eos_ids, pad_id,
+                  config.ignore_eos, config.rm_batch_size)
+    guide.check(runs)
+    facts = {"rm_name": config.rm_name}
+    if guide_model is not None:
+        facts.update(rm_device=device, rm_dtype=str(guide_model.dtype).removeprefix("torch."))
+    return guide, {"guide": facts}
