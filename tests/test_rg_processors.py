@@ -359,3 +359,20 @@ def test_guides_of_the_wrong_kind_are_refused(models, guides, prompts):
     with pytest.raises(UserError, match="no LM head") as err:
         PadProcessor(guides["reward_model"], ids, mask)
     one_line(err)
+
+
+# ----- evals/library_bench.py -------------------------------------------------------------------
+
+
+def test_library_bench_times_each_processor_beside_its_engine_with_the_same_tokens(
+        models, guides, prompts):
+    from evals.library_bench import guided_bench, markdown_table
+
+    pref, base = prompts
+    rows = guided_bench(models["llama"], guides, pref, base, steps=4, pad_id=PAD, repeats=1,
+                        topk=TOPK, weight=1.5)
+    assert len(rows) == 6 and all(r["tokens"] == 4 * len(pref) for r in rows)
+    processors_rows = [r for r in rows if "Processor" in r["path"]]
+    assert len(processors_rows) == 3
+    assert all(r["same_tokens"] == f"{len(pref)}/{len(pref)}" for r in processors_rows)
+    assert markdown_table(rows).count("\n") == len(rows) + 1
