@@ -128,25 +128,28 @@ class _FollowingCache(LogitsProcessor):
                 "greedy, sampling and beam search, not rows rewritten in place")
         return sources
 
-    def _extra_output(self, input_ids: torch.Tensor) -> torch.Tensor:
+    def _extra_output(self, input_ids: torch.Tensor) -> torch.Tensor | None:
         """The second model's output after reading its prompt and every token of `input_ids`
         after generate's prompt (the last one only, once its cache holds the others)."""
         sources = self._continues(input_ids)
         if sources is None:
             return self._prefill(input_ids)
-        width = self.prompt.shape[1]
-        if not torch.equal(sources, torch.arange(len(sources), device=sources.device)):
-            select_cache_rows(self.cache, sources)
-        self.generated = input_ids[:, width:].clone()
-        device = self.mask.device
+        self.generated = input_ids[:, self.prompt.shape[1]:].clone()
         self.mask = torch.cat([self.mask, self.mask.new_ones((self.mask.shape[0], 1))], dim=1)
-        out = self._read(
-            self.model, self._forward_extra, input_ids=input_ids[:, -1:].to(device),
-            attention_mask=self.mask, position_ids=self.next_position.unsqueeze(-1),
-            past_key_values=self.cache, use_cache=True,
-        )
+        out = self._advance(sources, input_ids[:, -1:].to(self.mask.device))
         self.next_position = self.next_position + 1
         return out
+
+    def _advance(self, sources: torch.Tensor | None, last: torch.Tensor) -> torch.Tensor | None:
+        """Move the cache rows to `sources` (None: they stay) and read the last tokens (R, 1)."""
+        if sources is not None and not torch.equal(
+                sources, torch.arange(len(sources), device=sources.device)):
+            select_cache_rows(self.cache, sources)
+        return self._read(
+            self.model, self._forward_extra, input_ids=last, attention_mask=self.mask,
+            position_ids=self.next_position.unsqueeze(-1), past_key_values=self.cache,
+            use_cache=True,
+        )
 
     def _prefill(self, input_ids: torch.Tensor) -> torch.Tensor:
         """A new generation: encode the extra prompts, one copy per row of `input_ids`."""
@@ -304,9 +307,12 @@ class ArgsProcessor(_FollowingCache):
     `reward_ids` (Q, L, left padding with `reward_attention_mask`, or a list of Q id lists)
     are usually the ids `generate` reads. Every other token gets -inf.
 
-    The reward model keeps a KV cache of [prompt, tokens so far] per row that follows beam
-    search's reordering; each step it reads the last token, then the k candidates on k copies
-    of that cache, which are dropped again. Greedy `generate` gives reward_guided.decode_args's
+    The reward model keeps a KV cache of k rows per `generate` row, [prompt, tokens so far,
+    candidate j], as the engine does: each step the row of the candidate `generate` took
+    (following beam search's reordering) is copied k times and the new k candidates are read
+    in one forward. A step where some row took no candidate of its source row (a finished
+    row's padding, a -inf token taken by beam search) re-reads the last token of every row
+    instead, on [prompt, tokens so far]. Greedy `generate` gives reward_guided.decode_args's
     tokens (mode "greedy"); with `do_sample=True, temperature=0.7` it draws as mode "topk" does.
     """
 
@@ -326,24 +332,47 @@ class ArgsProcessor(_FollowingCache):
                 f"writes {z.shape[-1]}: they must share one tokenizer")
         candidate_logits, candidates = _over_candidates(z, self.topk)
         with torch.no_grad():
-            self._extra_output(input_ids)  # the cache now holds [prompt, tokens so far]
+            self._extra_output(input_ids)  # [prompt, tokens so far] in the cache
             rewards = self._candidate_rewards(candidates)
         return _candidates_only(z, candidates,
                                 args_scores(candidate_logits, rewards.to(z.device), self.weight))
 
+    def _reset(self) -> None:
+        super()._reset()
+        self.candidates: torch.Tensor | None = None  # (R, k) ids read after the cached rows
+        self.chosen_rows: torch.Tensor | None = None  # (R,) cache rows of generate's rows
+
+    def _advance(self, sources: torch.Tensor, last: torch.Tensor) -> None:
+        """Each row continues with one of its source row's candidates, whose cache row already
+        holds it: remember that row. Otherwise (a finished row's pad, a -inf token taken by beam
+        search) read the last tokens afresh on [prompt, tokens so far]."""
+        k = self.candidates.shape[1]
+        sources = sources.to(last.device)
+        hit = self.candidates[sources] == last  # (R, k)
+        if bool(hit.any(dim=-1).all()):
+            self.chosen_rows = sources * k + hit.int().argmax(dim=-1)
+            return None
+        select_cache_rows(self.cache, sources * k)
+        self.cache.crop(-1)  # drop the candidate
+        self.chosen_rows = None
+        return super()._advance(None, last)
+
     def _candidate_rewards(self, candidates: torch.Tensor) -> torch.Tensor:
-        """Rewards of [prompt, tokens so far, candidate], (R, k) ids -> (R, k); the cache is left
-        as it was."""
+        """Rewards of [prompt, tokens so far, candidate], (R, k) ids -> (R, k). Afterwards cache
+        row r k + j holds [prompt, tokens so far of row r, candidate j]."""
         rows, k = candidates.shape
         device = self.mask.device
-        self.cache.batch_repeat_interleave(k)  # (R k) rows, each row k times in a row
+        if self.chosen_rows is None:  # the cache holds R rows of [prompt, tokens so far]
+            self.cache.batch_repeat_interleave(k)
+        else:  # one copy: every chosen row k times in a row
+            select_cache_rows(self.cache, self.chosen_rows.repeat_interleave(k))
         mask = torch.cat([self.mask, self.mask.new_ones((rows, 1))], dim=1)
+        candidates = candidates.to(device)
         rewards = self._read(
-            self.model, self._forward_extra, input_ids=candidates.reshape(-1, 1).to(device),
+            self.model, self._forward_extra, input_ids=candidates.reshape(-1, 1),
             attention_mask=mask.repeat_interleave(k, dim=0),
             position_ids=self.next_position.repeat_interleave(k).unsqueeze(-1),
             past_key_values=self.cache, use_cache=True,
         )  # (R k,)
-        select_cache_rows(self.cache, torch.arange(rows, device=device) * k)
-        self.cache.crop(-1)  # drop the candidate again
+        self.candidates = candidates
         return rewards.view(rows, k)
