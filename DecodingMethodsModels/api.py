@@ -1,5 +1,6 @@
-"""The Python API around the two-prompt engine: `personalise` for a list of questions, and the
-engine as `model.generate(custom_generate=amulet_generate | la_generate, ...)`.
+"""The Python API around the two-prompt engine: `personalise` for a list of questions (also
+implicit PAD, by the reward-guided engine), and the engine as
+`model.generate(custom_generate=amulet_generate | la_generate, ...)`.
 
 Both run engine.decode_two_prompts (one stacked forward for both prompts per step) with the
 rules of combine.py; the logits processors of processors.py are the other way in, for
@@ -28,8 +29,9 @@ from .engine import decode_two_prompts, model_input_device
 from .errors import UserError
 from .loading import eos_token_ids, pad_token_id
 from .penalties import Penalties
-from .processors import PAPER
+from .processors import PAD_WEIGHT, PAPER, TOPK
 from .prompts import PREFERENCE_NAMES, encode_prompt, preference_sentence, template_accepts_system
+from .reward_guided import GuidedSettings, decode_pad_implicit
 from .sampling import SamplingSettings
 
 # Method name -> the settings its rule takes, with the paper's values.
@@ -38,23 +40,30 @@ METHOD_SETTINGS: dict[str, dict] = {
     "amulet": {"iterations": PAPER.iteration_num, "alpha": PAPER.alpha,
                "player_lambda": PAPER.player_lambda, "eta": PAPER.eta,
                "solver": PAPER.amulet_solver},
-    # Extension point (issue 14): "pad_implicit" (weight, topk) once reward_guided.py is merged.
+    "pad_implicit": {"weight": PAD_WEIGHT, "topk": TOPK},
 }
 
 
-def method_rule(method: str, **settings) -> CombineRule:
-    """The combine rule of `method` ("la" or "amulet") with `settings` over the paper's values."""
+def method_settings(method: str, **settings) -> dict:
+    """`settings` of `method` over its defaults; a UserError names an unknown method or key."""
     if method not in METHOD_SETTINGS:
         raise UserError(f"unknown method {method!r}; the library offers {sorted(METHOD_SETTINGS)}")
     unknown = sorted(set(settings) - set(METHOD_SETTINGS[method]))
     if unknown:
         raise UserError(f"{method} takes no setting {unknown}; it takes "
                         f"{sorted(METHOD_SETTINGS[method])}")
-    values = {**METHOD_SETTINGS[method], **settings}
+    return {**METHOD_SETTINGS[method], **settings}
+
+
+def method_rule(method: str, **settings) -> CombineRule:
+    """The combine rule of `method` ("la" or "amulet") with `settings` over the paper's values."""
+    values = method_settings(method, **settings)
     if method == "la":
         return la_rule(values["ratio"])
-    return amulet_rule(values["iterations"], values["alpha"], values["player_lambda"],
-                       values["eta"], values["solver"])
+    if method == "amulet":
+        return amulet_rule(values["iterations"], values["alpha"], values["player_lambda"],
+                           values["eta"], values["solver"])
+    raise UserError(f"{method} is not a combination of two prompts' log-probs")
 
 
 def preference_text(preference: str) -> str:
@@ -86,13 +95,20 @@ def personalise(
 
     `preference` is one of the paper's names ("creative", "concise", ...) or any sentence for
     the system prompt. `method` "amulet" (settings iterations, alpha, player_lambda, eta,
-    solver) or "la" (ratio); unset settings take the paper's values. Prompts are the CLI's
-    (prompts.encode_prompt, with and without the preference); questions go through the engine
-    in batches of `batch_size`; decoding stops at any of the model's EOS ids.
+    solver), "la" (ratio) or "pad_implicit" (weight, topk: PAD with the model itself on the
+    preference prompt as PersRM, reward_guided.decode_pad_implicit; sampling draws from
+    softmax(score / temperature) over the k candidates, without top_k/top_p); unset settings
+    take the paper's values. Prompts are the CLI's (prompts.encode_prompt, with and without the
+    preference); questions go through the engine in batches of `batch_size`; decoding stops at
+    any of the model's EOS ids.
     """
     if isinstance(questions, str):
         raise UserError("questions must be a list of strings, not one string")
-    rule = method_rule(method, **settings)
+    values = method_settings(method, **settings)
+    guided = method == "pad_implicit"
+    if guided and (top_k is not None or top_p != 1.0):
+        raise UserError("pad_implicit samples from its k candidates: it takes no top_k or top_p")
+    rule = None if guided else method_rule(method, **settings)
     sentence = preference_text(preference)
     system_role = template_accepts_system(tokenizer)
     eos_ids = eos_token_ids(model, tokenizer)
@@ -101,13 +117,20 @@ def personalise(
     generator = None
     if do_sample:
         generator = torch.Generator(device=model_input_device(model)).manual_seed(seed)
+    if guided:  # checked before the first batch
+        run = GuidedSettings(weight=values["weight"], max_new_tokens=max_new_tokens,
+                             eos_ids=eos_ids, pad_id=pad_id, topk=values["topk"],
+                             mode="topk" if do_sample else "greedy", sample_temp=temperature)
     texts = []
     for start in range(0, len(questions), batch_size):
         batch = questions[start: start + batch_size]
         pref = [encode_prompt(tokenizer, q, sentence, system_role) for q in batch]
         base = [encode_prompt(tokenizer, q, "", system_role) for q in batch]
-        result = decode_two_prompts(model, pref, base, rule, max_new_tokens, eos_ids, pad_id,
-                                    sampling, generator)
+        if guided:
+            result = decode_pad_implicit(model, base, pref, run, generator)
+        else:
+            result = decode_two_prompts(model, pref, base, rule, max_new_tokens, eos_ids, pad_id,
+                                        sampling, generator)
         texts += [decode_response(tokenizer, ids, eos_ids) for ids in result.token_ids]
     return texts
 

@@ -361,6 +361,35 @@ def test_guides_of_the_wrong_kind_are_refused(models, guides, prompts):
     one_line(err)
 
 
+# ----- personalise(method="pad_implicit") ---------------------------------------------------------
+
+
+def test_personalise_pad_implicit_returns_the_processor_texts(models, prompts, tokenizer):
+    from DecodingMethodsModels import personalise
+
+    model = models["qwen2"]
+    pref, base = prompts
+    processor, read = processor_for("implicit", model, {}, pref, base, weight=2.0)
+    expected = [tokenizer.decode(row, skip_special_tokens=True).strip()
+                for row in generate(model, read, processor)[0]]
+    for batch_size in (1, 4):
+        got = personalise(model, tokenizer, list(QUESTIONS), "creative", "pad_implicit",
+                          max_new_tokens=STEPS, batch_size=batch_size, weight=2.0, topk=TOPK)
+        assert got == expected
+    assert personalise(model, tokenizer, list(QUESTIONS), "creative", "pad_implicit",
+                       max_new_tokens=STEPS, weight=0.0) != expected
+    sampled = [personalise(model, tokenizer, list(QUESTIONS), method="pad_implicit",
+                           max_new_tokens=STEPS, do_sample=True, temperature=5.0, seed=seed)
+               for seed in (1, 1, 2)]
+    assert sampled[0] == sampled[1] != sampled[2]
+    for options, message in [({"top_k": 5}, "no top_k"), ({"weight": float("nan")}, "finite"),
+                             ({"topk": 0}, "at least 1"), ({"ratio": 2.0}, "takes no setting")]:
+        with pytest.raises(UserError, match=message) as err:
+            personalise(model, tokenizer, ["Hi"], method="pad_implicit", do_sample=True,
+                        **options)
+        one_line(err)
+
+
 # ----- evals/library_bench.py -------------------------------------------------------------------
 
 
