@@ -42,7 +42,7 @@ from .reward_guided import (
 )
 from .sampling import unusable_rows
 
-# The paper's settings (PROTOCOL.md), as the CLI's defaults, for every entry point of the API.
+# The paper's settings, as the CLI's defaults, for every entry point of the API.
 PAPER = DecodeSettings(max_new_tokens=1, eos_ids=[], pad_id=0)
 
 
@@ -218,7 +218,7 @@ class LinearAlignmentProcessor(TwoPromptProcessor):
 
 
 class AmuletProcessor(TwoPromptProcessor):
-    """Amulet inside `generate`: T FTRL iterations per token (PROTOCOL.md section 3).
+    """Amulet inside `generate`: T FTRL iterations per token (combine.amulet_rule).
 
     `generate` reads the preference prompts; `base_ids` (with `base_attention_mask`) are the
     base prompts of the same questions. `solver` "closed_form" or "iterative" (same tokens).
