@@ -5,7 +5,8 @@ CLI's argument checks never wait for torch:
 
 - `AmuletProcessor`, `LinearAlignmentProcessor`, `TwoPromptProcessor`: logits processors for
   `model.generate(pref_ids, logits_processor=[...])` (processors.py);
-- `amulet_generate`, `la_generate`: the stacked engine as `model.generate(custom_generate=...)`;
+- `amulet_generate`, `la_generate`, `pad_implicit_generate`: the engines as
+  `model.generate(custom_generate=...)`;
 - `personalise`: answers to a list of questions for a preference, as strings (api.py);
 - `amulet_rule`, `la_rule`, `decode_two_prompts`: the pure rules and the engine themselves;
 - `ArgsProcessor`, `PadProcessor`: ARGS and PAD (explicit or implicit) as logits processors;
@@ -23,6 +24,7 @@ _PUBLIC = {
     "TwoPromptProcessor": "processors",
     "amulet_generate": "api",
     "la_generate": "api",
+    "pad_implicit_generate": "api",
     "personalise": "api",
     "amulet_rule": "combine",
     "la_rule": "combine",

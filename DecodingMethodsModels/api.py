@@ -179,33 +179,46 @@ def _ids_list(value) -> list[int]:
 
 
 def _engine_generate(model, input_ids, logits_processor, stopping_criteria, generation_config,
-                     base_ids, base_attention_mask, rule: CombineRule, model_kwargs: dict):
-    """Decode `generate`'s prepared call with the engine; returns what `generate` would."""
-    if base_ids is None:
-        raise ValueError("pass base_ids (the base prompts, with base_attention_mask) to generate")
+                     extra_ids, extra_attention_mask, decode, model_kwargs: dict,
+                     extra: str = "base"):
+    """Decode `generate`'s prepared call with an engine; returns what `generate` would.
+
+    `extra_ids` (with `extra_attention_mask`) are the second prompts, named `extra` ("base" or
+    "pref") in messages; `decode(own, extra, max_new_tokens, eos_ids, pad_id, sampling,
+    penalties)` runs the engine on unpadded id lists and returns its DecodeResult.
+    """
+    if extra_ids is None:
+        raise ValueError(f"pass {extra}_ids (the {extra} prompts, with {extra}_attention_mask) "
+                         "to generate")
     sampling, penalties = _engine_options(logits_processor, stopping_criteria, generation_config)
-    pref = _unpadded(input_ids, model_kwargs.get("attention_mask"))
-    base = (_unpadded(base_ids, base_attention_mask) if torch.is_tensor(base_ids)
-            else [list(row) for row in base_ids])
-    if len(pref) % len(base):
-        raise ValueError(f"{len(pref)} prompts for {len(base)} base prompts: give one base "
-                         "prompt per prompt")
-    copies = len(pref) // len(base)  # num_return_sequences
-    base = [row for row in base for _ in range(copies)]
+    own = _unpadded(input_ids, model_kwargs.get("attention_mask"))
+    second = (_unpadded(extra_ids, extra_attention_mask) if torch.is_tensor(extra_ids)
+              else [list(row) for row in extra_ids])
+    if len(own) % len(second):
+        raise ValueError(f"{len(own)} prompts for {len(second)} {extra} prompts: give one "
+                         f"{extra} prompt per prompt")
+    copies = len(own) // len(second)  # num_return_sequences
+    second = [row for row in second for _ in range(copies)]
     eos_ids = _ids_list(generation_config.eos_token_id)
     pad = _ids_list(generation_config.pad_token_id)
     pad_id = pad[0] if pad else eos_ids[0]
     max_new_tokens = generation_config.max_length - input_ids.shape[1]
-    result = decode_two_prompts(model, pref, base, rule, max_new_tokens, eos_ids, pad_id,
-                                sampling, None, penalties=penalties)
+    result = decode(own, second, max_new_tokens, eos_ids, pad_id, sampling, penalties)
     width = max(len(row) for row in result.token_ids)
-    new = torch.full((len(pref), width), pad_id, dtype=torch.long)
+    new = torch.full((len(own), width), pad_id, dtype=torch.long)
     for i, row in enumerate(result.token_ids):
         new[i, : len(row)] = torch.tensor(row, dtype=torch.long)
     sequences = torch.cat([input_ids, new.to(input_ids.device)], dim=1)
     if generation_config.return_dict_in_generate:
         return GenerateDecoderOnlyOutput(sequences=sequences)
     return sequences
+
+
+def _two_prompt_decode(model, rule: CombineRule):
+    def decode(pref, base, max_new_tokens, eos_ids, pad_id, sampling, penalties):
+        return decode_two_prompts(model, pref, base, rule, max_new_tokens, eos_ids, pad_id,
+                                  sampling, None, penalties=penalties)
+    return decode
 
 
 def amulet_generate(model, input_ids, logits_processor, stopping_criteria, generation_config,
@@ -225,7 +238,8 @@ def amulet_generate(model, input_ids, logits_processor, stopping_criteria, gener
     """
     rule = amulet_rule(iterations, alpha, player_lambda, eta, solver)
     return _engine_generate(model, input_ids, logits_processor, stopping_criteria,
-                            generation_config, base_ids, base_attention_mask, rule, model_kwargs)
+                            generation_config, base_ids, base_attention_mask,
+                            _two_prompt_decode(model, rule), model_kwargs)
 
 
 def la_generate(model, input_ids, logits_processor, stopping_criteria, generation_config,
@@ -234,5 +248,42 @@ def la_generate(model, input_ids, logits_processor, stopping_criteria, generatio
     """Linear Alignment by the stacked engine, for `model.generate(custom_generate=la_generate)`;
     as `amulet_generate`, with the one setting `ratio`."""
     return _engine_generate(model, input_ids, logits_processor, stopping_criteria,
-                            generation_config, base_ids, base_attention_mask, la_rule(ratio),
-                            model_kwargs)
+                            generation_config, base_ids, base_attention_mask,
+                            _two_prompt_decode(model, la_rule(ratio)), model_kwargs)
+
+
+def pad_implicit_generate(model, input_ids, logits_processor, stopping_criteria,
+                          generation_config, pref_ids=None, pref_attention_mask=None,
+                          weight: float = PAD_WEIGHT, topk: int = TOPK,
+                          **model_kwargs) -> torch.Tensor:
+    """Implicit PAD by the reward-guided engine (reward_guided.decode_pad_implicit), for
+    `model.generate(base_ids, attention_mask=..., custom_generate=pad_implicit_generate,
+    pref_ids=..., pref_attention_mask=..., weight=..., topk=..., max_new_tokens=...)`.
+
+    `generate` reads the base prompts, the same model on `pref_ids` is the PersRM, as with
+    `PadProcessor(model, pref_ids, pref_attention_mask)`. Greedy, or sampling from
+    softmax(score / temperature) over the k candidates, drawn from a generator seeded from
+    torch's global one (reproducible under torch.manual_seed); no top_p, top_k below k,
+    penalties, beam search, other processors or stopping criteria (a ValueError says so), and a
+    streamer receives the prompt only.
+    """
+    config = generation_config
+    if (config.top_p or 1.0) < 1.0 or (config.top_k and config.top_k < topk):
+        raise ValueError("pad_implicit_generate samples from its k candidates: it takes no "
+                         "top_p and no top_k below topk")
+
+    def decode(base, pref, max_new_tokens, eos_ids, pad_id, sampling, penalties):
+        if penalties.active:
+            raise ValueError("pad_implicit_generate applies no repetition penalties")
+        settings = GuidedSettings(
+            weight=weight, max_new_tokens=max_new_tokens, eos_ids=eos_ids, pad_id=pad_id,
+            topk=topk, mode="topk" if sampling.do_sample else "greedy",
+            sample_temp=sampling.temperature, ignore_eos=not eos_ids)
+        generator = None
+        if sampling.do_sample:
+            seed = int(torch.randint(2**62, (1,)))  # from the global generator
+            generator = torch.Generator(model_input_device(model)).manual_seed(seed)
+        return decode_pad_implicit(model, base, pref, settings, generator)
+
+    return _engine_generate(model, input_ids, logits_processor, stopping_criteria, config,
+                            pref_ids, pref_attention_mask, decode, model_kwargs, extra="pref")

@@ -33,7 +33,8 @@ def test_the_library_section_names_only_exported_callables():
     named |= set(re.findall(r"^\| `\w+`, `(\w+)`", section, flags=re.M))
     assert {"personalise", "AmuletProcessor", "LinearAlignmentProcessor", "TwoPromptProcessor",
             "amulet_generate", "la_generate", "ArgsProcessor", "PadProcessor",
-            "decode_args", "decode_pad", "check_same_tokenizer"} <= named
+            "decode_args", "decode_pad", "check_same_tokenizer",
+            "pad_implicit_generate"} <= named
     for name in named:
         assert name in DecodingMethodsModels.__all__
         assert callable(getattr(DecodingMethodsModels, name))

@@ -13,7 +13,12 @@ import torch
 from transformers import LogitsProcessor, TextStreamer
 
 import DecodingMethodsModels.processors as processors
-from DecodingMethodsModels import ArgsProcessor, LinearAlignmentProcessor, PadProcessor
+from DecodingMethodsModels import (
+    ArgsProcessor,
+    LinearAlignmentProcessor,
+    PadProcessor,
+    pad_implicit_generate,
+)
 from DecodingMethodsModels.engine import left_pad
 from DecodingMethodsModels.errors import UserError
 from DecodingMethodsModels.methods import cut_at_eos
@@ -359,6 +364,49 @@ def test_guides_of_the_wrong_kind_are_refused(models, guides, prompts):
     with pytest.raises(UserError, match="no LM head") as err:
         PadProcessor(guides["reward_model"], ids, mask)
     one_line(err)
+
+
+# ----- custom_generate=pad_implicit_generate ----------------------------------------------------
+
+
+@torch.inference_mode()
+def custom_implicit(model, pref, base, **kwargs):
+    base_ids, base_mask = left_pad(base, PAD)
+    pref_ids, pref_mask = left_pad(pref, PAD)
+    out = model.generate(base_ids, attention_mask=base_mask, custom_generate=pad_implicit_generate,
+                         pref_ids=pref_ids, pref_attention_mask=pref_mask, max_new_tokens=STEPS,
+                         eos_token_id=[EOS], pad_token_id=PAD, **kwargs)
+    return [cut_at_eos(row, [EOS]) for row in out[:, base_ids.shape[1]:].tolist()]
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+@pytest.mark.parametrize("batch", [1, 4])
+def test_custom_generate_pad_implicit_gives_the_processor_tokens(models, prompts, family, batch):
+    model = models[family]
+    pref, base = prompts[0][:batch], prompts[1][:batch]
+    processor, read = processor_for("implicit", model, {}, pref, base, weight=2.0)
+    expected = generate(model, read, processor, do_sample=False)[0]
+    assert custom_implicit(model, pref, base, weight=2.0, topk=TOPK, do_sample=False) == expected
+
+
+def test_custom_generate_pad_implicit_samples_under_a_seed_and_refuses_the_rest(models,
+                                                                               prompts):
+    model = models["llama"]
+    pref, base = prompts
+
+    def sample(seed):
+        torch.manual_seed(seed)
+        return custom_implicit(model, pref, base, do_sample=True, temperature=5.0)
+
+    assert sample(3) == sample(3) != sample(4)
+    for options, message in [({"num_beams": 2}, "beam search"), ({"top_p": 0.9}, "top_p"),
+                             ({"repetition_penalty": 1.2}, "penalties")]:
+        with pytest.raises(ValueError, match=message):
+            custom_implicit(model, pref, base, do_sample=True, **options)
+    base_ids, base_mask = left_pad(base, PAD)
+    with pytest.raises(ValueError, match="pref_ids"):
+        model.generate(base_ids, attention_mask=base_mask, custom_generate=pad_implicit_generate,
+                       max_new_tokens=2, pad_token_id=PAD)
 
 
 # ----- personalise(method="pad_implicit") ---------------------------------------------------------
