@@ -5,23 +5,35 @@ CLI's argument checks never wait for torch:
 
 - `AmuletProcessor`, `LinearAlignmentProcessor`, `TwoPromptProcessor`: logits processors for
   `model.generate(pref_ids, logits_processor=[...])` (processors.py);
-- `amulet_generate`, `la_generate`: the stacked engine as `model.generate(custom_generate=...)`;
+- `amulet_generate`, `la_generate`, `pad_implicit_generate`: the engines as
+  `model.generate(custom_generate=...)`;
 - `personalise`: answers to a list of questions for a preference, as strings (api.py);
-- `amulet_rule`, `la_rule`, `decode_two_prompts`: the pure rules and the engine themselves.
+- `amulet_rule`, `la_rule`, `decode_two_prompts`: the pure rules and the engine themselves;
+- `ArgsProcessor`, `PadProcessor`: ARGS and PAD (explicit or implicit) as logits processors;
+  `decode_args`, `decode_pad`, `decode_pad_implicit` with `GuidedSettings`: their batched
+  engine (reward_guided.py); `check_same_tokenizer`: that a guide shares the tokenizer.
 """
 
 from importlib import import_module
 
 _PUBLIC = {
     "AmuletProcessor": "processors",
+    "ArgsProcessor": "processors",
+    "PadProcessor": "processors",
     "LinearAlignmentProcessor": "processors",
     "TwoPromptProcessor": "processors",
     "amulet_generate": "api",
     "la_generate": "api",
+    "pad_implicit_generate": "api",
     "personalise": "api",
     "amulet_rule": "combine",
     "la_rule": "combine",
     "decode_two_prompts": "engine",
+    "GuidedSettings": "reward_guided",
+    "check_same_tokenizer": "reward_guided",
+    "decode_args": "reward_guided",
+    "decode_pad": "reward_guided",
+    "decode_pad_implicit": "reward_guided",
 }
 __all__ = sorted(_PUBLIC)
 

@@ -1,5 +1,6 @@
-"""The Python API around the two-prompt engine: `personalise` for a list of questions, and the
-engine as `model.generate(custom_generate=amulet_generate | la_generate, ...)`.
+"""The Python API around the two-prompt engine: `personalise` for a list of questions (also
+implicit PAD, by the reward-guided engine), and the engine as
+`model.generate(custom_generate=amulet_generate | la_generate, ...)`.
 
 Both run engine.decode_two_prompts (one stacked forward for both prompts per step) with the
 rules of combine.py; the logits processors of processors.py are the other way in, for
@@ -28,8 +29,9 @@ from .engine import decode_two_prompts, model_input_device
 from .errors import UserError
 from .loading import eos_token_ids, pad_token_id
 from .penalties import Penalties
-from .processors import PAPER
+from .processors import PAD_WEIGHT, PAPER, TOPK
 from .prompts import PREFERENCE_NAMES, encode_prompt, preference_sentence, template_accepts_system
+from .reward_guided import GuidedSettings, decode_pad_implicit
 from .sampling import SamplingSettings
 
 # Method name -> the settings its rule takes, with the paper's values.
@@ -38,23 +40,30 @@ METHOD_SETTINGS: dict[str, dict] = {
     "amulet": {"iterations": PAPER.iteration_num, "alpha": PAPER.alpha,
                "player_lambda": PAPER.player_lambda, "eta": PAPER.eta,
                "solver": PAPER.amulet_solver},
-    # Extension point (issue 14): "pad_implicit" (weight, topk) once reward_guided.py is merged.
+    "pad_implicit": {"weight": PAD_WEIGHT, "topk": TOPK},
 }
 
 
-def method_rule(method: str, **settings) -> CombineRule:
-    """The combine rule of `method` ("la" or "amulet") with `settings` over the paper's values."""
+def method_settings(method: str, **settings) -> dict:
+    """`settings` of `method` over its defaults; a UserError names an unknown method or key."""
     if method not in METHOD_SETTINGS:
         raise UserError(f"unknown method {method!r}; the library offers {sorted(METHOD_SETTINGS)}")
     unknown = sorted(set(settings) - set(METHOD_SETTINGS[method]))
     if unknown:
         raise UserError(f"{method} takes no setting {unknown}; it takes "
                         f"{sorted(METHOD_SETTINGS[method])}")
-    values = {**METHOD_SETTINGS[method], **settings}
+    return {**METHOD_SETTINGS[method], **settings}
+
+
+def method_rule(method: str, **settings) -> CombineRule:
+    """The combine rule of `method` ("la" or "amulet") with `settings` over the paper's values."""
+    values = method_settings(method, **settings)
     if method == "la":
         return la_rule(values["ratio"])
-    return amulet_rule(values["iterations"], values["alpha"], values["player_lambda"],
-                       values["eta"], values["solver"])
+    if method == "amulet":
+        return amulet_rule(values["iterations"], values["alpha"], values["player_lambda"],
+                           values["eta"], values["solver"])
+    raise UserError(f"{method} is not a combination of two prompts' log-probs")
 
 
 def preference_text(preference: str) -> str:
@@ -86,13 +95,20 @@ def personalise(
 
     `preference` is one of the paper's names ("creative", "concise", ...) or any sentence for
     the system prompt. `method` "amulet" (settings iterations, alpha, player_lambda, eta,
-    solver) or "la" (ratio); unset settings take the paper's values. Prompts are the CLI's
-    (prompts.encode_prompt, with and without the preference); questions go through the engine
-    in batches of `batch_size`; decoding stops at any of the model's EOS ids.
+    solver), "la" (ratio) or "pad_implicit" (weight, topk: PAD with the model itself on the
+    preference prompt as PersRM, reward_guided.decode_pad_implicit; sampling draws from
+    softmax(score / temperature) over the k candidates, without top_k/top_p); unset settings
+    take the paper's values. Prompts are the CLI's (prompts.encode_prompt, with and without the
+    preference); questions go through the engine in batches of `batch_size`; decoding stops at
+    any of the model's EOS ids.
     """
     if isinstance(questions, str):
         raise UserError("questions must be a list of strings, not one string")
-    rule = method_rule(method, **settings)
+    values = method_settings(method, **settings)
+    guided = method == "pad_implicit"
+    if guided and (top_k is not None or top_p != 1.0):
+        raise UserError("pad_implicit samples from its k candidates: it takes no top_k or top_p")
+    rule = None if guided else method_rule(method, **settings)
     sentence = preference_text(preference)
     system_role = template_accepts_system(tokenizer)
     eos_ids = eos_token_ids(model, tokenizer)
@@ -101,13 +117,20 @@ def personalise(
     generator = None
     if do_sample:
         generator = torch.Generator(device=model_input_device(model)).manual_seed(seed)
+    if guided:  # checked before the first batch
+        run = GuidedSettings(weight=values["weight"], max_new_tokens=max_new_tokens,
+                             eos_ids=eos_ids, pad_id=pad_id, topk=values["topk"],
+                             mode="topk" if do_sample else "greedy", sample_temp=temperature)
     texts = []
     for start in range(0, len(questions), batch_size):
         batch = questions[start: start + batch_size]
         pref = [encode_prompt(tokenizer, q, sentence, system_role) for q in batch]
         base = [encode_prompt(tokenizer, q, "", system_role) for q in batch]
-        result = decode_two_prompts(model, pref, base, rule, max_new_tokens, eos_ids, pad_id,
-                                    sampling, generator)
+        if guided:
+            result = decode_pad_implicit(model, base, pref, run, generator)
+        else:
+            result = decode_two_prompts(model, pref, base, rule, max_new_tokens, eos_ids, pad_id,
+                                        sampling, generator)
         texts += [decode_response(tokenizer, ids, eos_ids) for ids in result.token_ids]
     return texts
 
@@ -156,33 +179,46 @@ def _ids_list(value) -> list[int]:
 
 
 def _engine_generate(model, input_ids, logits_processor, stopping_criteria, generation_config,
-                     base_ids, base_attention_mask, rule: CombineRule, model_kwargs: dict):
-    """Decode `generate`'s prepared call with the engine; returns what `generate` would."""
-    if base_ids is None:
-        raise ValueError("pass base_ids (the base prompts, with base_attention_mask) to generate")
+                     extra_ids, extra_attention_mask, decode, model_kwargs: dict,
+                     extra: str = "base"):
+    """Decode `generate`'s prepared call with an engine; returns what `generate` would.
+
+    `extra_ids` (with `extra_attention_mask`) are the second prompts, named `extra` ("base" or
+    "pref") in messages; `decode(own, extra, max_new_tokens, eos_ids, pad_id, sampling,
+    penalties)` runs the engine on unpadded id lists and returns its DecodeResult.
+    """
+    if extra_ids is None:
+        raise ValueError(f"pass {extra}_ids (the {extra} prompts, with {extra}_attention_mask) "
+                         "to generate")
     sampling, penalties = _engine_options(logits_processor, stopping_criteria, generation_config)
-    pref = _unpadded(input_ids, model_kwargs.get("attention_mask"))
-    base = (_unpadded(base_ids, base_attention_mask) if torch.is_tensor(base_ids)
-            else [list(row) for row in base_ids])
-    if len(pref) % len(base):
-        raise ValueError(f"{len(pref)} prompts for {len(base)} base prompts: give one base "
-                         "prompt per prompt")
-    copies = len(pref) // len(base)  # num_return_sequences
-    base = [row for row in base for _ in range(copies)]
+    own = _unpadded(input_ids, model_kwargs.get("attention_mask"))
+    second = (_unpadded(extra_ids, extra_attention_mask) if torch.is_tensor(extra_ids)
+              else [list(row) for row in extra_ids])
+    if len(own) % len(second):
+        raise ValueError(f"{len(own)} prompts for {len(second)} {extra} prompts: give one "
+                         f"{extra} prompt per prompt")
+    copies = len(own) // len(second)  # num_return_sequences
+    second = [row for row in second for _ in range(copies)]
     eos_ids = _ids_list(generation_config.eos_token_id)
     pad = _ids_list(generation_config.pad_token_id)
     pad_id = pad[0] if pad else eos_ids[0]
     max_new_tokens = generation_config.max_length - input_ids.shape[1]
-    result = decode_two_prompts(model, pref, base, rule, max_new_tokens, eos_ids, pad_id,
-                                sampling, None, penalties=penalties)
+    result = decode(own, second, max_new_tokens, eos_ids, pad_id, sampling, penalties)
     width = max(len(row) for row in result.token_ids)
-    new = torch.full((len(pref), width), pad_id, dtype=torch.long)
+    new = torch.full((len(own), width), pad_id, dtype=torch.long)
     for i, row in enumerate(result.token_ids):
         new[i, : len(row)] = torch.tensor(row, dtype=torch.long)
     sequences = torch.cat([input_ids, new.to(input_ids.device)], dim=1)
     if generation_config.return_dict_in_generate:
         return GenerateDecoderOnlyOutput(sequences=sequences)
     return sequences
+
+
+def _two_prompt_decode(model, rule: CombineRule):
+    def decode(pref, base, max_new_tokens, eos_ids, pad_id, sampling, penalties):
+        return decode_two_prompts(model, pref, base, rule, max_new_tokens, eos_ids, pad_id,
+                                  sampling, None, penalties=penalties)
+    return decode
 
 
 def amulet_generate(model, input_ids, logits_processor, stopping_criteria, generation_config,
@@ -202,7 +238,8 @@ def amulet_generate(model, input_ids, logits_processor, stopping_criteria, gener
     """
     rule = amulet_rule(iterations, alpha, player_lambda, eta, solver)
     return _engine_generate(model, input_ids, logits_processor, stopping_criteria,
-                            generation_config, base_ids, base_attention_mask, rule, model_kwargs)
+                            generation_config, base_ids, base_attention_mask,
+                            _two_prompt_decode(model, rule), model_kwargs)
 
 
 def la_generate(model, input_ids, logits_processor, stopping_criteria, generation_config,
@@ -211,5 +248,42 @@ def la_generate(model, input_ids, logits_processor, stopping_criteria, generatio
     """Linear Alignment by the stacked engine, for `model.generate(custom_generate=la_generate)`;
     as `amulet_generate`, with the one setting `ratio`."""
     return _engine_generate(model, input_ids, logits_processor, stopping_criteria,
-                            generation_config, base_ids, base_attention_mask, la_rule(ratio),
-                            model_kwargs)
+                            generation_config, base_ids, base_attention_mask,
+                            _two_prompt_decode(model, la_rule(ratio)), model_kwargs)
+
+
+def pad_implicit_generate(model, input_ids, logits_processor, stopping_criteria,
+                          generation_config, pref_ids=None, pref_attention_mask=None,
+                          weight: float = PAD_WEIGHT, topk: int = TOPK,
+                          **model_kwargs) -> torch.Tensor:
+    """Implicit PAD by the reward-guided engine (reward_guided.decode_pad_implicit), for
+    `model.generate(base_ids, attention_mask=..., custom_generate=pad_implicit_generate,
+    pref_ids=..., pref_attention_mask=..., weight=..., topk=..., max_new_tokens=...)`.
+
+    `generate` reads the base prompts, the same model on `pref_ids` is the PersRM, as with
+    `PadProcessor(model, pref_ids, pref_attention_mask)`. Greedy, or sampling from
+    softmax(score / temperature) over the k candidates, drawn from a generator seeded from
+    torch's global one (reproducible under torch.manual_seed); no top_p, top_k below k,
+    penalties, beam search, other processors or stopping criteria (a ValueError says so), and a
+    streamer receives the prompt only.
+    """
+    config = generation_config
+    if (config.top_p or 1.0) < 1.0 or (config.top_k and config.top_k < topk):
+        raise ValueError("pad_implicit_generate samples from its k candidates: it takes no "
+                         "top_p and no top_k below topk")
+
+    def decode(base, pref, max_new_tokens, eos_ids, pad_id, sampling, penalties):
+        if penalties.active:
+            raise ValueError("pad_implicit_generate applies no repetition penalties")
+        settings = GuidedSettings(
+            weight=weight, max_new_tokens=max_new_tokens, eos_ids=eos_ids, pad_id=pad_id,
+            topk=topk, mode="topk" if sampling.do_sample else "greedy",
+            sample_temp=sampling.temperature, ignore_eos=not eos_ids)
+        generator = None
+        if sampling.do_sample:
+            seed = int(torch.randint(2**62, (1,)))  # from the global generator
+            generator = torch.Generator(model_input_device(model)).manual_seed(seed)
+        return decode_pad_implicit(model, base, pref, settings, generator)
+
+    return _engine_generate(model, input_ids, logits_processor, stopping_criteria, config,
+                            pref_ids, pref_attention_mask, decode, model_kwargs, extra="pref")

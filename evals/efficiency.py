@@ -106,7 +106,7 @@ def build_parser() -> argparse.ArgumentParser:
                      help="auto: RSS of a fresh process per method on CPU, allocator stats on "
                      "CUDA; live: the same RSS with large allocations unmapped on free")
     how.add_argument("--skip", default="", help="comma list of parts to skip: "
-                     "methods (their timing), memory, cost, sweep, beam, cfg")
+                     "methods (their timing), memory, cost, sweep, beam, cfg, library")
     how.add_argument("--quick", action="store_true",
                      help="smoke run: 2 questions, 4 tokens, 1 repeat, T 0 and 2, sweep 1 and 2; "
                      "targets are shown but not judged")
@@ -146,10 +146,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         if mode not in ("batched", "per_prompt"):
             raise EvalError(f"unknown --cfg_modes entry {mode!r}; use batched and/or per_prompt")
     args.skip = {s for s in args.skip.split(",") if s}
-    unknown = args.skip - {"methods", "memory", "cost", "sweep", "beam", "cfg"}
+    unknown = args.skip - {"methods", "memory", "cost", "sweep", "beam", "cfg", "library"}
     if unknown:
         raise EvalError(f"unknown --skip part(s) {sorted(unknown)}; use methods, memory, cost, "
-                        "sweep, beam, cfg")
+                        "sweep, beam, cfg, library")
     if args.sweep_questions is None and args.sweep_batch_sizes:
         args.sweep_questions = max(args.sweep_batch_sizes)
     return args
@@ -199,6 +199,11 @@ def run(args) -> dict:
         sweep = []
         if "sweep" not in args.skip and args.sweep_batch_sizes:
             sweep = batch_sweep(args, tokenizer, model)
+        library = []
+        if "library" not in args.skip:  # the library's paths, ARGS and PAD processors included
+            from evals.library_bench import efficiency_part
+
+            library = efficiency_part(args, model, source, work)
     settings = {k: v for k, v in vars(args).items() if k not in ("probe", "probe_model")}
     settings["skip"] = sorted(args.skip)
     settings["questions"] = len(questions)
@@ -211,6 +216,7 @@ def run(args) -> dict:
         "solver_cost": cost,
         "combine_step": combine,
         "batch_sweep": sweep,
+        "library": library,
         "targets": check_targets(args, results, cost, memory, judge=not args.quick),
         "targets_judged": not args.quick,
         "notes": notes_for(args, results),

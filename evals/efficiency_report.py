@@ -146,8 +146,8 @@ def markdown(report: dict) -> str:
     lines = header_lines(report)
     for section, part in ((methods_table, "methods"), (solver_cost_table, "solver_cost"),
                           (combine_step_table, "combine_step"), (sweep_table, "batch_sweep"),
-                          (targets_table, "targets")):
-        if report[part]:
+                          (library_table, "library"), (targets_table, "targets")):
+        if report.get(part):
             lines += section(report) + [""]
     lines += [f"- {note}" for note in report["notes"]]
     return "\n".join(lines).rstrip() + "\n"
@@ -245,6 +245,17 @@ def sweep_table(report: dict) -> list[str]:
         lines.append(f"| {size} | {fmt(got.get('pref'), 1)} | {fmt(got.get('amulet'), 1)} | "
                      f"{fmt(ratio(got.get('amulet'), got.get('pref')))} |")
     return lines
+
+
+def library_table(report: dict) -> list[str]:
+    from evals.library_bench import markdown_table
+
+    s = report["settings"]
+    return [f"Library paths (evals/library_bench.py): one batch of (up to) the first "
+            f"{s['batch_size']} questions, {s['max_new_tokens']} steps with EOS ignored, one "
+            "timed run after a warm-up; ARGS and PAD with k = 10, w = 0.8 and stand-in guides "
+            "of the model's size; same tokens: rows equal to the path's engine.", "",
+            markdown_table(report["library"])]
 
 
 def targets_table(report: dict) -> list[str]:

@@ -121,6 +121,16 @@ def test_quick_run_prints_and_writes_the_same_markdown_tables(quick_run):
     assert len(method_rows) == len(report["methods"])
 
 
+def test_quick_run_times_the_library_paths_each_with_its_engine_tokens(quick_run):
+    report, stdout, _ = quick_run
+    rows = {row["path"]: row for row in report["library"]}
+    assert len(rows) == 11 and all(row["tokens_per_s"] > 0 for row in rows.values())
+    for path in ("AmuletProcessor in generate", "ArgsProcessor in generate",
+                 "PadProcessor in generate"):
+        assert rows[path]["same_tokens"] == "2/2", path
+    assert "Library paths" in stdout and "| ArgsProcessor in generate |" in stdout
+
+
 def test_bad_arguments_fail_in_one_line_before_loading(tmp_path):
     done = subprocess.run(
         [sys.executable, str(ROOT / "evals" / "efficiency.py"), "--data_dir", str(tmp_path),

@@ -32,13 +32,15 @@ def test_the_library_section_names_only_exported_callables():
     named = set(re.findall(r"^\| `(\w+)[`(]", section, flags=re.M))
     named |= set(re.findall(r"^\| `\w+`, `(\w+)`", section, flags=re.M))
     assert {"personalise", "AmuletProcessor", "LinearAlignmentProcessor", "TwoPromptProcessor",
-            "amulet_generate", "la_generate"} <= named
+            "amulet_generate", "la_generate", "ArgsProcessor", "PadProcessor",
+            "decode_args", "decode_pad", "check_same_tokenizer",
+            "pad_implicit_generate"} <= named
     for name in named:
         assert name in DecodingMethodsModels.__all__
         assert callable(getattr(DecodingMethodsModels, name))
 
 
-def test_the_library_example_runs_and_its_two_routes_agree(tmp_path):
+def test_the_library_example_runs_and_its_routes_agree(tmp_path):
     blocks = python_blocks(library_section())
     assert blocks
     script = tmp_path / "example.py"
@@ -50,4 +52,5 @@ def test_the_library_example_runs_and_its_two_routes_agree(tmp_path):
     assert done.returncode == 0, done.stderr[-3000:]
     lines = [line for line in done.stdout.splitlines() if line.strip()]
     assert "same tokens: True" in lines
+    assert "implicit PAD, same tokens: True" in lines
     assert len(done.stdout) > 200  # the answers and the streamed sample were printed
