@@ -228,14 +228,20 @@ def _keep(rows: _Rows, keep: list[int]) -> None:
             setattr(rows, name, [values[i] for i in keep])
 
 
-def _trim(rows: _Rows) -> None:
-    """Drop the leading cache columns that no live row attends to (left by finished rows)."""
-    unused = int((rows.mask.sum(dim=0) > 0).long().argmax())  # first column anyone uses
+def trim_columns(cache, mask: torch.Tensor) -> torch.Tensor:
+    """Drop the leading cache columns that no row attends to (left by finished rows) from every
+    layer of `cache`; returns the mask (R, L) without them."""
+    unused = int((mask.sum(dim=0) > 0).long().argmax())  # first column anyone uses
     if unused > 0:
-        rows.mask = rows.mask[:, unused:]
-        for layer in rows.cache.layers:
+        mask = mask[:, unused:]
+        for layer in cache.layers:
             layer.keys = layer.keys[:, :, unused:, :]
             layer.values = layer.values[:, :, unused:, :]
+    return mask
+
+
+def _trim(rows: _Rows) -> None:
+    rows.mask = trim_columns(rows.cache, rows.mask)
 
 
 def _mergeable(cache) -> bool:
@@ -253,27 +259,36 @@ def _left_pad_to(tensor: torch.Tensor, length: int, dim: int) -> torch.Tensor:
     return torch.cat([tensor.new_zeros(shape), tensor], dim=dim)
 
 
-def _halves(tensor: torch.Tensor, size: int) -> tuple[torch.Tensor, torch.Tensor]:
-    return tensor[:size], tensor[size:]
+def interleave_rows(a: torch.Tensor, b: torch.Tensor, parts: int = 1, dim: int | None = None,
+                    width: int = 0) -> torch.Tensor:
+    """[a_1; b_1; ...; a_parts; b_parts] along rows, where a_i and b_i are the i-th of `parts`
+    equal row blocks of `a` and `b`; with `dim`, both are first left-padded with zeros along
+    it to `width`. `b` is moved to `a`'s device."""
+    if dim is not None:
+        a, b = _left_pad_to(a, width, dim), _left_pad_to(b, width, dim)
+    a_blocks = a.split(a.shape[0] // parts)
+    b_blocks = b.to(a.device).split(b.shape[0] // parts)
+    return torch.cat([block for pair in zip(a_blocks, b_blocks, strict=True) for block in pair])
+
+
+def merge_caches(cache, mask: torch.Tensor, other, other_mask: torch.Tensor,
+                 parts: int = 1) -> torch.Tensor:
+    """Fold the rows of cache `other` into `cache` (in place, as `interleave_rows` orders them
+    with `parts` blocks), both left-padded with masked zeros to the longer; returns the merged
+    attention mask. Each row keeps its own positions and sees only its own tokens."""
+    width = max(mask.shape[1], other_mask.shape[1])
+    for mine, theirs in zip(cache.layers, other.layers, strict=True):
+        mine.keys = interleave_rows(mine.keys, theirs.keys, parts, 2, width)
+        mine.values = interleave_rows(mine.values, theirs.values, parts, 2, width)
+    return interleave_rows(mask, other_mask, parts, 1, width)
 
 
 def _merge(running: _Rows, newcomers: _Rows) -> _Rows:
     """One batch of both: [pref running; pref new; base running; base new], every tensor
     left-padded with masked zeros to the longer of the two caches."""
-    width = max(running.mask.shape[1], newcomers.mask.shape[1])
-
-    def stack(a: torch.Tensor, b: torch.Tensor, dim: int | None) -> torch.Tensor:
-        if dim is not None:
-            a, b = _left_pad_to(a, width, dim), _left_pad_to(b, width, dim)
-        a_pref, a_base = _halves(a, running.size)
-        b_pref, b_base = _halves(b, newcomers.size)
-        return torch.cat([a_pref, b_pref.to(a.device), a_base, b_base.to(a.device)])
-
-    for mine, theirs in zip(running.cache.layers, newcomers.cache.layers, strict=True):
-        mine.keys = stack(mine.keys, theirs.keys, 2)
-        mine.values = stack(mine.values, theirs.values, 2)
-    running.mask = stack(running.mask, newcomers.mask, 1)
-    running.next_position = stack(running.next_position, newcomers.next_position, None)
+    running.mask = merge_caches(running.cache, running.mask, newcomers.cache, newcomers.mask,
+                                parts=2)
+    running.next_position = interleave_rows(running.next_position, newcomers.next_position, 2)
     running.tokens = torch.cat([running.tokens, newcomers.tokens.to(running.tokens.device)])
     running.keys += newcomers.keys
     running.generated += newcomers.generated
