@@ -136,8 +136,8 @@ def test_the_collected_stream_counts_fewer_steps_than_fixed_batches(zoo, many_pr
 def test_merged_caches_are_trimmed_to_the_columns_live_rows_attend_to(
     zoo, many_prompts, method, monkeypatch
 ):
-    first_column_used, widths = [], []
-    original = reward_guided.trim_columns
+    first_column_used, widths, models = [], [], set()
+    original, drop = reward_guided.trim_columns, reward_guided._CachedRows.drop
 
     def recording(cache, mask):
         mask = original(cache, mask)
@@ -146,9 +146,15 @@ def test_merged_caches_are_trimmed_to_the_columns_live_rows_attend_to(
         return mask
 
     config, _ = alone_and_stops(zoo, many_prompts, method, "llama")
+    def dropping(rows, index):
+        models.add(id(rows.model))
+        drop(rows, index)
+
     monkeypatch.setattr(reward_guided, "trim_columns", recording)
+    monkeypatch.setattr(reward_guided._CachedRows, "drop", dropping)
     list(stream(zoo, many_prompts, method, "llama", config, 2))
     assert first_column_used and all(first_column_used) and all(widths)
+    assert len(models) == (1 if method == "implicit" else 2)  # the guide's cache is trimmed too
 
 
 @pytest.mark.parametrize("method", METHODS)
