@@ -16,9 +16,10 @@ continuous batches of questions of very different lengths).
 
 All 2B prompts of a batch usually open with the same tokens: the chat header and the system
 text up to the preference sentence (59 of about 90 tokens for SmolLM2 and the paper's system
-prompt). That shared prefix is encoded once, for one row, and its cache copied to every row;
-only the rest of each prompt is left-padded and encoded per row, so the padding sits between
-the prefix and each row's own tokens, where the attention mask hides it.
+prompt). That shared prefix is encoded once per stream, for one row, and its cache copied to
+every row of every admission; only the rest of each prompt is left-padded and encoded per row,
+so the padding sits between the prefix and each row's own tokens, where the attention mask
+hides it.
 
 Where the time goes (timers around the model forward and the combine rule; SmolLM2-135M fp32,
 2 CPU threads, 8 questions decoding 128 steps with EOS ignored): the model forward 98.2%, the
@@ -30,6 +31,7 @@ combination.
 
 from __future__ import annotations
 
+import copy
 import inspect
 from collections import deque
 from collections.abc import Iterator
@@ -88,6 +90,22 @@ def _prefix_cache(model, prefix: list[int], rows: int, device, extra: dict) -> D
         model(input_ids=ids, past_key_values=cache, use_cache=True, **extra)
         cache.batch_repeat_interleave(rows)  # (rows, ..., P, ...) in every layer
     return cache
+
+
+class _SharedPrefix:
+    """The opening tokens all prompts of a stream share, encoded once for one row; every
+    prefill of newcomers starts from a copy of that cache instead of encoding them again."""
+
+    def __init__(self, model, prompts: list[list[int]], enabled: bool, device, extra: dict):
+        self.length = shared_prefix_length(prompts) if enabled else 0
+        self.cache = _prefix_cache(model, prompts[0][: self.length], 1, device, extra)
+
+    def cache_for(self, rows: int) -> DynamicCache:
+        if not self.length:
+            return DynamicCache()
+        cache = copy.deepcopy(self.cache)
+        cache.batch_repeat_interleave(rows)
+        return cache
 
 
 def select_cache_rows(cache, rows: torch.Tensor) -> None:
@@ -149,13 +167,14 @@ class _Rule:
 
 
 def _prefill(model, keys: list[int], pref_ids: list[list[int]], base_ids: list[list[int]],
-             pad_id: int, share_prefix: bool, penalties: bool) -> tuple[_Rows, torch.Tensor]:
-    """Encode the 2n prompts of n newcomers: their rows, and fp32 log-probs (2n, V)."""
+             pad_id: int, prefix: _SharedPrefix, penalties: bool) -> tuple[_Rows, torch.Tensor]:
+    """Encode the 2n prompts of n newcomers after `prefix`: their rows, and fp32 log-probs
+    (2n, V)."""
     device = model_input_device(model)
     extra = _forward_kwargs(model)
     prompts = pref_ids + base_ids
-    shared = shared_prefix_length(prompts) if share_prefix else 0
-    cache = _prefix_cache(model, prompts[0][:shared], len(prompts), device, extra)
+    shared = prefix.length
+    cache = prefix.cache_for(len(prompts))
     ids, suffix_mask = left_pad([row[shared:] for row in prompts], pad_id)  # (2n, L - P)
     ids, suffix_mask = ids.to(device), suffix_mask.to(device)
     mask = torch.cat([torch.ones((len(prompts), shared), dtype=torch.long, device=device),
@@ -348,6 +367,8 @@ def stream_two_prompts(
                  torch.tensor(sorted(set(eos_ids)), dtype=torch.long, device=device), pad_id,
                  sampling or SamplingSettings(), generator, penalties)
     waiting = deque(range(len(pref_ids)))
+    prefix = _SharedPrefix(model, pref_ids + base_ids, share_prefix, device,
+                           _forward_kwargs(model))
     rows: _Rows | None = None
     while waiting or (rows is not None and rows.size):
         if rows is not None and rows.size:
@@ -358,7 +379,7 @@ def stream_two_prompts(
         if waiting and live < batch_size and can_admit:
             keys = [waiting.popleft() for _ in range(min(batch_size - live, len(waiting)))]
             newcomers, logprobs = _prefill(model, keys, [pref_ids[k] for k in keys],
-                                           [base_ids[k] for k in keys], pad_id, share_prefix,
+                                           [base_ids[k] for k in keys], pad_id, prefix,
                                            penalties is not None)
             done = _advance(newcomers, logprobs, rule)
             yield from _retire(newcomers, done, drop_finished)
