@@ -20,7 +20,8 @@ candidates are the top-k ids of `z`. A guide scores the k candidates and a pure 
 
 Rows whose question has ended (any EOS id, unless `ignore_eos`) leave the batch and every
 cache. Prompts are left-padded with attention masks and position ids; a prefix shared by all
-prompts of a model is encoded once (engine.py's `_prefix_cache`).
+prompts of a model is encoded once per call and copied into every admission (engine.py's
+`_SharedPrefix`).
 
 Continuous batching (`stream_args`, `stream_pad`, `stream_pad_implicit`; greedy only): over
 more questions than `batch_size`, the next ones are admitted as soon as rows finish. They are
@@ -40,6 +41,7 @@ the reward model's B k row cache once to follow the chosen candidates.
 
 from __future__ import annotations
 
+import functools
 import math
 from collections import deque
 from collections.abc import Callable, Iterator
@@ -53,12 +55,11 @@ from .engine import (
     NonFiniteScoresError,
     _forward_kwargs,
     _mergeable,
-    _prefix_cache,
+    _SharedPrefix,
     interleave_rows,
     left_pad,
     merge_caches,
     model_input_device,
-    shared_prefix_length,
     trim_columns,
 )
 from .errors import UserError
@@ -192,17 +193,32 @@ def _read_reward(model, extra: dict, **inputs) -> torch.Tensor:
     return model.score(hidden)[:, 0].float()
 
 
+def _extra_inputs(model, read) -> dict:
+    return _forward_kwargs(model) if read is _read_lm_logits else {}
+
+
+def _prefix_of(model, read, prompts: list[list[int]],
+               settings: GuidedSettings) -> Callable[[], _SharedPrefix]:
+    """The prefix all of a stream's `prompts` share in one model, encoded on first use (inside
+    the stream's inference mode) and copied into every admission."""
+    return functools.cache(lambda: _SharedPrefix(
+        model, prompts, settings.share_prefix, model_input_device(model),
+        _extra_inputs(model, read)))
+
+
 class _CachedRows:
     """One model's KV cache over R rows, with the attention mask of its columns (R, L) and each
     row's next position."""
 
-    def __init__(self, model, read, prompts: list[list[int]], settings: GuidedSettings):
+    def __init__(self, model, read, prompts: list[list[int]], settings: GuidedSettings,
+                 prefix: _SharedPrefix | None = None):
         self.model, self.read = model, read
         self.device = model_input_device(model)
-        self.extra = _forward_kwargs(model) if read is _read_lm_logits else {}
-        shared = shared_prefix_length(prompts) if settings.share_prefix else 0
-        self.cache = _prefix_cache(model, prompts[0][:shared], len(prompts), self.device,
-                                   self.extra)
+        self.extra = _extra_inputs(model, read)
+        if prefix is None:  # the prefix of these prompts alone
+            prefix = _SharedPrefix(model, prompts, settings.share_prefix, self.device, self.extra)
+        shared = prefix.length
+        self.cache = prefix.cache_for(len(prompts))
         ids, suffix_mask = left_pad([row[shared:] for row in prompts], settings.pad_id)
         ids, suffix_mask = ids.to(self.device), suffix_mask.to(self.device)  # (R, L - P)
         self.mask = torch.ones((len(prompts), shared), dtype=torch.long, device=self.device)
@@ -266,7 +282,8 @@ class _CachedRows:
 class _RewardGuide:
     """ARGS's reward model: k cache rows per question, in groups of whole questions."""
 
-    def __init__(self, reward_model, prompts: list[list[int]], settings: GuidedSettings):
+    def __init__(self, reward_model, prompts: list[list[int]], settings: GuidedSettings,
+                 prefix: _SharedPrefix | None = None):
         self.k = settings.topk
         per_group = len(prompts)
         self.per_group = None  # questions per group: unbounded
@@ -276,7 +293,7 @@ class _RewardGuide:
         self.sizes: list[int] = []  # questions per group, consecutive in the batch order
         for start in range(0, len(prompts), per_group):
             chunk = prompts[start:start + per_group]
-            rows = _CachedRows(reward_model, _read_reward, chunk, settings)
+            rows = _CachedRows(reward_model, _read_reward, chunk, settings, prefix)
             rows.prefill()  # the reward of the bare prompt is not needed, only its cache
             rows.repeat(self.k)
             self.groups.append(rows)
@@ -330,8 +347,9 @@ class _RewardGuide:
 class _LanguageModelGuide:
     """PAD's PersRM: its own KV cache over the same ids, one token per step."""
 
-    def __init__(self, persrm, prompts: list[list[int]], settings: GuidedSettings):
-        self.rows = _CachedRows(persrm, _read_lm_logits, prompts, settings)
+    def __init__(self, persrm, prompts: list[list[int]], settings: GuidedSettings,
+                 prefix: _SharedPrefix):
+        self.rows = _CachedRows(persrm, _read_lm_logits, prompts, settings, prefix)
         self.logits = self.rows.prefill()  # (b, V') u at the current step
 
     def values(self, candidates: torch.Tensor) -> torch.Tensor:
@@ -354,8 +372,9 @@ class _LanguageModelGuide:
 class _SeparateModels:
     """The decoding model in its own cache, and a guide beside it."""
 
-    def __init__(self, model, prompts: list[list[int]], guide, settings: GuidedSettings):
-        self.decoder = _CachedRows(model, _read_lm_logits, prompts, settings)
+    def __init__(self, model, prompts: list[list[int]], guide, settings: GuidedSettings,
+                 prefix: _SharedPrefix):
+        self.decoder = _CachedRows(model, _read_lm_logits, prompts, settings, prefix)
         self.guide = guide
 
     def start(self) -> torch.Tensor:
@@ -382,8 +401,9 @@ class _SeparateModels:
 class _StackedPrompts:
     """Implicit PAD: one model, rows `[base; pref]` in one cache; z from base, u from pref."""
 
-    def __init__(self, model, base_ids, pref_ids, settings: GuidedSettings):
-        self.rows = _CachedRows(model, _read_lm_logits, base_ids + pref_ids, settings)
+    def __init__(self, model, base_ids, pref_ids, settings: GuidedSettings,
+                 prefix: _SharedPrefix):
+        self.rows = _CachedRows(model, _read_lm_logits, base_ids + pref_ids, settings, prefix)
         self.live = len(base_ids)
 
     def _split(self, logits: torch.Tensor) -> torch.Tensor:
@@ -561,10 +581,14 @@ def stream_args(model, reward_model, prompt_ids: list[list[int]], settings: Guid
     _check_reward_model(reward_model, vocab)
     _check_generator(settings, generator)
     flight = _flight(settings, batch_size, len(prompt_ids))
+    decoder_prefix = _prefix_of(model, _read_lm_logits, prompt_ids, settings)
+    reward_prefix = _prefix_of(reward_model, _read_reward, reward_prompt_ids, settings)
 
     def newcomers(keys: list[int]) -> _SeparateModels:
-        guide = _RewardGuide(reward_model, [reward_prompt_ids[i] for i in keys], settings)
-        return _SeparateModels(model, [prompt_ids[i] for i in keys], guide, settings)
+        guide = _RewardGuide(reward_model, [reward_prompt_ids[i] for i in keys], settings,
+                             reward_prefix())
+        return _SeparateModels(model, [prompt_ids[i] for i in keys], guide, settings,
+                               decoder_prefix())
     return _stream(newcomers, len(prompt_ids), args_scores, settings, generator, flight)
 
 
@@ -586,11 +610,13 @@ def stream_pad(model, persrm, prompt_ids: list[list[int]], settings: GuidedSetti
         )
     _check_generator(settings, generator)
     flight = _flight(settings, batch_size, len(prompt_ids))
+    decoder_prefix = _prefix_of(model, _read_lm_logits, prompt_ids, settings)
+    guide_prefix = _prefix_of(persrm, _read_lm_logits, prompt_ids, settings)
 
     def newcomers(keys: list[int]) -> _SeparateModels:
         prompts = [prompt_ids[i] for i in keys]
-        return _SeparateModels(model, prompts, _LanguageModelGuide(persrm, prompts, settings),
-                               settings)
+        guide = _LanguageModelGuide(persrm, prompts, settings, guide_prefix())
+        return _SeparateModels(model, prompts, guide, settings, decoder_prefix())
     return _stream(newcomers, len(prompt_ids), pad_scores, settings, generator, flight)
 
 
@@ -606,10 +632,11 @@ def stream_pad_implicit(model, base_ids: list[list[int]], pref_ids: list[list[in
     _check_topk(settings, vocabulary_size(model))
     _check_generator(settings, generator)
     flight = _flight(settings, batch_size, len(base_ids))
+    prefix = _prefix_of(model, _read_lm_logits, base_ids + pref_ids, settings)
 
     def newcomers(keys: list[int]) -> _StackedPrompts:
         return _StackedPrompts(model, [base_ids[i] for i in keys], [pref_ids[i] for i in keys],
-                               settings)
+                               settings, prefix())
     return _stream(newcomers, len(base_ids), pad_scores, settings, generator, flight)
 
 

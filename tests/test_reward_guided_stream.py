@@ -166,3 +166,26 @@ def test_sampling_decodes_all_questions_in_one_batch(zoo, many_prompts, method):
                              torch.Generator().manual_seed(0)))
              for size in (None, len(MANY_QUESTIONS))]
     assert whole[0] == whole[1]
+
+
+def test_a_stream_encodes_the_shared_prefix_once_for_all_admissions(zoo, many_prompts,
+                                                                     monkeypatch):
+    import functools
+
+    from DecodingMethodsModels.engine import shared_prefix_length
+
+    model = zoo.decoder("llama", 0)
+    pref, base = many_prompts
+    one_row_inputs = []  # only the prefix is read alone: implicit PAD's steps have 2 rows or more
+    original = model.forward
+
+    @functools.wraps(original)
+    def recording(*args, **kwargs):
+        if kwargs["input_ids"].shape[0] == 1:
+            one_row_inputs.append(kwargs["input_ids"].shape[1])
+        return original(*args, **kwargs)
+
+    monkeypatch.setattr(model, "forward", recording)
+    config = settings("implicit", max_new_tokens=STEPS)
+    assert len(dict(stream_pad_implicit(model, base, pref, config, 2))) == len(pref)
+    assert one_row_inputs == [shared_prefix_length(base + pref)] and one_row_inputs[0] > 20
