@@ -16,9 +16,10 @@ continuous batches of questions of very different lengths).
 
 All 2B prompts of a batch usually open with the same tokens: the chat header and the system
 text up to the preference sentence (59 of about 90 tokens for SmolLM2 and the paper's system
-prompt). That shared prefix is encoded once, for one row, and its cache copied to every row;
-only the rest of each prompt is left-padded and encoded per row, so the padding sits between
-the prefix and each row's own tokens, where the attention mask hides it.
+prompt). That shared prefix is encoded once per stream, for one row, and its cache copied to
+every row of every admission; only the rest of each prompt is left-padded and encoded per row,
+so the padding sits between the prefix and each row's own tokens, where the attention mask
+hides it.
 
 Where the time goes (timers around the model forward and the combine rule; SmolLM2-135M fp32,
 2 CPU threads, 8 questions decoding 128 steps with EOS ignored): the model forward 98.2%, the
@@ -30,6 +31,7 @@ combination.
 
 from __future__ import annotations
 
+import copy
 import inspect
 from collections import deque
 from collections.abc import Iterator
@@ -88,6 +90,22 @@ def _prefix_cache(model, prefix: list[int], rows: int, device, extra: dict) -> D
         model(input_ids=ids, past_key_values=cache, use_cache=True, **extra)
         cache.batch_repeat_interleave(rows)  # (rows, ..., P, ...) in every layer
     return cache
+
+
+class _SharedPrefix:
+    """The opening tokens all prompts of a stream share, encoded once for one row; every
+    prefill of newcomers starts from a copy of that cache instead of encoding them again."""
+
+    def __init__(self, model, prompts: list[list[int]], enabled: bool, device, extra: dict):
+        self.length = shared_prefix_length(prompts) if enabled else 0
+        self.cache = _prefix_cache(model, prompts[0][: self.length], 1, device, extra)
+
+    def cache_for(self, rows: int) -> DynamicCache:
+        if not self.length:
+            return DynamicCache()
+        cache = copy.deepcopy(self.cache)
+        cache.batch_repeat_interleave(rows)
+        return cache
 
 
 def select_cache_rows(cache, rows: torch.Tensor) -> None:
@@ -149,13 +167,14 @@ class _Rule:
 
 
 def _prefill(model, keys: list[int], pref_ids: list[list[int]], base_ids: list[list[int]],
-             pad_id: int, share_prefix: bool, penalties: bool) -> tuple[_Rows, torch.Tensor]:
-    """Encode the 2n prompts of n newcomers: their rows, and fp32 log-probs (2n, V)."""
+             pad_id: int, prefix: _SharedPrefix, penalties: bool) -> tuple[_Rows, torch.Tensor]:
+    """Encode the 2n prompts of n newcomers after `prefix`: their rows, and fp32 log-probs
+    (2n, V)."""
     device = model_input_device(model)
     extra = _forward_kwargs(model)
     prompts = pref_ids + base_ids
-    shared = shared_prefix_length(prompts) if share_prefix else 0
-    cache = _prefix_cache(model, prompts[0][:shared], len(prompts), device, extra)
+    shared = prefix.length
+    cache = prefix.cache_for(len(prompts))
     ids, suffix_mask = left_pad([row[shared:] for row in prompts], pad_id)  # (2n, L - P)
     ids, suffix_mask = ids.to(device), suffix_mask.to(device)
     mask = torch.cat([torch.ones((len(prompts), shared), dtype=torch.long, device=device),
@@ -228,14 +247,20 @@ def _keep(rows: _Rows, keep: list[int]) -> None:
             setattr(rows, name, [values[i] for i in keep])
 
 
-def _trim(rows: _Rows) -> None:
-    """Drop the leading cache columns that no live row attends to (left by finished rows)."""
-    unused = int((rows.mask.sum(dim=0) > 0).long().argmax())  # first column anyone uses
+def trim_columns(cache, mask: torch.Tensor) -> torch.Tensor:
+    """Drop the leading cache columns that no row attends to (left by finished rows) from every
+    layer of `cache`; returns the mask (R, L) without them."""
+    unused = int((mask.sum(dim=0) > 0).long().argmax())  # first column anyone uses
     if unused > 0:
-        rows.mask = rows.mask[:, unused:]
-        for layer in rows.cache.layers:
+        mask = mask[:, unused:]
+        for layer in cache.layers:
             layer.keys = layer.keys[:, :, unused:, :]
             layer.values = layer.values[:, :, unused:, :]
+    return mask
+
+
+def _trim(rows: _Rows) -> None:
+    rows.mask = trim_columns(rows.cache, rows.mask)
 
 
 def _mergeable(cache) -> bool:
@@ -253,27 +278,36 @@ def _left_pad_to(tensor: torch.Tensor, length: int, dim: int) -> torch.Tensor:
     return torch.cat([tensor.new_zeros(shape), tensor], dim=dim)
 
 
-def _halves(tensor: torch.Tensor, size: int) -> tuple[torch.Tensor, torch.Tensor]:
-    return tensor[:size], tensor[size:]
+def interleave_rows(a: torch.Tensor, b: torch.Tensor, parts: int = 1, dim: int | None = None,
+                    width: int = 0) -> torch.Tensor:
+    """[a_1; b_1; ...; a_parts; b_parts] along rows, where a_i and b_i are the i-th of `parts`
+    equal row blocks of `a` and `b`; with `dim`, both are first left-padded with zeros along
+    it to `width`. `b` is moved to `a`'s device."""
+    if dim is not None:
+        a, b = _left_pad_to(a, width, dim), _left_pad_to(b, width, dim)
+    a_blocks = a.split(a.shape[0] // parts)
+    b_blocks = b.to(a.device).split(b.shape[0] // parts)
+    return torch.cat([block for pair in zip(a_blocks, b_blocks, strict=True) for block in pair])
+
+
+def merge_caches(cache, mask: torch.Tensor, other, other_mask: torch.Tensor,
+                 parts: int = 1) -> torch.Tensor:
+    """Fold the rows of cache `other` into `cache` (in place, as `interleave_rows` orders them
+    with `parts` blocks), both left-padded with masked zeros to the longer; returns the merged
+    attention mask. Each row keeps its own positions and sees only its own tokens."""
+    width = max(mask.shape[1], other_mask.shape[1])
+    for mine, theirs in zip(cache.layers, other.layers, strict=True):
+        mine.keys = interleave_rows(mine.keys, theirs.keys, parts, 2, width)
+        mine.values = interleave_rows(mine.values, theirs.values, parts, 2, width)
+    return interleave_rows(mask, other_mask, parts, 1, width)
 
 
 def _merge(running: _Rows, newcomers: _Rows) -> _Rows:
     """One batch of both: [pref running; pref new; base running; base new], every tensor
     left-padded with masked zeros to the longer of the two caches."""
-    width = max(running.mask.shape[1], newcomers.mask.shape[1])
-
-    def stack(a: torch.Tensor, b: torch.Tensor, dim: int | None) -> torch.Tensor:
-        if dim is not None:
-            a, b = _left_pad_to(a, width, dim), _left_pad_to(b, width, dim)
-        a_pref, a_base = _halves(a, running.size)
-        b_pref, b_base = _halves(b, newcomers.size)
-        return torch.cat([a_pref, b_pref.to(a.device), a_base, b_base.to(a.device)])
-
-    for mine, theirs in zip(running.cache.layers, newcomers.cache.layers, strict=True):
-        mine.keys = stack(mine.keys, theirs.keys, 2)
-        mine.values = stack(mine.values, theirs.values, 2)
-    running.mask = stack(running.mask, newcomers.mask, 1)
-    running.next_position = stack(running.next_position, newcomers.next_position, None)
+    running.mask = merge_caches(running.cache, running.mask, newcomers.cache, newcomers.mask,
+                                parts=2)
+    running.next_position = interleave_rows(running.next_position, newcomers.next_position, 2)
     running.tokens = torch.cat([running.tokens, newcomers.tokens.to(running.tokens.device)])
     running.keys += newcomers.keys
     running.generated += newcomers.generated
@@ -333,6 +367,8 @@ def stream_two_prompts(
                  torch.tensor(sorted(set(eos_ids)), dtype=torch.long, device=device), pad_id,
                  sampling or SamplingSettings(), generator, penalties)
     waiting = deque(range(len(pref_ids)))
+    prefix = _SharedPrefix(model, pref_ids + base_ids, share_prefix, device,
+                           _forward_kwargs(model))
     rows: _Rows | None = None
     while waiting or (rows is not None and rows.size):
         if rows is not None and rows.size:
@@ -343,7 +379,7 @@ def stream_two_prompts(
         if waiting and live < batch_size and can_admit:
             keys = [waiting.popleft() for _ in range(min(batch_size - live, len(waiting)))]
             newcomers, logprobs = _prefill(model, keys, [pref_ids[k] for k in keys],
-                                           [base_ids[k] for k in keys], pad_id, share_prefix,
+                                           [base_ids[k] for k in keys], pad_id, prefix,
                                            penalties is not None)
             done = _advance(newcomers, logprobs, rule)
             yield from _retire(newcomers, done, drop_finished)

@@ -20,7 +20,16 @@ candidates are the top-k ids of `z`. A guide scores the k candidates and a pure 
 
 Rows whose question has ended (any EOS id, unless `ignore_eos`) leave the batch and every
 cache. Prompts are left-padded with attention masks and position ids; a prefix shared by all
-prompts of a model is encoded once (engine.py's `_prefix_cache`).
+prompts of a model is encoded once per call and copied into every admission (engine.py's
+`_SharedPrefix`).
+
+Continuous batching (`stream_args`, `stream_pad`, `stream_pad_implicit`; greedy only): over
+more questions than `batch_size`, the next ones are admitted as soon as rows finish. They are
+prefilled in the decoding model and in the guide, and each of their caches is merged into the
+running one with engine.py's `merge_caches` (masked left padding, each row its own positions);
+columns no live row attends to are trimmed. A question's tokens do not depend on which
+questions shared its batch. Sampled ("topk") decoding draws from one generator for the whole
+batch, so its tokens do depend on the batch: it decodes all its questions in one batch.
 
 Cost (evals/rg_bench.py; SmolLM2-135M fp32, 2 CPU threads on a quiet machine, 8 questions,
 batch 8, 128 new tokens, greedy, k = 10): pref's `generate` 48 tokens/s, implicit PAD 44,
@@ -32,8 +41,10 @@ the reward model's B k row cache once to follow the chosen candidates.
 
 from __future__ import annotations
 
+import functools
 import math
-from collections.abc import Callable
+from collections import deque
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
 import torch
@@ -43,10 +54,13 @@ from .engine import (
     DecodeResult,
     NonFiniteScoresError,
     _forward_kwargs,
-    _prefix_cache,
+    _mergeable,
+    _SharedPrefix,
+    interleave_rows,
     left_pad,
+    merge_caches,
     model_input_device,
-    shared_prefix_length,
+    trim_columns,
 )
 from .errors import UserError
 from .rg_config import DEFAULT_SAMPLE_TEMP
@@ -179,40 +193,55 @@ def _read_reward(model, extra: dict, **inputs) -> torch.Tensor:
     return model.score(hidden)[:, 0].float()
 
 
-class _CachedRows:
-    """One model's KV cache over R rows, with their attention mask and next positions."""
+def _extra_inputs(model, read) -> dict:
+    return _forward_kwargs(model) if read is _read_lm_logits else {}
 
-    def __init__(self, model, read, prompts: list[list[int]], settings: GuidedSettings):
+
+def _prefix_of(model, read, prompts: list[list[int]],
+               settings: GuidedSettings) -> Callable[[], _SharedPrefix]:
+    """The prefix all of a stream's `prompts` share in one model, encoded on first use (inside
+    the stream's inference mode) and copied into every admission."""
+    return functools.cache(lambda: _SharedPrefix(
+        model, prompts, settings.share_prefix, model_input_device(model),
+        _extra_inputs(model, read)))
+
+
+class _CachedRows:
+    """One model's KV cache over R rows, with the attention mask of its columns (R, L) and each
+    row's next position."""
+
+    def __init__(self, model, read, prompts: list[list[int]], settings: GuidedSettings,
+                 prefix: _SharedPrefix | None = None):
         self.model, self.read = model, read
         self.device = model_input_device(model)
-        self.extra = _forward_kwargs(model) if read is _read_lm_logits else {}
-        shared = shared_prefix_length(prompts) if settings.share_prefix else 0
-        self.cache = _prefix_cache(model, prompts[0][:shared], len(prompts), self.device,
-                                   self.extra)
+        self.extra = _extra_inputs(model, read)
+        if prefix is None:  # the prefix of these prompts alone
+            prefix = _SharedPrefix(model, prompts, settings.share_prefix, self.device, self.extra)
+        shared = prefix.length
+        self.cache = prefix.cache_for(len(prompts))
         ids, suffix_mask = left_pad([row[shared:] for row in prompts], settings.pad_id)
         ids, suffix_mask = ids.to(self.device), suffix_mask.to(self.device)  # (R, L - P)
-        prompt_len = shared + ids.shape[1]
-        # one mask for the whole run, sliced per step, instead of a torch.cat per token
-        self.mask = torch.ones((len(prompts), prompt_len + settings.max_new_tokens),
-                               dtype=torch.long, device=self.device)
-        self.mask[:, shared:prompt_len] = suffix_mask
+        self.mask = torch.ones((len(prompts), shared), dtype=torch.long, device=self.device)
         self.positions = shared + (suffix_mask.cumsum(-1) - 1).clamp(min=0)  # (R, L - P)
-        self.prompt_ids = ids
-        self.length = shared  # positions held in the cache
+        self.prompt_ids, self.prompt_mask = ids, suffix_mask
 
-    def _forward(self, ids: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
-        width = self.length + ids.shape[1]
+    def _forward(self, ids: torch.Tensor, positions: torch.Tensor,
+                 new_mask: torch.Tensor | None = None) -> torch.Tensor:
+        if new_mask is None:
+            new_mask = torch.ones_like(ids)
+        mask = torch.cat([self.mask, new_mask], dim=1)  # (R, L + new)
         out = self.read(
-            self.model, self.extra, input_ids=ids, attention_mask=self.mask[:, :width],
+            self.model, self.extra, input_ids=ids, attention_mask=mask,
             position_ids=positions, past_key_values=self.cache, use_cache=True,
         )
-        self.length = width
+        self.mask = mask
         return out
 
     def prefill(self) -> torch.Tensor:
         """Read the prompts; returns the model's output at their last position."""
-        out = self._forward(self.prompt_ids, self.positions)
+        out = self._forward(self.prompt_ids, self.positions, self.prompt_mask)
         self.positions = self.positions[:, -1:] + 1  # (R, 1), the next position of each row
+        self.prompt_ids = self.prompt_mask = None
         return out
 
     def step(self, tokens: torch.Tensor) -> torch.Tensor:
@@ -227,11 +256,24 @@ class _CachedRows:
         self.cache.batch_select_indices(rows)
         self.mask, self.positions = self.mask[rows], self.positions[rows]
 
+    def drop(self, rows: torch.Tensor) -> None:
+        """`select`, then trim the columns no remaining row attends to."""
+        self.select(rows)
+        self.mask = trim_columns(self.cache, self.mask)
+
     def repeat(self, times: int) -> None:
         """Each row `times` times in a row: (R, ...) -> (R times, ...)."""
         self.cache.batch_repeat_interleave(times)
         self.mask = self.mask.repeat_interleave(times, dim=0)
         self.positions = self.positions.repeat_interleave(times, dim=0)
+
+    def mergeable(self) -> bool:
+        return _mergeable(self.cache)
+
+    def merge(self, other: _CachedRows, parts: int = 1) -> None:
+        """Take in `other`'s rows (prefilled), ordered as engine.interleave_rows does."""
+        self.mask = merge_caches(self.cache, self.mask, other.cache, other.mask, parts)
+        self.positions = interleave_rows(self.positions, other.positions, parts)
 
 
 # ----- guides: what scores the candidates -----------------------------------------------------
@@ -240,14 +282,18 @@ class _CachedRows:
 class _RewardGuide:
     """ARGS's reward model: k cache rows per question, in groups of whole questions."""
 
-    def __init__(self, reward_model, prompts: list[list[int]], settings: GuidedSettings):
+    def __init__(self, reward_model, prompts: list[list[int]], settings: GuidedSettings,
+                 prefix: _SharedPrefix | None = None):
         self.k = settings.topk
-        per_group = max(1, (settings.rm_batch_size or len(prompts) * self.k) // self.k)
+        per_group = len(prompts)
+        self.per_group = None  # questions per group: unbounded
+        if settings.rm_batch_size is not None:
+            per_group = self.per_group = max(1, settings.rm_batch_size // self.k)
         self.groups: list[_CachedRows] = []
         self.sizes: list[int] = []  # questions per group, consecutive in the batch order
         for start in range(0, len(prompts), per_group):
             chunk = prompts[start:start + per_group]
-            rows = _CachedRows(reward_model, _read_reward, chunk, settings)
+            rows = _CachedRows(reward_model, _read_reward, chunk, settings, prefix)
             rows.prefill()  # the reward of the bare prompt is not needed, only its cache
             rows.repeat(self.k)
             self.groups.append(rows)
@@ -262,6 +308,21 @@ class _RewardGuide:
             start += size
         return torch.cat(rewards)
 
+    def admit(self, other: _RewardGuide) -> None:
+        """Newcomers' groups after the running ones; their first joins the last running group
+        when both fit in one forward."""
+        first = 0
+        if self.groups and self.groups[-1].mergeable() and (
+                self.per_group is None or self.sizes[-1] + other.sizes[0] <= self.per_group):
+            self.groups[-1].merge(other.groups[0])
+            self.sizes[-1] += other.sizes[0]
+            first = 1
+        self.groups += other.groups[first:]
+        self.sizes += other.sizes[first:]
+
+    def mergeable(self) -> bool:
+        return True  # newcomers that cannot be merged form groups of their own
+
     def advance(self, keep: torch.Tensor | None, choice: torch.Tensor, tokens: torch.Tensor):
         """Every row of a kept question becomes its chosen candidate's row; the chosen token is
         already in that row's cache, so nothing is read."""
@@ -272,8 +333,11 @@ class _RewardGuide:
             mine = (kept >= start) & (kept < start + size)
             local = kept[mine] - start
             if local.numel():
-                chosen_rows = local * self.k + choice[mine]  # (kept here,)
-                rows.select(chosen_rows.repeat_interleave(self.k))
+                chosen_rows = (local * self.k + choice[mine]).repeat_interleave(self.k)
+                if keep is None:
+                    rows.select(chosen_rows)
+                else:  # questions left: their columns may be trimmed
+                    rows.drop(chosen_rows)
                 groups.append(rows)
                 sizes.append(local.numel())
             start += size
@@ -283,25 +347,34 @@ class _RewardGuide:
 class _LanguageModelGuide:
     """PAD's PersRM: its own KV cache over the same ids, one token per step."""
 
-    def __init__(self, persrm, prompts: list[list[int]], settings: GuidedSettings):
-        self.rows = _CachedRows(persrm, _read_lm_logits, prompts, settings)
+    def __init__(self, persrm, prompts: list[list[int]], settings: GuidedSettings,
+                 prefix: _SharedPrefix):
+        self.rows = _CachedRows(persrm, _read_lm_logits, prompts, settings, prefix)
         self.logits = self.rows.prefill()  # (b, V') u at the current step
 
     def values(self, candidates: torch.Tensor) -> torch.Tensor:
         u = self.logits.gather(1, candidates.to(self.logits.device))  # (b, k)
         return u.to(candidates.device)
 
+    def admit(self, other: _LanguageModelGuide) -> None:
+        self.rows.merge(other.rows)
+        self.logits = torch.cat([self.logits, other.logits.to(self.logits.device)])
+
+    def mergeable(self) -> bool:
+        return self.rows.mergeable()
+
     def advance(self, keep: torch.Tensor | None, choice: torch.Tensor, tokens: torch.Tensor):
         if keep is not None:
-            self.rows.select(keep)
+            self.rows.drop(keep)
         self.logits = self.rows.step(tokens)
 
 
 class _SeparateModels:
     """The decoding model in its own cache, and a guide beside it."""
 
-    def __init__(self, model, prompts: list[list[int]], guide, settings: GuidedSettings):
-        self.decoder = _CachedRows(model, _read_lm_logits, prompts, settings)
+    def __init__(self, model, prompts: list[list[int]], guide, settings: GuidedSettings,
+                 prefix: _SharedPrefix):
+        self.decoder = _CachedRows(model, _read_lm_logits, prompts, settings, prefix)
         self.guide = guide
 
     def start(self) -> torch.Tensor:
@@ -310,18 +383,27 @@ class _SeparateModels:
     def values(self, candidates: torch.Tensor) -> torch.Tensor:
         return self.guide.values(candidates)
 
+    def mergeable(self) -> bool:
+        return self.decoder.mergeable() and self.guide.mergeable()
+
+    def admit(self, other: _SeparateModels) -> None:
+        """Take in newcomers (started) after the running questions."""
+        self.decoder.merge(other.decoder)
+        self.guide.admit(other.guide)
+
     def advance(self, keep, choice, tokens) -> torch.Tensor:
         self.guide.advance(keep, choice, tokens)
         if keep is not None:
-            self.decoder.select(keep)
+            self.decoder.drop(keep)
         return self.decoder.step(tokens)
 
 
 class _StackedPrompts:
     """Implicit PAD: one model, rows `[base; pref]` in one cache; z from base, u from pref."""
 
-    def __init__(self, model, base_ids, pref_ids, settings: GuidedSettings):
-        self.rows = _CachedRows(model, _read_lm_logits, base_ids + pref_ids, settings)
+    def __init__(self, model, base_ids, pref_ids, settings: GuidedSettings,
+                 prefix: _SharedPrefix):
+        self.rows = _CachedRows(model, _read_lm_logits, base_ids + pref_ids, settings, prefix)
         self.live = len(base_ids)
 
     def _split(self, logits: torch.Tensor) -> torch.Tensor:
@@ -334,10 +416,19 @@ class _StackedPrompts:
     def values(self, candidates: torch.Tensor) -> torch.Tensor:
         return self.guide_logits.gather(1, candidates)
 
+    def mergeable(self) -> bool:
+        return self.rows.mergeable()
+
+    def admit(self, other: _StackedPrompts) -> None:
+        """[base running; base new; pref running; pref new]."""
+        self.rows.merge(other.rows, parts=2)
+        self.guide_logits = torch.cat([self.guide_logits, other.guide_logits])
+        self.live += other.live
+
     def advance(self, keep, choice, tokens) -> torch.Tensor:
         if keep is not None:
             keep = keep.to(self.rows.device)
-            self.rows.select(torch.cat([keep, keep + self.live]))  # same question, both halves
+            self.rows.drop(torch.cat([keep, keep + self.live]))  # same question, both halves
             self.live = keep.shape[0]
         return self._split(self.rows.step(torch.cat([tokens, tokens])))
 
@@ -345,42 +436,76 @@ class _StackedPrompts:
 # ----- the loop -------------------------------------------------------------------------------
 
 
-def _decode(decoding, rule: ScoreRule, settings: GuidedSettings,
-            generator: torch.Generator | None) -> DecodeResult:
-    z = decoding.start()  # (B, V) fp32
-    batch, device = z.shape[0], z.device
-    eos = torch.tensor(sorted(set(settings.eos_ids)), dtype=torch.long, device=device)
-    generated = torch.full((batch, settings.max_new_tokens), settings.pad_id, dtype=torch.long,
-                           device=device)
-    lengths = torch.full((batch,), settings.max_new_tokens, dtype=torch.long)
-    active = torch.arange(batch)  # question index of each live row, on the host
+Newcomers = Callable[[list[int]], object]  # question numbers -> their decoding object
+
+
+@torch.inference_mode()
+def _stream(newcomers: Newcomers, count: int, rule: ScoreRule, settings: GuidedSettings,
+            generator: torch.Generator | None, batch_size: int):
+    """Decode questions 0..count-1 with at most `batch_size` in flight, admitting the next ones
+    as soon as rows finish; yields (question number, generated ids) as each finishes, the EOS
+    that ended it included, and returns the number of steps taken."""
+    waiting = deque(range(count))
+    decoding, z = None, None  # the running questions and their z (b, V) fp32
+    keys: list[int] = []  # the question number of each live row
+    generated: list[list[int]] = []
+    eos = None
     steps = 0
-    for step in range(settings.max_new_tokens):
+    while waiting or keys:
+        if waiting and len(keys) < batch_size and (not keys or decoding.mergeable()):
+            new = [waiting.popleft() for _ in range(min(batch_size - len(keys), len(waiting)))]
+            joining = newcomers(new)
+            z_new = joining.start()
+            if keys:
+                decoding.admit(joining)
+                z = torch.cat([z, z_new.to(z.device)])
+            else:
+                decoding, z = joining, z_new
+            keys += new
+            generated += [[] for _ in new]
+        if eos is None:
+            eos = torch.tensor(sorted(set(settings.eos_ids)), dtype=torch.long, device=z.device)
         candidate_logits, candidates = torch.topk(z, settings.topk, dim=-1)  # (b, k)
         scores = rule(candidate_logits, decoding.values(candidates), settings.weight)  # (b, k)
         choice = choose_candidates(scores, settings.mode, settings.sample_temp, generator)
         tokens = candidates.gather(1, choice.unsqueeze(-1)).squeeze(-1)  # (b,)
-        generated[active.to(device), step] = tokens
-        done = torch.zeros_like(tokens, dtype=torch.bool)
+        ended = torch.zeros_like(tokens, dtype=torch.bool)
         if not settings.ignore_eos:
-            done = torch.isin(tokens, eos)
-        status = torch.stack([done, torch.isnan(scores).any(dim=-1)]).cpu()  # one host sync
+            ended = torch.isin(tokens, eos)
+        status = torch.stack([tokens, ended.long(), torch.isnan(scores).any(dim=-1).long()])
+        chosen, ended, nan = status.cpu().tolist()  # one host sync
         steps += 1
-        if status[1].any():
-            bad = active[status[1]].tolist()
-            raise NonFiniteScoresError(f"NaN scores for batch rows {bad} at step {step}")
-        lengths[active[status[0]]] = step + 1  # keep the EOS
-        if bool(status[0].all()) or step + 1 == settings.max_new_tokens:
-            break
+        if any(nan):
+            bad = [keys[i] for i, flag in enumerate(nan) if flag]
+            raise NonFiniteScoresError(f"NaN scores for questions {bad} at step {steps - 1}",
+                                       bad)
+        kept = []
+        for i, token in enumerate(chosen):
+            generated[i].append(token)
+            if ended[i] or len(generated[i]) == settings.max_new_tokens:
+                yield keys[i], generated[i]
+            else:
+                kept.append(i)
+        if not kept:
+            decoding, keys, generated = None, [], []
+            continue
         keep = None
-        if bool(status[0].any()):
-            keep = (~status[0]).nonzero().flatten()  # (b',) on the host
-            active = active[keep]
-            keep = keep.to(device)
+        if len(kept) < len(keys):
+            keys, generated = [keys[i] for i in kept], [generated[i] for i in kept]
+            keep = torch.tensor(kept, device=tokens.device)
             choice, tokens = choice[keep], tokens[keep]
         z = decoding.advance(keep, choice, tokens)
-    token_ids = [generated[i, : lengths[i]].tolist() for i in range(batch)]
-    return DecodeResult(token_ids=token_ids, steps=steps)
+    return steps
+
+
+def _collect(stream: Iterator, count: int) -> DecodeResult:
+    found = {}
+    while True:
+        try:
+            key, ids = next(stream)
+        except StopIteration as finished:
+            return DecodeResult(token_ids=[found[i] for i in range(count)], steps=finished.value)
+        found[key] = ids
 
 
 # ----- checks and the public entry points -----------------------------------------------------
@@ -427,15 +552,27 @@ def _check_generator(settings: GuidedSettings, generator: torch.Generator | None
         raise ValueError("mode 'topk' needs a seeded torch.Generator")
 
 
-@torch.inference_mode()
-def decode_args(model, reward_model, prompt_ids: list[list[int]], settings: GuidedSettings,
-                generator: torch.Generator | None = None,
-                reward_prompt_ids: list[list[int]] | None = None) -> DecodeResult:
-    """ARGS: decode B prompts with `score = z_k + w r_k` over the top-k candidates.
+def _flight(settings: GuidedSettings, batch_size: int | None, count: int) -> int:
+    """Questions in flight: all of them by default; fewer (continuous batching) only greedy."""
+    if batch_size is None or batch_size >= count:
+        return count
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be at least 1, got {batch_size}")
+    if settings.mode == "topk":
+        raise ValueError("continuous batching is greedy only: mode 'topk' draws for the whole "
+                         "batch from one generator, so it decodes all its questions at once")
+    return batch_size
 
-    The reward model reads `reward_prompt_ids` (default: the same prompts) followed by the
-    tokens so far and each candidate. Both models must share one tokenizer
-    (`check_same_tokenizer`). Returns the generated ids per prompt, the ending EOS included.
+
+def stream_args(model, reward_model, prompt_ids: list[list[int]], settings: GuidedSettings,
+                batch_size: int | None = None, generator: torch.Generator | None = None,
+                reward_prompt_ids: list[list[int]] | None = None) -> Iterator[tuple[int, list]]:
+    """ARGS over every prompt, at most `batch_size` questions in flight (all by default):
+    yields (prompt number, generated ids, the ending EOS included) as each finishes.
+
+    `score = z_k + w r_k` over the top-k candidates. The reward model reads
+    `reward_prompt_ids` (default: the same prompts) followed by the tokens so far and each
+    candidate. Both models must share one tokenizer (`check_same_tokenizer`).
     """
     reward_prompt_ids = reward_prompt_ids or prompt_ids
     _check_prompts(prompt_ids, reward_prompt_ids)
@@ -443,18 +580,24 @@ def decode_args(model, reward_model, prompt_ids: list[list[int]], settings: Guid
     _check_topk(settings, vocab)
     _check_reward_model(reward_model, vocab)
     _check_generator(settings, generator)
-    guide = _RewardGuide(reward_model, reward_prompt_ids, settings)
-    return _decode(_SeparateModels(model, prompt_ids, guide, settings), args_scores, settings,
-                   generator)
+    flight = _flight(settings, batch_size, len(prompt_ids))
+    decoder_prefix = _prefix_of(model, _read_lm_logits, prompt_ids, settings)
+    reward_prefix = _prefix_of(reward_model, _read_reward, reward_prompt_ids, settings)
+
+    def newcomers(keys: list[int]) -> _SeparateModels:
+        guide = _RewardGuide(reward_model, [reward_prompt_ids[i] for i in keys], settings,
+                             reward_prefix())
+        return _SeparateModels(model, [prompt_ids[i] for i in keys], guide, settings,
+                               decoder_prefix())
+    return _stream(newcomers, len(prompt_ids), args_scores, settings, generator, flight)
 
 
-@torch.inference_mode()
-def decode_pad(model, persrm, prompt_ids: list[list[int]], settings: GuidedSettings,
-               generator: torch.Generator | None = None) -> DecodeResult:
-    """PAD: decode B prompts; the PersRM (a causal LM) reads the same ids as `model`.
-
-    `score = z_k + w (log_softmax_k(u_k) - log_softmax_k(z_k))` over the top-k candidates of z.
-    Returns the generated ids per prompt, the ending EOS included.
+def stream_pad(model, persrm, prompt_ids: list[list[int]], settings: GuidedSettings,
+               batch_size: int | None = None,
+               generator: torch.Generator | None = None) -> Iterator[tuple[int, list]]:
+    """PAD over every prompt, at most `batch_size` in flight; the PersRM (a causal LM) reads
+    the same ids as `model`. `score = z_k + w (log_softmax_k(u_k) - log_softmax_k(z_k))` over
+    the top-k candidates of z. Yields (prompt number, generated ids) as each finishes.
     """
     _check_prompts(prompt_ids)
     vocab = vocabulary_size(model)
@@ -466,24 +609,60 @@ def decode_pad(model, persrm, prompt_ids: list[list[int]], settings: GuidedSetti
             "they must share one tokenizer"
         )
     _check_generator(settings, generator)
-    guide = _LanguageModelGuide(persrm, prompt_ids, settings)
-    return _decode(_SeparateModels(model, prompt_ids, guide, settings), pad_scores, settings,
-                   generator)
+    flight = _flight(settings, batch_size, len(prompt_ids))
+    decoder_prefix = _prefix_of(model, _read_lm_logits, prompt_ids, settings)
+    guide_prefix = _prefix_of(persrm, _read_lm_logits, prompt_ids, settings)
+
+    def newcomers(keys: list[int]) -> _SeparateModels:
+        prompts = [prompt_ids[i] for i in keys]
+        guide = _LanguageModelGuide(persrm, prompts, settings, guide_prefix())
+        return _SeparateModels(model, prompts, guide, settings, decoder_prefix())
+    return _stream(newcomers, len(prompt_ids), pad_scores, settings, generator, flight)
 
 
-@torch.inference_mode()
-def decode_pad_implicit(model, base_ids: list[list[int]], pref_ids: list[list[int]],
-                        settings: GuidedSettings,
-                        generator: torch.Generator | None = None) -> DecodeResult:
-    """Implicit PAD: the decoding model reads `base_ids`; the same model reading `pref_ids`
-    is the PersRM. Over the candidates, score = (1 - w) log p_base + w log p_pref + const;
-    with k = V this is Linear Alignment with ratio w - 1. One stacked forward per step.
+def stream_pad_implicit(model, base_ids: list[list[int]], pref_ids: list[list[int]],
+                        settings: GuidedSettings, batch_size: int | None = None,
+                        generator: torch.Generator | None = None) -> Iterator[tuple[int, list]]:
+    """Implicit PAD, at most `batch_size` questions in flight: the decoding model reads
+    `base_ids`; the same model reading `pref_ids` is the PersRM. Over the candidates, score =
+    (1 - w) log p_base + w log p_pref + const; with k = V this is Linear Alignment with ratio
+    w - 1. One stacked forward per step. Yields (question number, generated ids).
     """
     _check_prompts(base_ids, pref_ids)
     _check_topk(settings, vocabulary_size(model))
     _check_generator(settings, generator)
-    return _decode(_StackedPrompts(model, base_ids, pref_ids, settings), pad_scores, settings,
-                   generator)
+    flight = _flight(settings, batch_size, len(base_ids))
+    prefix = _prefix_of(model, _read_lm_logits, base_ids + pref_ids, settings)
+
+    def newcomers(keys: list[int]) -> _StackedPrompts:
+        return _StackedPrompts(model, [base_ids[i] for i in keys], [pref_ids[i] for i in keys],
+                               settings, prefix())
+    return _stream(newcomers, len(base_ids), pad_scores, settings, generator, flight)
+
+
+def decode_args(model, reward_model, prompt_ids: list[list[int]], settings: GuidedSettings,
+                generator: torch.Generator | None = None,
+                reward_prompt_ids: list[list[int]] | None = None,
+                batch_size: int | None = None) -> DecodeResult:
+    """`stream_args` collected in prompt order (by default all prompts in one batch)."""
+    return _collect(stream_args(model, reward_model, prompt_ids, settings, batch_size,
+                                generator, reward_prompt_ids), len(prompt_ids))
+
+
+def decode_pad(model, persrm, prompt_ids: list[list[int]], settings: GuidedSettings,
+               generator: torch.Generator | None = None,
+               batch_size: int | None = None) -> DecodeResult:
+    """`stream_pad` collected in prompt order (by default all prompts in one batch)."""
+    return _collect(stream_pad(model, persrm, prompt_ids, settings, batch_size, generator),
+                    len(prompt_ids))
+
+
+def decode_pad_implicit(model, base_ids: list[list[int]], pref_ids: list[list[int]],
+                        settings: GuidedSettings, generator: torch.Generator | None = None,
+                        batch_size: int | None = None) -> DecodeResult:
+    """`stream_pad_implicit` collected in question order (by default all in one batch)."""
+    return _collect(stream_pad_implicit(model, base_ids, pref_ids, settings, batch_size,
+                                        generator), len(base_ids))
 
 
 def check_same_tokenizer(tokenizer, other, role: str = "reward model") -> None:

@@ -13,6 +13,15 @@ and writes JSON (--out) and markdown beside it. A full run exits 1 when a target
     python evals/efficiency.py --eval_data UltraFeedback_truthful_qa \
         --limit 8 --batch_size 8 --max_new_tokens 128
 
+The dataset part times pref (model.generate in fixed length-sorted batches) against amulet
+through the engine with continuous batching and with fixed batches, over a whole question set
+(--dataset_questions), as the runner decodes it. Alone, on a quiet machine (the issue's
+target: amulet / pref tokens/s >= 0.65):
+
+    OMP_NUM_THREADS=2 python evals/efficiency.py --only dataset --num_threads 2 \
+        --eval_data UltraFeedback_truthful_qa --dataset_questions 64 --batch_size 8 \
+        --max_new_tokens 128 --out benchmarks/efficiency_dataset.json
+
 Greedy decoding throughout. Tokens are generated tokens per question, the ending EOS
 included and padding excluded; tokens/s is their sum over wall-clock seconds.
 
@@ -40,6 +49,7 @@ from evals.efficiency_cases import (  # noqa: E402
     questions_of,
     say,
 )
+from evals.efficiency_dataset import dataset_target, dataset_throughput  # noqa: E402
 from evals.efficiency_memory import (  # noqa: E402
     MEMORY_NOTE,
     measure_memory,
@@ -65,6 +75,7 @@ from evals.efficiency_timing import (  # noqa: E402
 from evals.errors import EvalError, exit_code  # noqa: E402
 
 DEFAULT_MODEL = "SmolLM2-135M-Instruct"
+PARTS = ("methods", "memory", "cost", "sweep", "beam", "cfg", "library", "dataset")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -106,10 +117,19 @@ def build_parser() -> argparse.ArgumentParser:
                      help="auto: RSS of a fresh process per method on CPU, allocator stats on "
                      "CUDA; live: the same RSS with large allocations unmapped on free")
     how.add_argument("--skip", default="", help="comma list of parts to skip: "
-                     "methods (their timing), memory, cost, sweep, beam, cfg, library")
+                     f"{', '.join(PARTS)} (methods: their timing)")
+    how.add_argument("--only", default="", help="comma list of the parts to run, the others "
+                     "skipped (e.g. --only dataset)")
     how.add_argument("--quick", action="store_true",
                      help="smoke run: 2 questions, 4 tokens, 1 repeat, T 0 and 2, sweep 1 and 2; "
                      "targets are shown but not judged")
+
+    data = parser.add_argument_group("dataset throughput")
+    data.add_argument("--dataset_questions", type=int, default=64,
+                      help="the first N questions of --eval_data, decoded whole by pref and "
+                      "amulet at --batch_size")
+    data.add_argument("--dataset_repeats", type=int, default=1,
+                      help="timed runs per dataset case (median)")
 
     hw = parser.add_argument_group("hardware")
     hw.add_argument("--device", default="auto")
@@ -132,8 +152,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         args.repeats = args.cost_repeats = args.sweep_repeats = 1
         args.num_beams, args.amulet_T, args.cost_T, args.iteration_num = 2, "0,2", "0,2", 2
         args.sweep_batch_sizes, args.sweep_questions = "1,2", 2
+        args.dataset_questions, args.dataset_repeats = 3, 1  # 3 questions: one admission
     for name in ("limit", "batch_size", "max_new_tokens", "num_beams", "repeats",
-                 "cost_repeats", "sweep_repeats"):
+                 "cost_repeats", "sweep_repeats", "dataset_questions", "dataset_repeats"):
         if getattr(args, name) < 1:
             raise EvalError(f"--{name} must be >= 1, got {getattr(args, name)}")
     if args.threads is not None and args.threads < 1:
@@ -146,10 +167,13 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         if mode not in ("batched", "per_prompt"):
             raise EvalError(f"unknown --cfg_modes entry {mode!r}; use batched and/or per_prompt")
     args.skip = {s for s in args.skip.split(",") if s}
-    unknown = args.skip - {"methods", "memory", "cost", "sweep", "beam", "cfg", "library"}
-    if unknown:
-        raise EvalError(f"unknown --skip part(s) {sorted(unknown)}; use methods, memory, cost, "
-                        "sweep, beam, cfg, library")
+    only = {s for s in args.only.split(",") if s}
+    for flag, parts in (("--skip", args.skip), ("--only", only)):
+        unknown = parts - set(PARTS)
+        if unknown:
+            raise EvalError(f"unknown {flag} part(s) {sorted(unknown)}; use {', '.join(PARTS)}")
+    if only:
+        args.skip |= set(PARTS) - only
     if args.sweep_questions is None and args.sweep_batch_sizes:
         args.sweep_questions = max(args.sweep_batch_sizes)
     return args
@@ -204,6 +228,9 @@ def run(args) -> dict:
             from evals.library_bench import efficiency_part
 
             library = efficiency_part(args, model, source, work)
+        dataset = {}
+        if "dataset" not in args.skip:
+            dataset = dataset_throughput(args, tokenizer, model)
     settings = {k: v for k, v in vars(args).items() if k not in ("probe", "probe_model")}
     settings["skip"] = sorted(args.skip)
     settings["questions"] = len(questions)
@@ -217,7 +244,9 @@ def run(args) -> dict:
         "combine_step": combine,
         "batch_sweep": sweep,
         "library": library,
-        "targets": check_targets(args, results, cost, memory, judge=not args.quick),
+        "dataset": dataset,
+        "targets": check_targets(args, results, cost, memory, judge=not args.quick)
+        + ([dataset_target(dataset, judge=not args.quick)] if dataset else []),
         "targets_judged": not args.quick,
         "notes": notes_for(args, results),
     }

@@ -25,6 +25,7 @@ class Case:
     solver: str | None = None
     cfg_mode: str | None = None  # 'batched' or 'per_prompt'
     fixed_length: bool = False  # ignore EOS: every row decodes max_new_tokens steps
+    continuous: bool = False  # one stream over all batches, a question admitted per free slot
 
     @property
     def key(self) -> str:
@@ -35,6 +36,8 @@ class Case:
             parts.append(self.cfg_mode)
         if self.fixed_length:
             parts.append("fixed")
+        if self.continuous:
+            parts.append("continuous")
         return ":".join(parts)
 
     @property
@@ -48,13 +51,13 @@ class Case:
     @classmethod
     def from_key(cls, key: str) -> Case:
         parts = key.split(":")
-        fixed = parts[-1] == "fixed"
-        parts = parts[:-1] if fixed else parts
+        flags = {"fixed_length": "fixed" in parts, "continuous": "continuous" in parts}
+        parts = [p for p in parts if p not in ("fixed", "continuous")]
         if parts[0] == "amulet":
-            return cls("amulet", int(parts[1].removeprefix("T=")), parts[2], fixed_length=fixed)
+            return cls("amulet", int(parts[1].removeprefix("T=")), parts[2], **flags)
         if parts[0] == "hf_cfg":
-            return cls("hf_cfg", cfg_mode=parts[1], fixed_length=fixed)
-        return cls(parts[0], fixed_length=fixed)
+            return cls("hf_cfg", cfg_mode=parts[1], **flags)
+        return cls(parts[0], **flags)
 
 
 @dataclass
@@ -157,6 +160,13 @@ def questions_of(args, limit: int):
 # ---------------------------------------------------------------- running one case
 
 
+def case_settings(case: Case, settings):
+    """The workload's DecodeSettings with this case's Amulet T and solver."""
+    if case.method != "amulet":
+        return settings
+    return replace(settings, iteration_num=case.iteration_num, amulet_solver=case.solver)
+
+
 def case_runner(case: Case, args, model) -> Callable:
     """A function (pref_ids, base_ids, settings) -> generated ids per question."""
     from DecodingMethodsModels.combine import amulet_ratio
@@ -172,11 +182,8 @@ def case_runner(case: Case, args, model) -> Callable:
         return lambda pref, base, settings: hf_cfg(model, pref, base, settings, scale)
     runner = METHOD_RUNNERS[case.method]
     if case.method == "amulet":
-        def amulet(pref, base, settings):
-            settings = replace(settings, iteration_num=case.iteration_num,
-                               amulet_solver=case.solver)
-            return runner(model, pref, base, settings, 0)
-        return amulet
+        return lambda pref, base, settings: runner(model, pref, base,
+                                                   case_settings(case, settings), 0)
     return lambda pref, base, settings: runner(model, pref, base, settings, 0)
 
 
@@ -216,9 +223,25 @@ def run_case(case: Case, args, model, work: Workload, max_new_tokens: int | None
         settings = replace(settings, max_new_tokens=max_new_tokens)
     if case.fixed_length:
         settings = replace(settings, eos_ids=[-1])  # no token id is negative: never stops
+    if case.continuous:
+        return stream_case(case, args, model, work, settings, batches or work.batches)
     decode = case_runner(case, args, model)
     outputs: dict[int, list[int]] = {}
     for rows in batches or work.batches:
         got = decode([work.pref_ids[i] for i in rows], [work.base_ids[i] for i in rows], settings)
         outputs.update(zip(rows, got, strict=True))
+    return [outputs[i] for i in sorted(outputs)]
+
+
+def stream_case(case: Case, args, model, work: Workload, settings,
+                batches: list[list[int]]) -> list[list[int]]:
+    """The questions of `batches`, in their order, as one continuous-batching stream of at most
+    --batch_size questions in flight (what the runner does for greedy la and amulet)."""
+    from DecodingMethodsModels.methods import stream_method
+
+    order = [i for rows in batches for i in rows]
+    found = dict(stream_method(case.method, model, [work.pref_ids[i] for i in order],
+                               [work.base_ids[i] for i in order], case_settings(case, settings),
+                               args.batch_size))
+    outputs = {order[k]: ids for k, ids in found.items()}
     return [outputs[i] for i in sorted(outputs)]

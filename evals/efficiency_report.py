@@ -146,7 +146,8 @@ def markdown(report: dict) -> str:
     lines = header_lines(report)
     for section, part in ((methods_table, "methods"), (solver_cost_table, "solver_cost"),
                           (combine_step_table, "combine_step"), (sweep_table, "batch_sweep"),
-                          (library_table, "library"), (targets_table, "targets")):
+                          (library_table, "library"), (dataset_table, "dataset"),
+                          (targets_table, "targets")):
         if report.get(part):
             lines += section(report) + [""]
     lines += [f"- {note}" for note in report["notes"]]
@@ -256,6 +257,27 @@ def library_table(report: dict) -> list[str]:
             "timed run after a warm-up; ARGS and PAD with k = 10, w = 0.8 and stand-in guides "
             "of the model's size; same tokens: rows equal to the path's engine.", "",
             markdown_table(report["library"])]
+
+
+def dataset_table(report: dict) -> list[str]:
+    data = report["dataset"]
+    lines = [
+        f"The whole dataset: {data['questions']} questions of "
+        f"{report['settings']['eval_data']}, at most {data['batch_size']} in flight, the same "
+        f"questions for every row; wall = median of {data['repeats']} run(s) for all of them. "
+        "Identical responses, amulet continuous vs fixed batches: "
+        f"{data['identical_continuous_vs_fixed']}.",
+        "",
+        "| method | setting | decoded by | tokens | wall s | tokens / s | vs pref |",
+        "|---|---|---|---:|---:|---:|---:|",
+    ]
+    pref = data["rows"][0]["tokens_per_second"]
+    for row in data["rows"]:
+        lines.append(f"| {row['method']} | {row['setting']} | {row['decoding']} | "
+                     f"{fmt(row['generated_tokens'])} | {fmt(row['wall_seconds_median'])} | "
+                     f"{fmt(row['tokens_per_second'], 1)} | "
+                     f"{fmt(ratio(row['tokens_per_second'], pref))} |")
+    return lines
 
 
 def targets_table(report: dict) -> list[str]:

@@ -29,21 +29,24 @@ ROW_KEYS = {"method", "setting", "generated_tokens", "wall_seconds", "wall_secon
             "cpu_seconds_median", "seconds_per_token", "tokens_per_second", "memory"}
 
 
-@pytest.fixture(scope="module")
-def quick_run(tiny_model_dirs, tmp_path_factory) -> tuple[dict, str, Path]:
-    root = tmp_path_factory.mktemp("efficiency")
+def run_quick(model_dir: Path, root: Path, *flags: str) -> tuple[dict, str, Path]:
     (root / "three.json").write_text(json.dumps(QUESTIONS))
     out = root / "bench" / "efficiency.json"
     env = {k: v for k, v in os.environ.items() if not k.startswith("AMULET_DATA")}
     env.update(HF_HUB_OFFLINE="1", OMP_NUM_THREADS="1")
     done = subprocess.run(
         [sys.executable, str(ROOT / "evals" / "efficiency.py"), "--quick",
-         "--model_name", str(tiny_model_dirs["llama"]), "--data_dir", str(root),
-         "--eval_data", "three", "--out", str(out)],
+         "--model_name", str(model_dir), "--data_dir", str(root),
+         "--eval_data", "three", "--out", str(out), *flags],
         capture_output=True, text=True, cwd=str(ROOT), env=env, timeout=600,
     )
     assert done.returncode == 0, done.stderr[-3000:]
     return json.loads(out.read_text()), done.stdout, out
+
+
+@pytest.fixture(scope="module")
+def quick_run(tiny_model_dirs, tmp_path_factory) -> tuple[dict, str, Path]:
+    return run_quick(tiny_model_dirs["llama"], tmp_path_factory.mktemp("efficiency"))
 
 
 def test_quick_run_reports_every_method_with_tokens_time_and_throughput(quick_run):
@@ -87,6 +90,52 @@ def test_quick_run_sweeps_batch_sizes_for_pref_and_amulet(quick_run):
     assert got == {(m, b) for m in ("pref", "amulet") for b in (1, 2)}
 
 
+DATASET_ROWS = [("pref", "model.generate, fixed batches"),
+                ("amulet", "engine, continuous batching"), ("amulet", "engine, fixed batches")]
+
+
+def check_dataset_part(report: dict, text: str) -> None:
+    data = report["dataset"]
+    assert data["questions"] == len(QUESTIONS) and data["batch_size"] == 2
+    assert [(r["method"], r["decoding"]) for r in data["rows"]] == DATASET_ROWS
+    tokens = {r["generated_tokens"] for r in data["rows"]}
+    assert all(0 < t <= len(QUESTIONS) * 4 for t in tokens)  # --quick: 4 new tokens each
+    assert all(r["wall_seconds_median"] > 0 and r["tokens_per_second"] > 0
+               for r in data["rows"])
+    # fp32 greedy: which questions share a batch does not change Amulet's tokens
+    assert data["identical_continuous_vs_fixed"] == f"{len(QUESTIONS)}/{len(QUESTIONS)}"
+    target = next(t for t in report["targets"] if "over the dataset" in t["target"])
+    assert target["measured"] == pytest.approx(
+        data["rows"][1]["tokens_per_second"] / data["rows"][0]["tokens_per_second"])
+    assert target["threshold"] == ">= 0.65" and target["holds"] is None
+    assert "| method | setting | decoded by | tokens | wall s | tokens / s | vs pref |" in text
+    assert text.count("| engine, ") == 2
+
+
+def test_quick_run_decodes_the_dataset_with_generate_and_the_engine(quick_run):
+    report, stdout, _ = quick_run
+    check_dataset_part(report, stdout)
+
+
+def test_only_dataset_runs_the_dataset_part_alone(tiny_model_dirs, tmp_path):
+    report, stdout, _ = run_quick(tiny_model_dirs["llama"], tmp_path, "--only", "dataset")
+    check_dataset_part(report, stdout)
+    assert report["methods"] == {} and report["solver_cost"] == {}
+    assert report["combine_step"] == [] and report["batch_sweep"] == []
+    assert report["memory_method"] == "not measured"
+    measured = [t["target"] for t in report["targets"] if t["measured"] is not None]
+    assert measured == ["amulet / pref tokens/s over the dataset"]
+
+
+@pytest.mark.parametrize("flags", [["--only", "datasets"], ["--skip", "dataset,foo"]])
+def test_unknown_parts_are_refused(flags):
+    from evals.efficiency import parse_args
+    from evals.errors import EvalError
+
+    with pytest.raises(EvalError, match="unknown --(only|skip) part"):
+        parse_args(flags)
+
+
 def test_quick_run_records_machine_and_versions(quick_run):
     report, _, _ = quick_run
     env = report["environment"]
@@ -97,7 +146,7 @@ def test_quick_run_records_machine_and_versions(quick_run):
 
 def test_quick_run_measures_every_target_but_judges_none(quick_run):
     report, stdout, _ = quick_run
-    assert len(report["targets"]) == 7 and report["targets_judged"] is False
+    assert len(report["targets"]) == 8 and report["targets_judged"] is False
     memory_measured = report["memory_method"] != "not measured"
     for target in report["targets"]:
         assert target["holds"] is None, target
@@ -113,12 +162,13 @@ def test_quick_run_prints_and_writes_the_same_markdown_tables(quick_run):
     assert written == stdout.rstrip("\n") + "\n"
     for header in ("| method | setting | tokens |", "| T | solver | s / step, fastest |",
                    "| T | solver | ms / call |",
-                   "| batch size | pref tokens / s |", "| target | measured | threshold |"):
+                   "| batch size | pref tokens / s |", "| method | setting | decoded by |",
+                   "| target | measured | threshold |"):
         assert header in written
     method_rows = [ln for ln in written.splitlines() if ln.startswith("| ")
                    and ln.split("|")[1].strip() in {"base", "pref", "beam", "la", "amulet",
                                                     "hf_cfg"}]
-    assert len(method_rows) == len(report["methods"])
+    assert len(method_rows) == len(report["methods"]) + len(report["dataset"]["rows"])
 
 
 def test_quick_run_times_the_library_paths_each_with_its_engine_tokens(quick_run):

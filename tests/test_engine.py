@@ -569,3 +569,26 @@ def test_continuous_batching_trims_the_columns_no_row_attends_to(models, many_pr
     finally:
         engine._trim = original
     assert first_column_used and all(first_column_used) and all(widths)
+
+
+def test_a_stream_encodes_the_shared_prefix_once_for_all_admissions(models, many_prompts,
+                                                                     monkeypatch):
+    import functools
+
+    from DecodingMethodsModels.engine import shared_prefix_length, stream_two_prompts
+
+    model = models["llama"]
+    pref, base = many_prompts
+    one_row_inputs = []  # only the prefix is ever encoded alone: a step has two rows or more
+    original = model.forward
+
+    @functools.wraps(original)
+    def recording(*args, **kwargs):
+        if kwargs["input_ids"].shape[0] == 1:
+            one_row_inputs.append(kwargs["input_ids"].shape[1])
+        return original(*args, **kwargs)
+
+    monkeypatch.setattr(model, "forward", recording)
+    got = dict(stream_two_prompts(model, pref, base, amulet(), 16, [EOS], PAD, 2))
+    assert len(got) == len(pref)
+    assert one_row_inputs == [shared_prefix_length(pref + base)] and one_row_inputs[0] > 20
