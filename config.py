@@ -348,8 +348,9 @@ def build_parser() -> argparse.ArgumentParser:
                     help="questions decoded at once (la and amulet run 2 rows per question)")
     hw.add_argument("--no_continuous_batching", dest="continuous_batching",
                     action="store_false",
-                    help="la and amulet (greedy) normally admit the next question as soon as "
-                    "one finishes; with this flag each batch waits for its longest answer")
+                    help="la, amulet (greedy) and args, pad (--mode greedy) normally admit the "
+                    "next question as soon as one finishes; with this flag each batch waits for "
+                    "its longest answer")
     hw.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N")
     hw.add_argument("--dtype", default="auto", choices=DTYPES,
                     help="auto: float32 on CPU, bfloat16 on CUDA")

@@ -66,8 +66,11 @@ class Decoder:
     def can_stream(self, work: Work) -> bool:
         from .methods import STREAMING_METHODS
 
-        return (self.continuous_batching and work.run.method in STREAMING_METHODS
-                and not self.settings.sampling.do_sample)
+        if not self.continuous_batching:
+            return False
+        if work.run.guided is not None:  # a sampled run draws for its whole batch at once
+            return work.run.guided.mode == "greedy"
+        return work.run.method in STREAMING_METHODS and not self.settings.sampling.do_sample
 
     def stream(self, work: Work, positions: list[int]):
         """(position, generated ids) of each question at `positions` as it finishes, with
@@ -76,11 +79,14 @@ class Decoder:
         from .methods import stream_method
 
         pref_ids, base_ids = self.prompts[(work.run.preference, work.run.dataset.name)]
+        pref_rows, base_rows = [pref_ids[i] for i in positions], [base_ids[i] for i in positions]
+        if work.run.guided is not None:
+            stream = self.guide.stream(work.run.guided, pref_rows, base_rows, self.batch_size)
+        else:
+            stream = stream_method(work.run.method, self.model, pref_rows, base_rows,
+                                   self.settings, self.batch_size)
         try:
-            for k, ids in stream_method(work.run.method, self.model,
-                                        [pref_ids[i] for i in positions],
-                                        [base_ids[i] for i in positions], self.settings,
-                                        self.batch_size):
+            for k, ids in stream:
                 yield positions[k], ids
         except NonFiniteScoresError as err:
             bad = [positions[k] for k in err.rows] or positions

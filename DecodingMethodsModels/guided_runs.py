@@ -140,6 +140,20 @@ class Guide:
             result = decode_pad(self.model, self.guide_model, pref_ids, settings, generator)
         return result.token_ids
 
+    def stream(self, run: GuidedRunConfig, pref_ids: list[list[int]],
+               base_ids: list[list[int]], batch_size: int):
+        """Greedy runs over many questions, at most `batch_size` in flight (a question joins
+        as soon as a slot frees): yields (question number, generated ids) as each finishes.
+        The tokens are those of one batch per question."""
+        from .reward_guided import stream_args, stream_pad, stream_pad_implicit
+
+        settings = self.settings(run)
+        if self.method == "args":
+            return stream_args(self.model, self.guide_model, pref_ids, settings, batch_size)
+        if self.guide_model is None:
+            return stream_pad_implicit(self.model, base_ids, pref_ids, settings, batch_size)
+        return stream_pad(self.model, self.guide_model, pref_ids, settings, batch_size)
+
 
 def load_guide(config, device: str, model, eos_ids: list[int], pad_id: int,
                runs: list[GuidedRunConfig]) -> tuple[Guide, dict]:

@@ -452,3 +452,18 @@ def test_flags_that_change_nothing_are_named_in_a_warning(tmp_path):
             config_from_args(argv)
         messages = [str(w.message) for w in caught]
         assert len(messages) == 1 and says in messages[0], messages
+
+
+@pytest.mark.parametrize("method", ["args", "pad"])
+def test_continuous_batching_writes_the_fixed_batches_file(model, data, reward_model, tmp_path,
+                                                           method):
+    """Greedy ARGS and implicit PAD admit a question as soon as a slot frees; with fewer slots
+    than questions the file is byte for byte that of fixed batches."""
+    guide = str(reward_model) if method == "args" else "self"
+    files = []
+    for name, extra in (("stream", []), ("fixed", ["--no_continuous_batching"])):
+        out = tmp_path / name
+        run_ok(cli_args(model, data, out, "--rm_name", guide, *extra, method=method,
+                        batch_size=2))
+        files.append(run_files(out, model, method)[0].read_bytes())
+    assert len(QUESTIONS) > 2 and files[0] == files[1]
