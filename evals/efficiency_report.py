@@ -156,13 +156,15 @@ def markdown(report: dict) -> str:
 
 def header_lines(report: dict) -> list[str]:
     env, s = report["environment"], report["settings"]
+    own_count = " (the dataset part: its own count, below)" if report.get("dataset") else ""
     return [
         f"Machine: {env['cpu']}, {env['logical_cpus']} logical CPUs, {env['torch_threads']} "
         f"torch threads, {env['device']}. Model: {env['model']} ({env['dtype']}). "
         f"python {env['python']}, torch {env['torch']}, transformers {env['transformers']}, "
         f"commit {str(env['git_commit'])[:10]}"
         f"{' + uncommitted changes' if env.get('git_uncommitted_changes') else ''}.",
-        f"Workload: {s['questions']} questions of {s['eval_data']}, preference "
+        f"Workload: {s['questions']} questions of {s['eval_data']}"
+        f"{own_count}, preference "
         f"{s['pref_name']}, batch size {s['batch_size']}, max_new_tokens "
         f"{s['max_new_tokens']}, greedy. Load average at start / end: "
         f"{report['load_average']['start']} / {report['load_average']['end']}.",
