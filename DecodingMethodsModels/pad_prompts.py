@@ -1,4 +1,4 @@
-"""PAD's preference prompt, verbatim from PROTOCOL.md section 7, and its seven principle sets.
+"""PAD's preference prompt, verbatim from PAD's public code, and its seven principle sets.
 
 The prompt is prepended to the question in the user turn; there is no system turn (a chat
 template may still add its own default one). A set of principles is named by its principles in

@@ -1,4 +1,4 @@
-"""Reward-guided decoding (ARGS and PAD, PROTOCOL.md section 7): cached and batched.
+"""Reward-guided decoding (ARGS and PAD; README: Reward-guided decoding): cached and batched.
 
 Per step, `z` = the decoding model's raw next-token logits at the last position (fp32) and the
 candidates are the top-k ids of `z`. A guide scores the k candidates and a pure rule turns

@@ -1,7 +1,7 @@
 """The JSON-lines run configs of ARGS and PAD: one run per line, keys rm_weight, topk, mode and
 sample_temp, as in ARGS's `greedy_rm_1.5.jsonl` and PAD's `configs/*.config`, which load
 unchanged. ARGS's mode "greedy_large" (the same argmax, candidates scored in chunks) is read as
-"greedy"; a null sample_temp is 0.7 under mode "topk" (PROTOCOL.md section 7) and unused under
+"greedy"; a null sample_temp is 0.7 under mode "topk" and unused under
 greedy. No torch here: configs are checked before any weights load.
 """
 
