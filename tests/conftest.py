@@ -128,19 +128,31 @@ def reference(tmp_path_factory, model, data) -> bytes:
     return reference_output(tmp_path_factory, model, data)
 
 
+def sharpened(model, factor: float = 10.0):
+    """`model` with every 2-D weight scaled by `factor` in place, in eval mode: its next-token
+    distributions depend on the prompt and its top scores are far apart compared with fp32
+    noise between code paths."""
+    import torch
+
+    with torch.no_grad():
+        for weight in model.parameters():
+            if weight.dim() == 2:
+                weight.mul_(factor)
+    return model.eval()
+
+
 def sharpened_models(tiny_model_dirs: dict, families, factor: float = 10.0) -> dict:
-    """The tiny models of `families` in fp32 with every 2-D weight scaled by `factor`, so their
-    next-token distributions depend on the prompt and their top scores are far apart compared
-    with fp32 noise between code paths."""
+    """The tiny models of `families` in fp32, :func:`sharpened` by `factor`."""
     import torch
     from transformers import AutoModelForCausalLM
 
-    loaded = {}
-    for family in families:
-        model = AutoModelForCausalLM.from_pretrained(tiny_model_dirs[family], dtype=torch.float32)
-        with torch.no_grad():
-            for weight in model.parameters():
-                if weight.dim() == 2:
-                    weight.mul_(factor)
-        loaded[family] = model.eval()
-    return loaded
+    return {family: sharpened(AutoModelForCausalLM.from_pretrained(
+        tiny_model_dirs[family], dtype=torch.float32), factor) for family in families}
+
+
+@pytest.fixture(scope="module")
+def tokenizer(smol_tokenizer_dir):
+    """The tiny models' tokenizer (SmolLM2's)."""
+    from transformers import AutoTokenizer
+
+    return AutoTokenizer.from_pretrained(smol_tokenizer_dir)

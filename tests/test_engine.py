@@ -35,13 +35,6 @@ pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture(scope="module")
-def tokenizer(smol_tokenizer_dir):
-    from transformers import AutoTokenizer
-
-    return AutoTokenizer.from_pretrained(smol_tokenizer_dir)
-
-
-@pytest.fixture(scope="module")
 def models(tiny_model_dirs) -> dict:
     from conftest import sharpened_models
 

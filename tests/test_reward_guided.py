@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import pytest
 import torch
+from conftest import sharpened
 
 from DecodingMethodsModels.combine import la_rule
 from DecodingMethodsModels.engine import NonFiniteScoresError, decode_two_prompts
@@ -49,21 +50,6 @@ SHARPEN = 10.0
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
-def sharpened(model):
-    with torch.no_grad():
-        for weight in model.parameters():
-            if weight.dim() == 2:
-                weight.mul_(SHARPEN)
-    return model.eval()
-
-
-@pytest.fixture(scope="module")
-def tokenizer(smol_tokenizer_dir):
-    from transformers import AutoTokenizer
-
-    return AutoTokenizer.from_pretrained(smol_tokenizer_dir)
-
-
 class Zoo:
     """Tiny random models, built on first use: decoders per (family, seed), guides per seed."""
 
@@ -72,7 +58,7 @@ class Zoo:
 
     def _build(self, key, make):
         if key not in self.built:
-            self.built[key] = sharpened(make())
+            self.built[key] = sharpened(make(), SHARPEN)
         return self.built[key]
 
     def decoder(self, family: str, seed: int):

@@ -10,6 +10,7 @@ from itertools import pairwise
 
 import pytest
 import torch
+from conftest import sharpened
 from transformers import LogitsProcessor, TextStreamer
 
 import DecodingMethodsModels.processors as processors
@@ -51,21 +52,6 @@ SHARPEN = 10.0  # as tests/test_engine.py: top scores far apart compared with fp
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
-def sharpened(model):
-    with torch.no_grad():
-        for weight in model.parameters():
-            if weight.dim() == 2:
-                weight.mul_(SHARPEN)
-    return model.eval()
-
-
-@pytest.fixture(scope="module")
-def tokenizer(smol_tokenizer_dir):
-    from transformers import AutoTokenizer
-
-    return AutoTokenizer.from_pretrained(smol_tokenizer_dir)
-
-
 @pytest.fixture(scope="module")
 def models(tiny_model_dirs) -> dict:
     from conftest import sharpened_models
@@ -85,7 +71,8 @@ def guides(tokenizer) -> dict:
     config.num_labels = 1
     torch.manual_seed(200)
     reward_model = LlamaForSequenceClassification(config)
-    return {"persrm": sharpened(persrm), "reward_model": sharpened(reward_model)}
+    return {"persrm": sharpened(persrm, SHARPEN),
+            "reward_model": sharpened(reward_model, SHARPEN)}
 
 
 @pytest.fixture(scope="module")
