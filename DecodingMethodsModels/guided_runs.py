@@ -105,7 +105,7 @@ class Guide:
 
     def check(self, runs: list[GuidedRunConfig]) -> None:
         """Every run's k against the vocabulary, and the guide's kind, before decoding."""
-        from .reward_guided import _check_reward_model, vocabulary_size
+        from .reward_guided import check_reward_model, vocabulary_size
 
         vocab = vocabulary_size(self.model)
         for run in runs:
@@ -114,7 +114,7 @@ class Guide:
                 raise UserError(f"--topk {run.topk}{where} is larger than the decoding model's "
                                 f"vocabulary ({vocab} tokens)")
         if self.method == "args":
-            _check_reward_model(self.guide_model, vocab)
+            check_reward_model(self.guide_model, vocab)
         elif self.guide_model is not None and vocabulary_size(self.guide_model) < vocab:
             raise UserError(f"the PersRM scores {vocabulary_size(self.guide_model)} token ids "
                             f"but the decoding model writes {vocab}: they must share one "

@@ -33,11 +33,11 @@ from .engine import NonFiniteScoresError, _forward_kwargs, model_input_device, s
 from .errors import UserError
 from .methods import DecodeSettings
 from .reward_guided import (
-    _check_reward_model,
-    _read_lm_logits,
-    _read_reward,
     args_scores,
+    check_reward_model,
     pad_scores,
+    read_lm_logits,
+    read_reward,
     vocabulary_size,
 )
 from .sampling import unusable_rows
@@ -91,7 +91,7 @@ class _FollowingCache(LogitsProcessor):
     `extra_ids` (Q, L) with `extra_attention_mask` (left padding), or a list of Q id lists, is
     what the second model reads before the generated tokens, for each of the Q questions of the
     `generate` call in the same order. `read(model, extra_kwargs, **inputs)` is the model's
-    output at the last position (reward_guided's `_read_lm_logits` or `_read_reward`).
+    output at the last position (reward_guided's `read_lm_logits` or `read_reward`).
     One processor serves one `generate` call at a time; a new call (another prompt or length)
     starts afresh, so it can be reused.
     """
@@ -100,7 +100,7 @@ class _FollowingCache(LogitsProcessor):
         self.model = model
         self._read = read
         self.extra_ids, self.extra_mask = _as_batch(extra_ids, extra_attention_mask)
-        self._forward_extra = _forward_kwargs(model) if read is _read_lm_logits else {}
+        self._forward_extra = _forward_kwargs(model) if read is read_lm_logits else {}
         self._reset()
 
     def _reset(self) -> None:
@@ -185,7 +185,7 @@ class TwoPromptProcessor(_FollowingCache):
     """
 
     def __init__(self, model, extra_ids, rule: CombineRule, extra_attention_mask=None):
-        super().__init__(model, extra_ids, extra_attention_mask, _read_lm_logits)
+        super().__init__(model, extra_ids, extra_attention_mask, read_lm_logits)
         self.rule = rule
 
     def __call__(self, input_ids: torch.LongTensor, scores: torch.Tensor) -> torch.Tensor:
@@ -282,7 +282,7 @@ class PadProcessor(_FollowingCache):
                  weight: float = PAD_WEIGHT, topk: int = TOPK):
         _check_guidance(weight, topk)
         self.persrm_vocab = vocabulary_size(persrm)  # a UserError without an LM head
-        super().__init__(persrm, persrm_ids, persrm_attention_mask, _read_lm_logits)
+        super().__init__(persrm, persrm_ids, persrm_attention_mask, read_lm_logits)
         self.weight, self.topk = weight, topk
 
     def __call__(self, input_ids: torch.LongTensor, scores: torch.Tensor) -> torch.Tensor:
@@ -319,9 +319,9 @@ class ArgsProcessor(_FollowingCache):
     def __init__(self, reward_model, reward_ids, reward_attention_mask=None,
                  weight: float = ARGS_WEIGHT, topk: int = TOPK):
         _check_guidance(weight, topk)
-        _check_reward_model(reward_model, 0)  # a one-label classifier; its vocabulary: later
+        check_reward_model(reward_model, 0)  # a one-label classifier; its vocabulary: later
         self.reward_vocab = reward_model.get_input_embeddings().weight.shape[0]
-        super().__init__(reward_model, reward_ids, reward_attention_mask, _read_reward)
+        super().__init__(reward_model, reward_ids, reward_attention_mask, read_reward)
         self.weight, self.topk = weight, topk
 
     def __call__(self, input_ids: torch.LongTensor, scores: torch.Tensor) -> torch.Tensor:

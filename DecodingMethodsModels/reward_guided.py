@@ -178,12 +178,12 @@ def choose_candidates(
 # ----- one model's cached rows ----------------------------------------------------------------
 
 
-def _read_lm_logits(model, extra: dict, **inputs) -> torch.Tensor:
+def read_lm_logits(model, extra: dict, **inputs) -> torch.Tensor:
     """A causal LM's next-token logits at the last position, fp32 (R, V)."""
     return model(**inputs, **extra).logits[:, -1, :].float()
 
 
-def _read_reward(model, extra: dict, **inputs) -> torch.Tensor:
+def read_reward(model, extra: dict, **inputs) -> torch.Tensor:
     """A sequence classifier's scalar at the last position, fp32 (R,).
 
     The backbone and the `score` head are called directly: transformers' own pooling looks
@@ -194,7 +194,7 @@ def _read_reward(model, extra: dict, **inputs) -> torch.Tensor:
 
 
 def _extra_inputs(model, read) -> dict:
-    return _forward_kwargs(model) if read is _read_lm_logits else {}
+    return _forward_kwargs(model) if read is read_lm_logits else {}
 
 
 def _prefix_of(model, read, prompts: list[list[int]],
@@ -293,7 +293,7 @@ class _RewardGuide:
         self.sizes: list[int] = []  # questions per group, consecutive in the batch order
         for start in range(0, len(prompts), per_group):
             chunk = prompts[start:start + per_group]
-            rows = _CachedRows(reward_model, _read_reward, chunk, settings, prefix)
+            rows = _CachedRows(reward_model, read_reward, chunk, settings, prefix)
             rows.prefill()  # the reward of the bare prompt is not needed, only its cache
             rows.repeat(self.k)
             self.groups.append(rows)
@@ -349,7 +349,7 @@ class _LanguageModelGuide:
 
     def __init__(self, persrm, prompts: list[list[int]], settings: GuidedSettings,
                  prefix: _SharedPrefix):
-        self.rows = _CachedRows(persrm, _read_lm_logits, prompts, settings, prefix)
+        self.rows = _CachedRows(persrm, read_lm_logits, prompts, settings, prefix)
         self.logits = self.rows.prefill()  # (b, V') u at the current step
 
     def values(self, candidates: torch.Tensor) -> torch.Tensor:
@@ -374,7 +374,7 @@ class _SeparateModels:
 
     def __init__(self, model, prompts: list[list[int]], guide, settings: GuidedSettings,
                  prefix: _SharedPrefix):
-        self.decoder = _CachedRows(model, _read_lm_logits, prompts, settings, prefix)
+        self.decoder = _CachedRows(model, read_lm_logits, prompts, settings, prefix)
         self.guide = guide
 
     def start(self) -> torch.Tensor:
@@ -403,7 +403,7 @@ class _StackedPrompts:
 
     def __init__(self, model, base_ids, pref_ids, settings: GuidedSettings,
                  prefix: _SharedPrefix):
-        self.rows = _CachedRows(model, _read_lm_logits, base_ids + pref_ids, settings, prefix)
+        self.rows = _CachedRows(model, read_lm_logits, base_ids + pref_ids, settings, prefix)
         self.live = len(base_ids)
 
     def _split(self, logits: torch.Tensor) -> torch.Tensor:
@@ -532,7 +532,9 @@ def _check_topk(settings: GuidedSettings, vocab: int) -> None:
         raise UserError(f"topk {settings.topk} is larger than the vocabulary ({vocab} tokens)")
 
 
-def _check_reward_model(reward_model, vocab: int) -> None:
+def check_reward_model(reward_model, vocab: int) -> None:
+    """A UserError unless `reward_model` has a one-label `score` head and reads at least `vocab`
+    token ids."""
     head = getattr(reward_model, "score", None)
     if not isinstance(head, torch.nn.Linear) or head.out_features != 1:
         raise UserError(
@@ -578,11 +580,11 @@ def stream_args(model, reward_model, prompt_ids: list[list[int]], settings: Guid
     _check_prompts(prompt_ids, reward_prompt_ids)
     vocab = vocabulary_size(model)
     _check_topk(settings, vocab)
-    _check_reward_model(reward_model, vocab)
+    check_reward_model(reward_model, vocab)
     _check_generator(settings, generator)
     flight = _flight(settings, batch_size, len(prompt_ids))
-    decoder_prefix = _prefix_of(model, _read_lm_logits, prompt_ids, settings)
-    reward_prefix = _prefix_of(reward_model, _read_reward, reward_prompt_ids, settings)
+    decoder_prefix = _prefix_of(model, read_lm_logits, prompt_ids, settings)
+    reward_prefix = _prefix_of(reward_model, read_reward, reward_prompt_ids, settings)
 
     def newcomers(keys: list[int]) -> _SeparateModels:
         guide = _RewardGuide(reward_model, [reward_prompt_ids[i] for i in keys], settings,
@@ -610,8 +612,8 @@ def stream_pad(model, persrm, prompt_ids: list[list[int]], settings: GuidedSetti
         )
     _check_generator(settings, generator)
     flight = _flight(settings, batch_size, len(prompt_ids))
-    decoder_prefix = _prefix_of(model, _read_lm_logits, prompt_ids, settings)
-    guide_prefix = _prefix_of(persrm, _read_lm_logits, prompt_ids, settings)
+    decoder_prefix = _prefix_of(model, read_lm_logits, prompt_ids, settings)
+    guide_prefix = _prefix_of(persrm, read_lm_logits, prompt_ids, settings)
 
     def newcomers(keys: list[int]) -> _SeparateModels:
         prompts = [prompt_ids[i] for i in keys]
@@ -632,7 +634,7 @@ def stream_pad_implicit(model, base_ids: list[list[int]], pref_ids: list[list[in
     _check_topk(settings, vocabulary_size(model))
     _check_generator(settings, generator)
     flight = _flight(settings, batch_size, len(base_ids))
-    prefix = _prefix_of(model, _read_lm_logits, base_ids + pref_ids, settings)
+    prefix = _prefix_of(model, read_lm_logits, base_ids + pref_ids, settings)
 
     def newcomers(keys: list[int]) -> _StackedPrompts:
         return _StackedPrompts(model, [base_ids[i] for i in keys], [pref_ids[i] for i in keys],

@@ -156,3 +156,23 @@ def tokenizer(smol_tokenizer_dir):
     from transformers import AutoTokenizer
 
     return AutoTokenizer.from_pretrained(smol_tokenizer_dir)
+
+
+def beam_generate(model, ids, mask, processor, beams: int, steps: int, eos: int, pad: int):
+    """Greedy beam search with `processor`, every beam returned, with its scores."""
+    import torch
+
+    with torch.inference_mode():
+        return model.generate(
+            ids, attention_mask=mask, logits_processor=[processor], num_beams=beams,
+            num_return_sequences=beams, max_new_tokens=steps, eos_token_id=[eos],
+            pad_token_id=pad, do_sample=False, output_scores=True, return_dict_in_generate=True,
+        )
+
+
+def same_run(a, b) -> bool:
+    """Two `generate` outputs with the same sequences and (to 1e-3) the same scores."""
+    import torch
+
+    return torch.equal(a.sequences, b.sequences) and all(
+        torch.allclose(x, y, atol=1e-3) for x, y in zip(a.scores, b.scores, strict=True))

@@ -8,6 +8,8 @@ from itertools import pairwise
 
 import pytest
 import torch
+from conftest import beam_generate as beam_run
+from conftest import same_run
 from transformers import LogitsProcessor, TextStreamer
 
 import DecodingMethodsModels.processors as processors
@@ -177,19 +179,9 @@ class CacheFreeReference(LogitsProcessor):
         return self.rule(torch.log_softmax(scores.float(), dim=-1), torch.stack(rows))
 
 
-@torch.inference_mode()
 def beam_generate(model, pref, processor, beams):
-    ids, mask = padded(pref)
-    return model.generate(
-        ids, attention_mask=mask, logits_processor=[processor], num_beams=beams,
-        num_return_sequences=beams, max_new_tokens=STEPS, eos_token_id=[EOS], pad_token_id=PAD,
-        do_sample=False, output_scores=True, return_dict_in_generate=True,
-    )
-
-
-def same_run(a, b) -> bool:
-    return torch.equal(a.sequences, b.sequences) and all(
-        torch.allclose(x, y, atol=1e-3) for x, y in zip(a.scores, b.scores, strict=True))
+    ids, mask = left_pad(pref, PAD)
+    return beam_run(model, ids, mask, processor, beams, STEPS, EOS, PAD)
 
 
 @pytest.mark.parametrize("family", FAMILIES)

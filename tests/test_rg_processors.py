@@ -10,7 +10,8 @@ from itertools import pairwise
 
 import pytest
 import torch
-from conftest import sharpened
+from conftest import beam_generate as beam_run
+from conftest import same_run, sharpened
 from transformers import LogitsProcessor, TextStreamer
 
 import DecodingMethodsModels.processors as processors
@@ -209,19 +210,9 @@ class CacheFreeReference(LogitsProcessor):
         return torch.full_like(z, float("-inf")).scatter_(1, candidates, chosen)
 
 
-@torch.inference_mode()
 def beam_generate(model, prompts, processor, beams):
     ids, mask = left_pad(prompts, PAD)
-    return model.generate(
-        ids, attention_mask=mask, logits_processor=[processor], num_beams=beams,
-        num_return_sequences=beams, max_new_tokens=STEPS, eos_token_id=[EOS], pad_token_id=PAD,
-        do_sample=False, output_scores=True, return_dict_in_generate=True,
-    )
-
-
-def same_run(a, b) -> bool:
-    return torch.equal(a.sequences, b.sequences) and all(
-        torch.allclose(x, y, atol=1e-3) for x, y in zip(a.scores, b.scores, strict=True))
+    return beam_run(model, ids, mask, processor, beams, STEPS, EOS, PAD)
 
 
 @pytest.mark.parametrize("family", FAMILIES)
