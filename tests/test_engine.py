@@ -432,18 +432,71 @@ def test_pad_id_other_than_eos_changes_no_token(models, prompts, family):
     assert len({len(row) for row in with_eos_pad}) > 1  # rows end early: padding is exercised
 
 
+def first_difference(a: list[int], b: list[int]) -> int | None:
+    """The first step at which two token rows differ, or None if they are equal."""
+    for step, (x, y) in enumerate(zip(a, b, strict=False)):
+        if x != y:
+            return step
+    return None if len(a) == len(b) else min(len(a), len(b))
+
+
+def bf16_ulp(logits: torch.Tensor) -> float:
+    """The spacing of bfloat16 numbers (8 significant bits) at the largest |logit|."""
+    exponent = torch.floor(torch.log2(logits.abs().max().float()))
+    return float(2.0 ** (exponent - 7))
+
+
+@torch.inference_mode()
+def last_logits(model, ids: list[int]) -> torch.Tensor:
+    """Next-token logits after `ids`, one unpadded row, no cache, upcast to fp32: (V,)."""
+    return model(input_ids=torch.tensor([ids]), use_cache=False).logits[0, -1].float()
+
+
 @pytest.mark.parametrize("family", ["llama", "qwen2"])
-def test_bf16_on_cpu_decodes_like_each_prompt_alone(models, prompts, family):
+def test_bf16_on_cpu_layouts_part_only_at_near_ties(models, prompts, family):
+    """In bf16, exact token equality between computation layouts (batched or alone, with or
+    without the shared-prefix cache) is not something the hardware guarantees: CPU matrix
+    kernels round differently for different shapes and instruction sets (the qwen2 case
+    parted at a step whose top two scores were 0.04 apart on an Intel Xeon with AVX-512 and
+    not on an AMD EPYC). What holds on every CPU, and is checked here:
+    - the same layout twice gives the same tokens;
+    - two layouts give the same tokens until the first step at which they part, and there
+      the two tokens' scores (from an uncached bf16 forward of the common prefix) are within
+      bf16's rounding of each other: if every logit may be off by one bf16 spacing `u` at the
+      largest logit, the Amulet score difference of two tokens, (1 + k) dx - k dy with x, y
+      the preference and base logits, may move by 2 (1 + 2k) u.
+    The exact equalities are asserted in float32, where they hold (the tests above)."""
     import copy
 
     model = copy.deepcopy(models[family]).to(torch.bfloat16)
     pref, base = prompts
-    batched = decode(model, pref, base, amulet())
-    alone = [decode(model, [p], [b], amulet())[0] for p, b in zip(pref, base, strict=True)]
-    no_prefix = decode(model, pref, base, amulet(), share_prefix=False)
+    k = amulet_ratio(60, 2.0, 2.0, 10.0)
+    rule = amulet()
+    batched = decode(model, pref, base, rule)
     assert all(len(row) > 0 for row in batched)
-    assert batched == no_prefix
-    assert batched == alone
+    assert decode(model, pref, base, rule) == batched
+    alone = [decode(model, [p], [b], rule)[0] for p, b in zip(pref, base, strict=True)]
+    no_prefix = decode(model, pref, base, rule, share_prefix=False)
+    gaps, rounding = [], []
+    for layout in (alone, no_prefix):
+        for row, (ours, theirs) in enumerate(zip(batched, layout, strict=True)):
+            parted = first_difference(ours, theirs)
+            for step in range(len(ours) if parted is None else parted + 1):
+                x = last_logits(model, pref[row] + ours[:step])
+                y = last_logits(model, base[row] + ours[:step])
+                scores = rule(torch.log_softmax(x, -1)[None], torch.log_softmax(y, -1)[None])[0]
+                tolerance = 2 * (1 + 2 * k) * max(bf16_ulp(x), bf16_ulp(y))
+                top_two = scores.topk(2).values
+                gaps.append(float(top_two[0] - top_two[1]))
+                rounding.append(tolerance)
+                if step == parted:
+                    gap = abs(float(scores[ours[step]] - scores[theirs[step]]))
+                    assert gap <= tolerance, (
+                        f"row {row} parted at step {step} with a score gap of {gap:.3f}, more "
+                        f"than bf16 rounding allows ({tolerance:.3f}): {ours} != {theirs}")
+    # the check has teeth: most steps are decided by far more than the rounding tolerance
+    decided = sum(gap > tol for gap, tol in zip(gaps, rounding, strict=True))
+    assert decided > len(gaps) / 2, (decided, len(gaps))
 
 
 # --- continuous batching --------------------------------------------------------------------
