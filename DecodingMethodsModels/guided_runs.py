@@ -12,7 +12,9 @@ Nothing here imports torch at import time: the planner uses it before any model 
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
+from pathlib import Path
 
 from .errors import UserError
 from .rg_config import GuidedRunConfig, load_run_configs, run_suffixes
@@ -34,15 +36,41 @@ def guided_runs(config, method: str) -> list[tuple[str, GuidedRunConfig]]:
 
 def guided_parameters(config, run: GuidedRunConfig, rm_dtype: str | None) -> dict:
     """What changes the tokens of a reward-guided run, for its fingerprint: the guide and its
-    resolved dtype (none for `self`), w, k, the mode, the temperature and seed when sampling,
-    and whether EOS stops it. Not the guide's device nor --rm_batch_size."""
+    resolved dtype (none for `self`), the sha256 of a PersRM's value-head file when it has one,
+    w, k, the mode, the temperature and seed when sampling, and whether EOS stops it. Not the
+    guide's device nor --rm_batch_size."""
     params = {"rm_name": config.rm_name, "rm_weight": run.rm_weight, "topk": run.topk,
               "mode": run.mode, "ignore_eos": config.ignore_eos}
     if run.mode == "topk":
         params.update(sample_temp=run.sample_temp, seed=config.seed)
     if config.rm_name != SELF:
         params["rm_dtype"] = rm_dtype
+        if config.guided_methods == ["pad"]:
+            digest = value_head_sha256(config.rm_name)
+            if digest is not None:  # absent without a head: those runs' fingerprints stay
+                params["rm_value_head_sha256"] = digest
     return params
+
+
+def value_head_sha256(rm_name: str) -> str | None:
+    """The sha256 of the value-head file PAD.py would apply to the PersRM `rm_name`, or None."""
+    from .loading import resolve_model
+    from .value_head import find_value_head
+
+    source = resolve_model(rm_name)
+    path = None if source.gguf_file else find_value_head(source.path)
+    if path is None:
+        return None
+    stat = path.stat()
+    return _file_sha256(str(path.resolve()), stat.st_mtime_ns, stat.st_size)
+
+
+@functools.cache
+def _file_sha256(path: str, mtime_ns: int, size: int) -> str:
+    """Hashed once per version of a file: every run of a grid asks for the same one."""
+    from .value_head import file_sha256
+
+    return file_sha256(Path(path))
 
 
 def guide_device(config, process, decoding_device: str) -> str:
@@ -173,4 +201,8 @@ def load_guide(config, device: str, model, eos_ids: list[int], pad_id: int,
     facts = {"rm_name": config.rm_name}
     if guide_model is not None:
         facts.update(rm_device=device, rm_dtype=str(guide_model.dtype).removeprefix("torch."))
+    if guide_model is not None and method == "pad":
+        from .value_head import value_head_facts
+
+        facts["value_head"] = value_head_facts(guide_model)  # None: the plain LM head
     return guide, {"guide": facts}

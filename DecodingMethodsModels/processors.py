@@ -41,6 +41,7 @@ from .reward_guided import (
     vocabulary_size,
 )
 from .sampling import unusable_rows
+from .value_head import warn_if_not_applied
 
 # The paper's settings, as the CLI's defaults, for every entry point of the API.
 PAPER = DecodeSettings(max_new_tokens=1, eos_ids=[], pad_id=0)
@@ -273,6 +274,9 @@ class PadProcessor(_FollowingCache):
       and `generate` reads the base prompts; over the whole vocabulary (k = V) this is Linear
       Alignment with ratio w - 1.
 
+    PAD's value head: load the PersRM with `attach_value_head` applied (value_head.py), or a
+    warning says that its checkpoint's head is left out.
+
     The PersRM keeps a KV cache of its own (one token per row per step) that follows beam
     search's reordering. Greedy `generate` gives reward_guided.decode_pad's tokens (mode
     "greedy"); with `do_sample=True, temperature=0.7` it draws as mode "topk" does.
@@ -282,6 +286,7 @@ class PadProcessor(_FollowingCache):
                  weight: float = PAD_WEIGHT, topk: int = TOPK):
         _check_guidance(weight, topk)
         self.persrm_vocab = vocabulary_size(persrm)  # a UserError without an LM head
+        warn_if_not_applied(persrm)
         super().__init__(persrm, persrm_ids, persrm_attention_mask, read_lm_logits)
         self.weight, self.topk = weight, topk
 

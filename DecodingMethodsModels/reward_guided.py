@@ -12,7 +12,8 @@ candidates are the top-k ids of `z`. A guide scores the k candidates and a pure 
   is replaced by the chosen candidate's row (`DynamicCache.batch_select_indices` with repeated
   indices), so the next step again starts from [prompt, tokens so far] in all k rows.
 - PAD: the guide is a causal LM (the PersRM) reading the same ids as the decoding model, with
-  its own KV cache advancing one token per step; `u` = its LM-head logits at the last position
+  its own KV cache advancing one token per step; `u` = its logits at the last position (through
+  PAD's value head, `lm_head(W h + b)`, when rg_loading.load_persrm found one: value_head.py)
   and `score = z_k + w (log_softmax_k(u_k) - log_softmax_k(z_k))`.
 - implicit PAD: the PersRM is the decoding model itself reading the preference prompt while the
   decoder reads the base prompt; both prompts go through one stacked forward `[base; pref]`.
@@ -65,6 +66,7 @@ from .engine import (
 from .errors import UserError
 from .rg_config import DEFAULT_SAMPLE_TEMP
 from .sampling import SamplingSettings, choose_tokens
+from .value_head import warn_if_not_applied
 
 MODES = ("greedy", "topk")
 
@@ -600,10 +602,13 @@ def stream_pad(model, persrm, prompt_ids: list[list[int]], settings: GuidedSetti
     """PAD over every prompt, at most `batch_size` in flight; the PersRM (a causal LM) reads
     the same ids as `model`. `score = z_k + w (log_softmax_k(u_k) - log_softmax_k(z_k))` over
     the top-k candidates of z. Yields (prompt number, generated ids) as each finishes.
+    u is whatever `persrm` computes: load it with rg_loading.load_persrm (or apply
+    value_head.attach_value_head) for PAD's value head; a warning says when one is left out.
     """
     _check_prompts(prompt_ids)
     vocab = vocabulary_size(model)
     _check_topk(settings, vocab)
+    warn_if_not_applied(persrm)
     persrm_vocab = vocabulary_size(persrm)
     if persrm_vocab < vocab:
         raise UserError(

@@ -1,11 +1,13 @@
 """Loading the guides of reward-guided decoding: ARGS's reward model and PAD's PersRM.
 
-The released PersRM (RuizheChen/PAD) is a causal LM saved together with a value head: its
-checkpoint holds extra tensors such as `v_head.summary.weight`. It loads as a plain causal LM;
-the value-head tensors are left unused (PAD decodes with the LM head only).
+PAD's PersRM is a causal LM with PAD's value head in front of its LM head, read from
+`value_head.safetensors` (else `value_head.bin`) in its checkpoint, as PAD.py loads it
+(value_head.py); `v_head.*` tensors inside the main weights are ignored, as PAD.py ignores them.
 """
 
 from __future__ import annotations
+
+import warnings
 
 from .errors import UserError
 from .loading import ModelSource, _refused, _unreachable, resolve_dtype, resolve_model
@@ -27,12 +29,17 @@ def _module_name(model, module) -> str | None:
 
 
 def load_persrm(name: str, device: str, dtype: str, trust_remote_code: bool = False):
-    """PAD's PersRM as a causal LM in eval mode; value-head tensors in the checkpoint are ignored.
+    """PAD's PersRM in eval mode: a causal LM whose logits are `lm_head(W h + b)` when its
+    checkpoint has a value-head file (value_head.attach_value_head; `value_head_facts(model)`
+    says which), else the plain LM. A .gguf PersRM has no value head.
 
     Raises a UserError when the checkpoint has no LM head of its own (e.g. a sequence
-    classifier), which loading would otherwise fill with random weights.
+    classifier), which loading would otherwise fill with random weights, or when its value-head
+    file is unreadable or not PAD's shape.
     """
     from transformers import AutoModelForCausalLM
+
+    from .value_head import VALUE_HEAD_FILES, attach_value_head
 
     source = resolve_model(name)
     model, info = _from_pretrained(
@@ -45,6 +52,12 @@ def load_persrm(name: str, device: str, dtype: str, trust_remote_code: bool = Fa
             f"the PersRM {name!r} has no LM head in its checkpoint ({head}.weight is missing): "
             "PAD needs a causal LM"
         )
+    applied = None if source.gguf_file else attach_value_head(model, source.path)
+    embedded = sorted(k for k in info["unexpected_keys"] if k.startswith("v_head."))
+    if embedded and applied is None:
+        warnings.warn(f"the PersRM {name!r} holds {', '.join(embedded)} in its main weights but no "
+                      f"{' or '.join(VALUE_HEAD_FILES)}: they are ignored, as PAD.py ignores "
+                      "them (it reads its value head from those files only)", stacklevel=2)
     return model.to(device).eval()
 
 

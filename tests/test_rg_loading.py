@@ -1,5 +1,6 @@
-"""Loading the guides (DecodingMethodsModels/rg_loading.py): a PersRM checkpoint that also holds
-a value head, as the released RuizheChen/PAD does, and reward models, from tiny saved models."""
+"""Loading the guides (DecodingMethodsModels/rg_loading.py): a PersRM checkpoint that holds
+value-head tensors inside its main weights (ignored, as PAD.py ignores them; PAD's own value-head
+file: tests/test_value_head.py), and reward models, from tiny saved models."""
 
 from __future__ import annotations
 
@@ -39,7 +40,8 @@ def save_classifier(tokenizer_dir: Path, out_dir: Path, num_labels: int) -> Path
     return out_dir
 
 
-def test_a_persrm_with_a_value_head_loads_as_its_causal_lm(tmp_path, smol_tokenizer_dir):
+def test_v_head_tensors_inside_the_main_weights_are_ignored_with_a_warning(
+        tmp_path, smol_tokenizer_dir):
     from conftest import build_tiny_model
     from transformers import AutoModelForCausalLM
 
@@ -50,7 +52,10 @@ def test_a_persrm_with_a_value_head_loads_as_its_causal_lm(tmp_path, smol_tokeni
 
     with safe_open(checkpoint / "model.safetensors", "pt") as stored:
         assert "v_head.summary.weight" in stored.keys()
-    persrm = load_persrm(str(checkpoint), "cpu", "float32")
+    with pytest.warns(UserWarning, match=r"holds v_head.summary.bias, v_head.summary.weight in "
+                      r"its main weights but no value_head.safetensors or value_head.bin: they "
+                      r"are ignored, as PAD.py ignores them"):
+        persrm = load_persrm(str(checkpoint), "cpu", "float32")
     assert not any("v_head" in name for name, _ in persrm.named_parameters())
     ids = torch.tensor([[1, 17, 300, 4000, 9]])
     with torch.inference_mode():
