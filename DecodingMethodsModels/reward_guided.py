@@ -595,12 +595,21 @@ def stream_args(model, reward_model, prompt_ids: list[list[int]], settings: Guid
 
 
 def stream_pad(model, persrm, prompt_ids: list[list[int]], settings: GuidedSettings,
-               batch_size: int | None = None,
-               generator: torch.Generator | None = None) -> Iterator[tuple[int, list]]:
+               batch_size: int | None = None, generator: torch.Generator | None = None,
+               retokenizer=None) -> Iterator[tuple[int, list]]:
     """PAD over every prompt, at most `batch_size` in flight; the PersRM (a causal LM) reads
     the same ids as `model`. `score = z_k + w (log_softmax_k(u_k) - log_softmax_k(z_k))` over
     the top-k candidates of z. Yields (prompt number, generated ids) as each finishes.
+
+    With a `retokenizer` (pad_cross_tokenizer.Retokenizer: a PersRM with another tokenizer),
+    PAD's second rule instead: the PersRM reads the text so far in its own ids and
+    `score = z_k + w (u_mapped(k) - z_k)` on raw logits.
     """
+    if retokenizer is not None:
+        from .pad_cross_tokenizer import stream_pad_retokenized
+
+        return stream_pad_retokenized(model, persrm, retokenizer, prompt_ids, settings,
+                                      batch_size, generator)
     _check_prompts(prompt_ids)
     vocab = vocabulary_size(model)
     _check_topk(settings, vocab)
@@ -652,11 +661,11 @@ def decode_args(model, reward_model, prompt_ids: list[list[int]], settings: Guid
 
 
 def decode_pad(model, persrm, prompt_ids: list[list[int]], settings: GuidedSettings,
-               generator: torch.Generator | None = None,
-               batch_size: int | None = None) -> DecodeResult:
+               generator: torch.Generator | None = None, batch_size: int | None = None,
+               retokenizer=None) -> DecodeResult:
     """`stream_pad` collected in prompt order (by default all prompts in one batch)."""
-    return _collect(stream_pad(model, persrm, prompt_ids, settings, batch_size, generator),
-                    len(prompt_ids))
+    return _collect(stream_pad(model, persrm, prompt_ids, settings, batch_size, generator,
+                               retokenizer), len(prompt_ids))
 
 
 def decode_pad_implicit(model, base_ids: list[list[int]], pref_ids: list[list[int]],
