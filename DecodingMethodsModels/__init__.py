@@ -11,7 +11,8 @@ CLI's argument checks never wait for torch:
 - `amulet_rule`, `la_rule`, `decode_two_prompts`: the pure rules and the engine themselves;
 - `ArgsProcessor`, `PadProcessor`: ARGS and PAD (explicit or implicit) as logits processors;
   `decode_args`, `decode_pad`, `decode_pad_implicit` with `GuidedSettings`: their batched
-  engine (reward_guided.py); `check_same_tokenizer`: that a guide shares the tokenizer.
+  engine (reward_guided.py); `check_same_tokenizer`: that a guide shares the tokenizer;
+  `Retokenizer`: PAD's second rule in `decode_pad`, for a PersRM of another tokenizer.
 """
 
 from importlib import import_module
@@ -34,6 +35,7 @@ _PUBLIC = {
     "decode_args": "reward_guided",
     "decode_pad": "reward_guided",
     "decode_pad_implicit": "reward_guided",
+    "Retokenizer": "pad_cross_tokenizer",
 }
 __all__ = sorted(_PUBLIC)
 

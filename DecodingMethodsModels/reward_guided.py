@@ -13,7 +13,8 @@ candidates are the top-k ids of `z`. A guide scores the k candidates and a pure 
   indices), so the next step again starts from [prompt, tokens so far] in all k rows.
 - PAD: the guide is a causal LM (the PersRM) reading the same ids as the decoding model, with
   its own KV cache advancing one token per step; `u` = its LM-head logits at the last position
-  and `score = z_k + w (log_softmax_k(u_k) - log_softmax_k(z_k))`.
+  and `score = z_k + w (log_softmax_k(u_k) - log_softmax_k(z_k))`. A PersRM with another
+  tokenizer takes PAD's second rule instead (pad_cross_tokenizer.py, through `retokenizer`).
 - implicit PAD: the PersRM is the decoding model itself reading the preference prompt while the
   decoder reads the base prompt; both prompts go through one stacked forward `[base; pref]`.
   With k = V this is Linear Alignment with ratio w - 1.
