@@ -122,29 +122,47 @@ def test_a_text_the_persrm_cannot_encode_is_a_user_error(tokenizer):
 def test_the_persrm_cache_follows_every_rewrite_of_the_re_encoding(tokenizer, persrm_tokenizer,
                                                                    persrm):
     """Decoding-model tokens of one character each: the PersRM's BPE merges each new character
-    into the end of its last ids, so most steps rewrite what the cache holds. After every step
-    each row's PersRM logits equal a fresh forward of its whole re-encoding; the shorter row
-    leaves the batch half way."""
+    into the end of its last ids, so most steps rewrite what the cache holds. After the prefill
+    and every step, each row's PersRM logits equal a fresh forward of its whole re-encoding,
+    while a second question joins after three steps and the first leaves when its text ends."""
     bridge = Retokenizer(tokenizer, persrm_tokenizer)
     prompts = [encode_prompt(tokenizer, q, "", True) for q in ("Hi", "How to cook pasta?")]
     texts = (" cook the pasta", " Boil water, add salt, then drain it well.")
     steps = [[tokenizer.convert_tokens_to_ids(tokenizer.tokenize(ch))[0] for ch in text]
              for text in texts]
     config = dataclasses.replace(settings("pad"), pad_id=bridge.pad_id)
-    guide = _RetokenizedGuide(persrm, bridge, prompts, [bridge.persrm_ids(p) for p in prompts],
-                              config, None)
-    sequences, live = [list(p) for p in prompts], [0, 1]
-    for step in range(len(steps[1])):
-        keep = None
-        if step == len(steps[0]):
-            keep, live = torch.tensor([1]), [1]
-        tokens = torch.tensor([steps[row][step] for row in live])
-        guide.advance(keep, tokens, tokens)
+    sequences = [list(p) for p in prompts]
+
+    def start(row: int) -> _RetokenizedGuide:
+        return _RetokenizedGuide(persrm, bridge, [prompts[row]],
+                                 [bridge.persrm_ids(prompts[row])], config, None)
+
+    def check(guide, live):
         for position, row in enumerate(live):
-            sequences[row].append(steps[row][step])
             fresh = persrm(input_ids=torch.tensor([bridge.persrm_ids(sequences[row])]))
             torch.testing.assert_close(guide.logits[position], fresh.logits[0, -1],
                                        rtol=1e-4, atol=1e-3)
+
+    guide, live, done = start(0), [0], [0, 0]
+    check(guide, live)
+    while live:
+        if done[0] == 3 and len(live) == 1 and live[0] == 0:
+            guide.admit(start(1))
+            live = [0, 1]
+            check(guide, live)
+        keep = None
+        if any(done[row] == len(steps[row]) for row in live):
+            kept = [i for i, row in enumerate(live) if done[row] < len(steps[row])]
+            keep, live = torch.tensor(kept), [live[i] for i in kept]
+            if not live:
+                break
+        tokens = torch.tensor([steps[row][done[row]] for row in live])
+        guide.advance(keep, tokens, tokens)
+        for row in live:
+            sequences[row].append(steps[row][done[row]])
+            done[row] += 1
+        check(guide, live)
+    assert done == [len(s) for s in steps]
     assert tokenizer.decode(sequences[1][len(prompts[1]):]) == texts[1]
     assert bridge.counts["rewritten"] > len(steps[1]) // 2, bridge.counts
 
