@@ -119,6 +119,24 @@ def shared_length(a: list[int], b: list[int]) -> int:
     return length
 
 
+class _RereadRows(_CachedRows):
+    """Cached rows that can forget their last ids and read several new ones per step."""
+
+    def rewind(self, row: int, length: int) -> None:
+        """Keep the first `length` ids of `row`: the columns of the others leave its attention
+        (the row's attended columns hold its ids in order)."""
+        columns = self.mask[row].nonzero().squeeze(-1)
+        self.mask[row, columns[length:]] = 0
+
+    def read_block(self, ids: torch.Tensor, positions: torch.Tensor, mask: torch.Tensor,
+             lengths: list[int]) -> torch.Tensor:
+        """Read a block of new ids (R, n) with their positions and mask; `lengths`: each row's
+        ids afterwards. Returns the output at the block's last column."""
+        out = self._forward(ids.to(self.device), positions.to(self.device), mask.to(self.device))
+        self.positions = torch.tensor(lengths, device=self.device).unsqueeze(-1)
+        return out
+
+
 class _RetokenizedGuide:
     """PAD's PersRM under the second rule: its cache holds each row's latest re-encoding."""
 
@@ -126,8 +144,8 @@ class _RetokenizedGuide:
                  persrm_prompts: list[list[int]], settings: GuidedSettings, prefix):
         self.retokenizer = retokenizer
         self.sequences = [list(p) for p in prompts]  # the decoding model's ids so far per row
-        self.read = [list(p) for p in persrm_prompts]  # the PersRM ids in the cache per row
-        self.rows = _CachedRows(persrm, read_lm_logits, persrm_prompts, settings, prefix)
+        self.cached = [list(p) for p in persrm_prompts]  # the PersRM ids in the cache per row
+        self.rows = _RereadRows(persrm, read_lm_logits, persrm_prompts, settings, prefix)
         self.logits = self.rows.prefill()  # (b, V') u at the current step
 
     def values(self, candidates: torch.Tensor) -> torch.Tensor:
@@ -138,7 +156,7 @@ class _RetokenizedGuide:
         self.rows.merge(other.rows)
         self.logits = torch.cat([self.logits, other.logits.to(self.logits.device)])
         self.sequences += other.sequences
-        self.read += other.read
+        self.cached += other.cached
 
     def mergeable(self) -> bool:
         return self.rows.mergeable()
@@ -149,7 +167,7 @@ class _RetokenizedGuide:
             self.logits = self.logits[keep.to(self.logits.device)]
             kept = keep.tolist()
             self.sequences = [self.sequences[i] for i in kept]
-            self.read = [self.read[i] for i in kept]
+            self.cached = [self.cached[i] for i in kept]
         for sequence, token in zip(self.sequences, tokens.tolist(), strict=True):
             sequence.append(token)
         self._read([self.retokenizer.persrm_ids(s) for s in self.sequences])
@@ -159,7 +177,7 @@ class _RetokenizedGuide:
         rest out, feed the new ids right-aligned in one block."""
         counts = self.retokenizer.counts
         starts = []
-        for row, (old, ids) in enumerate(zip(self.read, new, strict=True)):
+        for row, (old, ids) in enumerate(zip(self.cached, new, strict=True)):
             start = shared_length(old, ids)
             if start == len(old) == len(ids):
                 counts["unchanged"] += 1
@@ -169,17 +187,14 @@ class _RetokenizedGuide:
                 start = min(start, len(ids) - 1)
                 counts["rewritten"] += 1
                 counts["rewritten_ids"] += len(old) - start
-                live = self.rows.mask[row].nonzero().squeeze(-1)  # column j holds old id j
-                self.rows.mask[row, live[start:]] = 0
+                self.rows.rewind(row, start)
             starts.append(start)
         width = max(len(ids) - start for ids, start in zip(new, starts, strict=True))
-        self.read = new
+        self.cached = new
         if width == 0:
             return
         ids, mask, positions = _right_aligned(new, starts, width, self.retokenizer.pad_id)
-        device = self.rows.device
-        out = self.rows._forward(ids.to(device), positions.to(device), mask.to(device))
-        self.rows.positions = torch.tensor([[len(r)] for r in new], device=device)
+        out = self.rows.read_block(ids, positions, mask, [len(r) for r in new])
         fed = mask[:, -1].bool().to(out.device).unsqueeze(-1)  # (b, 1) rows that read ids
         self.logits = torch.where(fed, out, self.logits)
 
