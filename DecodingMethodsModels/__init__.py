@@ -13,6 +13,7 @@ CLI's argument checks never wait for torch:
   `decode_args`, `decode_pad`, `decode_pad_implicit` with `GuidedSettings`: their batched
   engine (reward_guided.py); `check_same_tokenizer`: that a guide shares the tokenizer;
   `attach_value_head`: PAD's value head on a loaded PersRM, as PAD.py applies it (value_head.py).
+  `Retokenizer`: PAD's second rule in `decode_pad`, for a PersRM of another tokenizer.
 """
 
 from importlib import import_module
@@ -36,6 +37,7 @@ _PUBLIC = {
     "decode_pad": "reward_guided",
     "decode_pad_implicit": "reward_guided",
     "attach_value_head": "value_head",
+    "Retokenizer": "pad_cross_tokenizer",
 }
 __all__ = sorted(_PUBLIC)
 

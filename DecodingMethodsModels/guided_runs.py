@@ -88,17 +88,27 @@ def guide_dtype(config) -> str:
     return config.dtype if config.rm_dtype is None else config.rm_dtype
 
 
-def check_guide_tokenizer(config, tokenizer) -> None:
-    """The guide must map every token to the decoding model's id: checked on the tokenizers
-    alone, before any weight loads."""
+def check_guide_tokenizer(config, tokenizer):
+    """The guide's tokenizer against the decoding model's, on the tokenizers alone before any
+    weight loads. ARGS's reward model must map every token to the same id; a PersRM that does
+    not takes PAD's second rule: returns its pad_cross_tokenizer.Retokenizer (else None)."""
+    from .errors import UserError
     from .reward_guided import check_same_tokenizer
     from .rg_loading import load_guide_tokenizer
 
     if config.rm_name == SELF:
-        return
-    role = "reward model" if config.guided_methods == ["args"] else "PersRM"
-    check_same_tokenizer(tokenizer, load_guide_tokenizer(config.rm_name,
-                                                         config.trust_remote_code), role)
+        return None
+    guide_tokenizer = load_guide_tokenizer(config.rm_name, config.trust_remote_code)
+    if config.guided_methods == ["args"]:
+        check_same_tokenizer(tokenizer, guide_tokenizer, "reward model")
+        return None
+    try:
+        check_same_tokenizer(tokenizer, guide_tokenizer, "PersRM")
+    except UserError:
+        from .pad_cross_tokenizer import Retokenizer
+
+        return Retokenizer(tokenizer, guide_tokenizer)
+    return None
 
 
 def guide_context(config) -> int | None:
@@ -123,6 +133,7 @@ class Guide:
     pad_id: int
     ignore_eos: bool = False
     rm_batch_size: int | None = None
+    retokenizer: object | None = None  # PAD's second rule: a PersRM of another tokenizer
 
     def settings(self, run: GuidedRunConfig):
         from .reward_guided import GuidedSettings
@@ -143,7 +154,8 @@ class Guide:
                                 f"vocabulary ({vocab} tokens)")
         if self.method == "args":
             check_reward_model(self.guide_model, vocab)
-        elif self.guide_model is not None and vocabulary_size(self.guide_model) < vocab:
+        elif (self.guide_model is not None and self.retokenizer is None
+              and vocabulary_size(self.guide_model) < vocab):
             raise UserError(f"the PersRM scores {vocabulary_size(self.guide_model)} token ids "
                             f"but the decoding model writes {vocab}: they must share one "
                             "tokenizer")
@@ -165,7 +177,8 @@ class Guide:
         elif self.guide_model is None:
             result = decode_pad_implicit(self.model, base_ids, pref_ids, settings, generator)
         else:
-            result = decode_pad(self.model, self.guide_model, pref_ids, settings, generator)
+            result = decode_pad(self.model, self.guide_model, pref_ids, settings, generator,
+                                retokenizer=self.retokenizer)
         return result.token_ids
 
     def stream(self, run: GuidedRunConfig, pref_ids: list[list[int]],
@@ -180,13 +193,14 @@ class Guide:
             return stream_args(self.model, self.guide_model, pref_ids, settings, batch_size)
         if self.guide_model is None:
             return stream_pad_implicit(self.model, base_ids, pref_ids, settings, batch_size)
-        return stream_pad(self.model, self.guide_model, pref_ids, settings, batch_size)
+        return stream_pad(self.model, self.guide_model, pref_ids, settings, batch_size,
+                          retokenizer=self.retokenizer)
 
 
 def load_guide(config, device: str, model, eos_ids: list[int], pad_id: int,
-               runs: list[GuidedRunConfig]) -> tuple[Guide, dict]:
+               runs: list[GuidedRunConfig], retokenizer=None) -> tuple[Guide, dict]:
     """The guide of the command's reward-guided method, loaded and checked; facts for the
-    sidecar."""
+    sidecar. `retokenizer`: check_guide_tokenizer's, for a PersRM of another tokenizer."""
     from .rg_loading import load_persrm, load_reward_model
 
     method = config.guided_methods[0]
@@ -196,9 +210,11 @@ def load_guide(config, device: str, model, eos_ids: list[int], pad_id: int,
         load = load_reward_model if method == "args" else load_persrm
         guide_model = load(config.rm_name, device, dtype, config.trust_remote_code)
     guide = Guide(model, guide_model, method, config.max_new_tokens, eos_ids, pad_id,
-                  config.ignore_eos, config.rm_batch_size)
+                  config.ignore_eos, config.rm_batch_size, retokenizer)
     guide.check(runs)
     facts = {"rm_name": config.rm_name}
+    if retokenizer is not None:
+        facts["retokenized"] = True  # PAD's second rule
     if guide_model is not None:
         facts.update(rm_device=device, rm_dtype=str(guide_model.dtype).removeprefix("torch."))
     if guide_model is not None and method == "pad":

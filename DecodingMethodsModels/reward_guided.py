@@ -14,7 +14,8 @@ candidates are the top-k ids of `z`. A guide scores the k candidates and a pure 
 - PAD: the guide is a causal LM (the PersRM) reading the same ids as the decoding model, with
   its own KV cache advancing one token per step; `u` = its logits at the last position (through
   PAD's value head, `lm_head(W h + b)`, when rg_loading.load_persrm found one: value_head.py)
-  and `score = z_k + w (log_softmax_k(u_k) - log_softmax_k(z_k))`.
+  and `score = z_k + w (log_softmax_k(u_k) - log_softmax_k(z_k))`. A PersRM with another
+  tokenizer takes PAD's second rule instead (pad_cross_tokenizer.py, through `retokenizer`).
 - implicit PAD: the PersRM is the decoding model itself reading the preference prompt while the
   decoder reads the base prompt; both prompts go through one stacked forward `[base; pref]`.
   With k = V this is Linear Alignment with ratio w - 1.
@@ -597,14 +598,23 @@ def stream_args(model, reward_model, prompt_ids: list[list[int]], settings: Guid
 
 
 def stream_pad(model, persrm, prompt_ids: list[list[int]], settings: GuidedSettings,
-               batch_size: int | None = None,
-               generator: torch.Generator | None = None) -> Iterator[tuple[int, list]]:
+               batch_size: int | None = None, generator: torch.Generator | None = None,
+               retokenizer=None) -> Iterator[tuple[int, list]]:
     """PAD over every prompt, at most `batch_size` in flight; the PersRM (a causal LM) reads
     the same ids as `model`. `score = z_k + w (log_softmax_k(u_k) - log_softmax_k(z_k))` over
     the top-k candidates of z. Yields (prompt number, generated ids) as each finishes.
     u is whatever `persrm` computes: load it with rg_loading.load_persrm (or apply
     value_head.attach_value_head) for PAD's value head; a warning says when one is left out.
+
+    With a `retokenizer` (pad_cross_tokenizer.Retokenizer: a PersRM with another tokenizer),
+    PAD's second rule instead: the PersRM reads the text so far in its own ids and
+    `score = z_k + w (u_mapped(k) - z_k)` on raw logits.
     """
+    if retokenizer is not None:
+        from .pad_cross_tokenizer import stream_pad_retokenized
+
+        return stream_pad_retokenized(model, persrm, retokenizer, prompt_ids, settings,
+                                      batch_size, generator)
     _check_prompts(prompt_ids)
     vocab = vocabulary_size(model)
     _check_topk(settings, vocab)
@@ -657,11 +667,11 @@ def decode_args(model, reward_model, prompt_ids: list[list[int]], settings: Guid
 
 
 def decode_pad(model, persrm, prompt_ids: list[list[int]], settings: GuidedSettings,
-               generator: torch.Generator | None = None,
-               batch_size: int | None = None) -> DecodeResult:
+               generator: torch.Generator | None = None, batch_size: int | None = None,
+               retokenizer=None) -> DecodeResult:
     """`stream_pad` collected in prompt order (by default all prompts in one batch)."""
-    return _collect(stream_pad(model, persrm, prompt_ids, settings, batch_size, generator),
-                    len(prompt_ids))
+    return _collect(stream_pad(model, persrm, prompt_ids, settings, batch_size, generator,
+                               retokenizer), len(prompt_ids))
 
 
 def decode_pad_implicit(model, base_ids: list[list[int]], pref_ids: list[list[int]],

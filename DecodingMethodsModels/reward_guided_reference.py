@@ -13,6 +13,7 @@ import logging
 import torch
 
 from .engine import model_input_device
+from .pad_cross_tokenizer import pad_retokenized_scores
 from .reward_guided import (
     GuidedSettings,
     ScoreRule,
@@ -92,6 +93,30 @@ def reference_pad(model, persrm, prompt_ids: list[list[int]], settings: GuidedSe
 
         outputs.append(_decode_one(lambda g, p=prompt: _next_logits(model, p + g), guide,
                                    pad_scores, settings, generator))
+    return outputs
+
+
+@torch.inference_mode()
+def reference_pad_retokenized(model, persrm, tokenizer, persrm_tokenizer,
+                              prompt_ids: list[list[int]], settings: GuidedSettings,
+                              generator: torch.Generator | None = None) -> list[list[int]]:
+    """PAD's second rule by its definition (a PersRM with another tokenizer): every step the
+    prompt and tokens so far are decoded to text (special tokens skipped), encoded by the
+    PersRM's tokenizer (its special tokens added) and read from scratch; candidate c stands for
+    the PersRM's first id of `decode([c])` ("" read as " ")."""
+    def persrm_id(token: int) -> int:
+        text = tokenizer.decode([token], skip_special_tokens=False)
+        return persrm_tokenizer.encode(text or " ", add_special_tokens=False)[0]
+
+    outputs = []
+    for prompt in prompt_ids:
+        def guide(generated, candidates, prompt=prompt):
+            text = tokenizer.decode(prompt + generated, skip_special_tokens=True)
+            ids = persrm_tokenizer.encode(text, add_special_tokens=True)
+            return _next_logits(persrm, ids)[:, [persrm_id(c) for c in candidates]]
+
+        outputs.append(_decode_one(lambda g, p=prompt: _next_logits(model, p + g), guide,
+                                   pad_retokenized_scores, settings, generator))
     return outputs
 
 

@@ -99,8 +99,7 @@ def load_and_check(config, process: Process, todo: list[Work]) -> tuple[Decoder,
     tokenizer = load_tokenizer(source, config.trust_remote_code)
     system_role = template_accepts_system(tokenizer)
     guided = [w.run.guided for w in todo if w.run.guided is not None]
-    if guided:
-        check_guide_tokenizer(config, tokenizer)  # before any weight loads
+    retokenizer = check_guide_tokenizer(config, tokenizer) if guided else None  # no weights yet
     guide_limit = guide_context(config) if guided else None  # the guide reads the same ids
     # every prompt is encoded and checked before anything is written or any weight loaded
     context = configured_context(source, config.trust_remote_code)
@@ -126,7 +125,7 @@ def load_and_check(config, process: Process, todo: list[Work]) -> tuple[Decoder,
                             f"(--use_model_generation_config) cannot be applied by --method "
                             f"{config.guided_methods[0]}: run it without that flag")
         guide, guide_facts = load_guide(config, guide_device(config, process, device), model,
-                                        eos_ids, pad_id, guided)
+                                        eos_ids, pad_id, guided, retokenizer)
     decoder = Decoder(model, tokenizer, prompts, settings, eos_ids, config.seed,
                       config.batch_size, config.continuous_batching, guide)
     return decoder, {**environment_facts(process, device, model), **guide_facts,
