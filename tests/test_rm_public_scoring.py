@@ -274,3 +274,22 @@ def test_no_methods_flag_scores_every_method_found(tmp_path, scorer_dirs):
         rows = {r["preference"]: r for r in csv.DictReader(handle)}
     assert set(rows) == {"humor", "harmless"}
     assert rows["humor"]["pad_w0.5_k10_greedy"] == "" and rows["harmless"]["pad_w0.5_k10_greedy"]
+
+
+def test_readme_pad_scorers_example_reads_pads_heads():
+    """The README's "PAD's scorers" command reads what PAD's measure_reward.py reports: the
+    GPT-2 rewards, ArmoRM heads 0 and 10, and the humour classifier's raw logit of label 1."""
+    import re
+    import shlex
+
+    readme = (ROOT / "README.md").read_text()
+    start = readme.index("python evals/rm_evals.py", readme.index("PAD's scorers with PAD's"))
+    command = readme[start:readme.index("\n# ", start)]
+    argv = shlex.split(re.sub(r"\\\n", " ", command))[2:]  # after `python evals/rm_evals.py`
+    config = rm_evals.config_from_args(rm_evals.build_parser().parse_args(argv))
+    heads = {(spec.model, spec.head) for spec in config.specs if not spec.legacy}
+    assert heads == {("Ray2333/gpt2-large-helpful-reward_model", None),
+                     ("Ray2333/gpt2-large-harmless-reward_model", None),
+                     ("mohameddhiab/humor-no-humor", "logit:1"),
+                     ("RLHFlow/ArmoRM-Llama3-8B-v0.1", "0"),
+                     ("RLHFlow/ArmoRM-Llama3-8B-v0.1", "10")}
