@@ -157,3 +157,27 @@ def public_ids(rm, record: dict, scoring: str) -> tuple[list[int], int | None]:
     if "humor" in rm.name and PAD_HUMOR_CUT <= len(ids) < PAD_SKIP_AT:
         ids = ids[:PAD_HUMOR_CUT]
     return ids, PAD_SKIP_AT
+
+
+def conversation_ids(rm, responses, method: str, item, scoring: str,
+                     mode: str) -> tuple[list[int], int | None]:
+    """``(ids, skip_at)`` of one response of a run by ``--scoring``: :func:`public_ids` of its
+    stored record, or (``project``) :func:`evals.reward_model.scoring_ids` of the prompt that
+    ``mode`` (resolved) shows and the response (``skip_at`` None)."""
+    from evals.reward_model import scoring_ids
+    from evals.scoring_inputs import scorer_prompt
+
+    if scoring != "project":
+        return public_ids(rm, responses.records[method][item.index], scoring)
+    prompt = scorer_prompt(item.question, item.preference, mode)
+    return scoring_ids(rm, prompt, responses.texts[method][item.index]), None
+
+
+def raw_under_pad(head, scoring: str):
+    """The head a column reads: under ``--scoring pad`` a classifier's label is read as its raw
+    logit, as PAD's ``measure_reward.py`` reports the humour classifier's logit 1."""
+    from evals.scorers import Head
+
+    if head is None or scoring != "pad" or head.kind != "prob":
+        return head
+    return Head("logit", head.index, f"logit_{head.name}")

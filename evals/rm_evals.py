@@ -33,7 +33,7 @@ if __package__ in (None, ""):  # run as a script: make the repository root impor
 
 from evals.errors import EvalError, EvalFailure, exit_code  # noqa: E402
 from evals.jsonl_store import JsonlAppender, repair_and_read  # noqa: E402
-from evals.public_scoring import SCORING_MODES, public_ids  # noqa: E402
+from evals.public_scoring import SCORING_MODES, conversation_ids, raw_under_pad  # noqa: E402
 from evals.responses import (  # noqa: E402
     RunKey,
     RunResponses,
@@ -56,7 +56,6 @@ from evals.scoring_inputs import (  # noqa: E402
     load_args_pad_run,
     parse_input_file,
     resolve_prompt_mode,
-    scorer_prompt,
 )
 from evals.tables import to_markdown  # noqa: E402
 from evals.threads import NUM_THREADS_HELP, set_threads  # noqa: E402
@@ -187,23 +186,11 @@ def load_inputs(config: RmEvalConfig) -> list[RunResponses]:
     return loaded
 
 
-def _conversation_ids(rm, responses: RunResponses, method: str, item, config: RmEvalConfig,
-                      mode: str) -> tuple[list[int], int | None]:
-    """The ids a scorer reads for one response and the length from which it is skipped
-    (None: beyond the scorer's context), by ``--scoring``."""
-    from evals.reward_model import scoring_ids
-
-    if config.scoring != "project":
-        return public_ids(rm, responses.records[method][item.index], config.scoring)
-    prompt = scorer_prompt(item.question, item.preference, mode)
-    return scoring_ids(rm, prompt, responses.texts[method][item.index]), None
-
-
 def _tokenize(rm, responses: RunResponses, config: RmEvalConfig, mode: str):
     rows, too_long = [], []
     for method in responses.methods:
         for item in responses.items:
-            ids, skip_at = _conversation_ids(rm, responses, method, item, config, mode)
+            ids, skip_at = conversation_ids(rm, responses, method, item, config.scoring, mode)
             if len(ids) > rm.max_length or (skip_at is not None and len(ids) >= skip_at):
                 too_long.append((method, item.index, len(ids)))
             else:
@@ -306,20 +293,10 @@ def _load_scorers(config: RmEvalConfig) -> tuple[dict, list[Column]]:
         rm = models[spec.model]
         shape = config_shape(rm.config or {}, rm.implementation)
         head = resolve_head(spec, shape) if shape is not None else None
-        columns.append(Column(spec, rm_slug(spec.model), raw_under_pad(head, config)))
+        columns.append(Column(spec, rm_slug(spec.model), raw_under_pad(head, config.scoring)))
     if all(c.head is not None for c in columns):
         table_columns(columns)  # the same column twice fails now rather than after scoring
     return models, columns
-
-
-def raw_under_pad(head, config: RmEvalConfig):
-    """Under ``--scoring pad`` a classifier's label is read as its raw logit, as PAD's
-    ``measure_reward.py`` reports the humour classifier's logit 1."""
-    from evals.scorers import Head
-
-    if head is None or config.scoring != "pad" or head.kind != "prob":
-        return head
-    return Head("logit", head.index, f"logit_{head.name}")
 
 
 def _evaluate_loaded(config: RmEvalConfig, loaded: list[RunResponses]) -> dict:
@@ -344,7 +321,7 @@ def _evaluate_loaded(config: RmEvalConfig, loaded: list[RunResponses]) -> dict:
                     shape = shape_of_record(next(iter(records.values())))
                     head = resolve_head(columns[k].spec, shape)
                     columns[k] = Column(columns[k].spec, columns[k].slug,
-                                        raw_under_pad(head, config))
+                                        raw_under_pad(head, config.scoring))
                 per_method = {m: {} for m in responses.methods}
                 for (method, index), record in records.items():
                     per_method[method][index] = head_value(record, columns[k].head)

@@ -53,3 +53,17 @@ def test_raw_prompt_style_is_for_args_alone(model, data, tmp_path):
                                          method="pref"))
     assert code == 2 and "is for --method args alone" in err and len(err.strip().splitlines()) == 1
     assert not out.exists()
+
+
+def test_a_model_without_chat_template_loads_for_raw_prompts_only(tmp_path):
+    """ARGS's own models (an SFT Llama, OPT) have no chat template: raw prompts need none."""
+    from rm_helpers import build_tokenizer
+
+    from DecodingMethodsModels.errors import UserError
+    from DecodingMethodsModels.loading import load_tokenizer, resolve_model
+
+    build_tokenizer(tmp_path, chat_template=False)
+    source = resolve_model(str(tmp_path))
+    with pytest.raises(UserError, match="no chat template"):
+        load_tokenizer(source)
+    assert load_tokenizer(source, needs_chat_template=False).chat_template is None
