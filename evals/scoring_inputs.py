@@ -20,7 +20,7 @@ import re
 from pathlib import Path
 
 from evals.errors import EvalError
-from evals.public_scoring import cut_at_human
+from evals.public_scoring import cut_at_human, is_hh_dialogue
 from evals.responses import Item, RunKey, RunResponses
 
 PROMPT_MODES = ("auto", "question", "question_and_preference")
@@ -108,7 +108,9 @@ def extract_args_pad_response(prompt: str, result: str) -> str:
     1. start: if ``prompt`` occurs in ``result``, after the first ``assistant`` header that
        follows it (chat template); else if ``result`` starts with a ``system`` or ``user``
        turn header, after its first ``assistant`` header; otherwise ``result`` is the
-       continuation itself (ARGS's raw-text prompts, or a prefix that was removed);
+       continuation itself (a prefix that was removed). A ``prompt`` that is an HH-RLHF
+       dialogue (ARGS's raw-text prompts) is always the raw case: ``result`` after the
+       prompt if it starts with it, else ``result``;
     2. end: the first end-of-turn marker kept as text (``<|eot_id|>``, ``<|im_end|>``,
        ``</s>``, ...); in the chat case also the first bare turn header (``user``,
        ``assistant`` or ``system`` glued to the text before it or following a newline, then
@@ -124,6 +126,8 @@ def extract_args_pad_response(prompt: str, result: str) -> str:
     at = result.find(prompt) if prompt else -1
     # a decoded conversation whose prompt text did not survive decoding exactly
     chat = at >= 0 or _CHAT_START.match(result) is not None
+    if is_hh_dialogue(prompt):
+        chat, result = False, result.removeprefix(prompt)
     if chat:
         rest = result[at + len(prompt):] if at >= 0 else result
         header = _ASSISTANT_HEADER.search(rest)

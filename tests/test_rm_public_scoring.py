@@ -145,6 +145,16 @@ def test_args_records_are_scored_as_prompt_plus_response_once(tmp_path, scorer_d
         sum(chat) / 3, abs=1e-5)
 
 
+def test_an_args_result_that_still_holds_its_dialogue_is_cut_after_it():
+    from evals.scoring_inputs import extract_args_pad_response
+
+    prompt = HH_PROMPTS[1]
+    assert extract_args_pad_response(prompt, prompt + " Heat it.\n\nHuman: ok") == "Heat it."
+    # the continuation may quote the user: "human:" cuts it wherever it comes
+    assert extract_args_pad_response(prompt, " Ask: is he user\nor a superhuman: no") == (
+        "Ask: is he user\nor a super")
+
+
 def test_scoring_args_reproduces_args_measure_reward(tmp_path, scorer_dirs, monkeypatch):
     files = {"args": write_args(tmp_path / "args_0.jsonl")}
     direct = Direct(scorer_dirs)
