@@ -234,8 +234,7 @@ class RunConfig:
 
     def _ineffective_guided_flags(self, given: set[str]) -> list[str]:
         guide_flags = {"rm_name", "rm_weight", "topk", "mode", "sample_temp", "ignore_eos",
-                       "rm_device", "rm_dtype", "rm_batch_size", "public_sample_temp",
-                       "prompt_style"}
+                       "rm_device", "rm_dtype", "rm_batch_size", "public_sample_temp"}
         if not self.guided_methods:
             flags = guide_flags & given
             return [f"{', '.join(sorted(flags))} only affect --method args and pad"] if flags \
