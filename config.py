@@ -22,6 +22,7 @@ PREFERENCES = (
 )
 SOLVERS = ("closed_form", "iterative")
 GUIDED_MODES = ("greedy", "topk")
+PROMPT_STYLES = ("chat", "raw")  # raw: public ARGS's untemplated question (args only)
 DTYPES = ("auto", "float32", "bfloat16", "float16")
 DEFAULT_MODEL = "SmolLM2-135M-Instruct"
 DEFAULT_DATA = "demo"
@@ -80,6 +81,8 @@ class RunConfig:
     topk: int = 10
     mode: str = "greedy"
     sample_temp: float = 0.7
+    public_sample_temp: bool = False  # sample every topk run at 0.7, as the public codes do
+    prompt_style: str = "chat"
     run_config: str | None = None  # --config: a JSON-lines file, one run per line
     ignore_eos: bool = False
     rm_device: str | None = None  # None: the decoding model's device
@@ -130,6 +133,11 @@ class RunConfig:
             raise UserError(_unknown("Amulet solver", self.amulet_solver, SOLVERS))
         if self.dtype not in DTYPES:
             raise UserError(_unknown("dtype", self.dtype, DTYPES))
+        if self.prompt_style not in PROMPT_STYLES:
+            raise UserError(_unknown("prompt style", self.prompt_style, PROMPT_STYLES))
+        if self.prompt_style == "raw" and self.methods != ["args"]:
+            raise UserError("--prompt_style raw (public ARGS's untemplated question) is for "
+                            "--method args alone; the other methods need the chat template")
         if self.reference_prompts and any(p in PRINCIPLE_SETS for p in self.pref_names):
             raise UserError("--reference_prompts rebuilds the Amulet paper's prompts; PAD's "
                             "principle sets have their own prompt: drop one of the two")
@@ -226,7 +234,7 @@ class RunConfig:
 
     def _ineffective_guided_flags(self, given: set[str]) -> list[str]:
         guide_flags = {"rm_name", "rm_weight", "topk", "mode", "sample_temp", "ignore_eos",
-                       "rm_device", "rm_dtype", "rm_batch_size"}
+                       "rm_device", "rm_dtype", "rm_batch_size", "public_sample_temp"}
         if not self.guided_methods:
             flags = guide_flags & given
             return [f"{', '.join(sorted(flags))} only affect --method args and pad"] if flags \
@@ -237,6 +245,9 @@ class RunConfig:
             notes.append(f"{', '.join(sorted(per_line))} ignored: --config sets them per line")
         elif "sample_temp" in given and self.mode == "greedy":
             notes.append("sample_temp ignored with --mode greedy (use --mode topk to sample)")
+        if "public_sample_temp" in given and self.run_config is None and self.mode == "greedy":
+            notes.append("public_sample_temp only affects runs that sample (--mode topk or "
+                         "topk lines of --config)")
         unused = {"rm_device", "rm_dtype", "rm_batch_size"} & given
         if self.rm_name == "self" and unused:
             notes.append(f"{', '.join(sorted(unused))} ignored with --rm_name self: the "
@@ -331,6 +342,15 @@ def build_parser() -> argparse.ArgumentParser:
     rg.add_argument("--mode", default="greedy", choices=GUIDED_MODES,
                     help="greedy: the best score; topk: sample softmax(score / sample_temp)")
     rg.add_argument("--sample_temp", type=float, default=0.7, help="with --mode topk")
+    rg.add_argument("--prompt_style", default="chat", choices=PROMPT_STYLES,
+                    help="chat: pref's templated prompt; raw (args only): the question text "
+                    "alone, tokenised with special tokens and no chat template, as public ARGS "
+                    "(its HH-RLHF prompts already hold the dialogue); the preference is then "
+                    "the reward model's alone")
+    rg.add_argument("--public_sample_temp", action="store_true",
+                    help="sample every topk run at 0.7 whatever --sample_temp or the --config "
+                    "line says, as ARGS's and PAD's collect_model_outs.py do (they never pass "
+                    "sample_temp on)")
     rg.add_argument("--config", dest="run_config", default=None, metavar="FILE",
                     help="JSON lines {rm_weight, topk, mode, sample_temp}, one run per line "
                     "(ARGS's and PAD's own config files load); each writes METHOD_<settings>.json")

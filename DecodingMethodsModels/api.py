@@ -198,6 +198,10 @@ def _engine_generate(model, input_ids, logits_processor, stopping_criteria, gene
         raise ValueError(f"{len(own)} prompts for {len(second)} {extra} prompts: give one "
                          f"{extra} prompt per prompt")
     copies = len(own) // len(second)  # num_return_sequences
+    if any(own[i] != own[i - i % copies] for i in range(len(own))):
+        raise ValueError(f"{len(own)} prompts for {len(second)} {extra} prompts, and the prompts "
+                         f"are not {copies} copies of each question: give one {extra} prompt "
+                         "per prompt")
     second = [row for row in second for _ in range(copies)]
     eos_ids = _ids_list(generation_config.eos_token_id)
     pad = _ids_list(generation_config.pad_token_id)
@@ -263,12 +267,14 @@ def pad_implicit_generate(model, input_ids, logits_processor, stopping_criteria,
     `generate` reads the base prompts, the same model on `pref_ids` is the PersRM, as with
     `PadProcessor(model, pref_ids, pref_attention_mask)`. Greedy, or sampling from
     softmax(score / temperature) over the k candidates, drawn from a generator seeded from
-    torch's global one (reproducible under torch.manual_seed); no top_p, top_k below k,
-    penalties, beam search, other processors or stopping criteria (a ValueError says so), and a
-    streamer receives the prompt only.
+    torch's global one (reproducible under torch.manual_seed); when sampling no top_p nor
+    top_k below k (greedy ignores them, as a checkpoint's config may set them: Llama-3-Instruct
+    ships top_p 0.9), no penalties, beam search, other processors or stopping criteria (a
+    ValueError says so), and a streamer receives the prompt only.
     """
     config = generation_config
-    if (config.top_p or 1.0) < 1.0 or (config.top_k and config.top_k < topk):
+    narrowed = (config.top_p or 1.0) < 1.0 or (config.top_k and config.top_k < topk)
+    if config.do_sample and narrowed:
         raise ValueError("pad_implicit_generate samples from its k candidates: it takes no "
                          "top_p and no top_k below topk")
 

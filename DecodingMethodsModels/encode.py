@@ -18,11 +18,16 @@ def encode_questions(tokenizer, dataset: Dataset, preference: str, system_role: 
     PAD's principle sets (`pad_set`), the user turn with and without PAD's preference prompt.
     A question too long for the context is refused, or, if asked, cut from the left once
     so that the longer of its two prompts fits, and both prompts are built from that cut text:
-    LA and Amulet then contrast two prompts about the same question."""
+    LA and Amulet then contrast two prompts about the same question. `--prompt_style raw`
+    (args only) is public ARGS's prompt: the question text tokenised with the tokenizer's
+    special tokens, no chat template, no system or preference text, for both prompts."""
     from .pad_prompts import encode_pad_prompt
     from .prompts import encode_prompt
 
     def encode(question: str) -> tuple[list[int], list[int]]:
+        if config.prompt_style == "raw":
+            ids = tokenizer(question)["input_ids"]
+            return ids, ids
         if pad_set is not None:
             return tuple(encode_pad_prompt(tokenizer, question, name) for name in (pad_set, None))
         return tuple(

@@ -13,25 +13,35 @@ Nothing here imports torch at import time: the planner uses it before any model 
 from __future__ import annotations
 
 import functools
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 from .errors import UserError
-from .rg_config import GuidedRunConfig, load_run_configs, run_suffixes
+from .rg_config import DEFAULT_SAMPLE_TEMP, GuidedRunConfig, load_run_configs, run_suffixes
 
 SELF = "self"  # --rm_name for implicit PAD
 DEFAULT_RM_WEIGHT = {"args": 1.5, "pad": 0.8}  # ARGS's greedy_rm_1.5, PAD's P-Soups weight
 
 
 def guided_runs(config, method: str) -> list[tuple[str, GuidedRunConfig]]:
-    """(file stem, settings) of every run of `method` ("args" or "pad") the command asks for."""
+    """(file stem, settings) of every run of `method` ("args" or "pad") the command asks for.
+
+    ARGS's and PAD's collect_model_outs.py read a line's sample_temp but never pass it on, so
+    they sample at 0.7 whatever it says; `--public_sample_temp` does the same here."""
     if config.run_config is not None:
-        runs = load_run_configs(config.run_config)
+        runs = [_public_temp(config, run) for run in load_run_configs(config.run_config)]
         return [(f"{method}_{suffix}", run) for suffix, run in zip(run_suffixes(runs), runs,
                                                                      strict=True)]
     weight = DEFAULT_RM_WEIGHT[method] if config.rm_weight is None else config.rm_weight
     temp = config.sample_temp if config.mode == "topk" else None
-    return [(method, GuidedRunConfig(float(weight), config.topk, config.mode, temp, line=0))]
+    run = GuidedRunConfig(float(weight), config.topk, config.mode, temp, line=0)
+    return [(method, _public_temp(config, run))]
+
+
+def _public_temp(config, run: GuidedRunConfig) -> GuidedRunConfig:
+    if config.public_sample_temp and run.mode == "topk":
+        return replace(run, sample_temp=DEFAULT_SAMPLE_TEMP)
+    return run
 
 
 def guided_parameters(config, run: GuidedRunConfig, rm_dtype: str | None) -> dict:

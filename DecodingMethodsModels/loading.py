@@ -117,7 +117,10 @@ def _save_converted(obj, target: Path | None) -> None:
         shutil.rmtree(tmp, ignore_errors=True)
 
 
-def load_tokenizer(source: ModelSource, trust_remote_code: bool = False):
+def load_tokenizer(source: ModelSource, trust_remote_code: bool = False,
+                   needs_chat_template: bool = True):
+    """The model's tokenizer; one without a chat template is refused unless the prompts are
+    raw text (`needs_chat_template=False`, `--prompt_style raw`)."""
     from transformers import AutoTokenizer
 
     cached = conversion_cache(source, "tokenizer")
@@ -133,8 +136,9 @@ def load_tokenizer(source: ModelSource, trust_remote_code: bool = False):
     except ValueError as err:
         raise _refused(source, err) from None
     _save_converted(tokenizer, cached)
-    if tokenizer.chat_template is None:
-        raise UserError(f"{source.short_name} has no chat template: an instruct model is needed")
+    if tokenizer.chat_template is None and needs_chat_template:
+        raise UserError(f"{source.short_name} has no chat template: an instruct model is needed "
+                        "(or --prompt_style raw with --method args)")
     return tokenizer
 
 

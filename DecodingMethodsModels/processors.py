@@ -69,6 +69,15 @@ def beam_sources(previous: torch.Tensor, current: torch.Tensor, beams: int) -> t
     return (first + offsets).flatten()
 
 
+def whole_groups(rows: torch.Tensor, copies: int) -> bool:
+    """Whether `rows` (R, L) are R / copies groups of `copies` equal rows in a row: the beams
+    (or returned sequences) of each question, which share one extra prompt."""
+    if copies == 1:
+        return True
+    groups = rows.view(rows.shape[0] // copies, copies, -1)
+    return bool((groups == groups[:, :1]).all())
+
+
 def _as_batch(ids, attention_mask) -> tuple[torch.Tensor, torch.Tensor]:
     """Prompt ids (Q, L) and mask (Q, L) from a tensor (mask defaults to ones) or id lists."""
     if not torch.is_tensor(ids):
@@ -162,6 +171,11 @@ class _FollowingCache(LogitsProcessor):
                 "extra prompt per prompt of the generate call"
             )
         self.beams = input_ids.shape[0] // questions  # num_beams or num_return_sequences
+        if not whole_groups(input_ids, self.beams):
+            raise ValueError(
+                f"generate has {input_ids.shape[0]} rows for {questions} extra prompts, and its "
+                f"rows are not {self.beams} copies (beams) of each question: pass one extra "
+                "prompt per prompt of the generate call")
         device = model_input_device(self.model)
         ids = self.extra_ids.repeat_interleave(self.beams, dim=0).to(device)  # (R, L)
         mask = self.extra_mask.repeat_interleave(self.beams, dim=0).to(device)  # (R, L)

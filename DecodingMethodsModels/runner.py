@@ -96,7 +96,7 @@ def load_and_check(config, process: Process, todo: list[Work]) -> tuple[Decoder,
     source = resolve_model(config.model_name)
     restrict_gpus(process, config.multi_gpu, config.device)
     device = rank_device(resolve_device(config.device), process, config.multi_gpu)
-    tokenizer = load_tokenizer(source, config.trust_remote_code)
+    tokenizer = load_tokenizer(source, config.trust_remote_code, config.prompt_style == "chat")
     system_role = template_accepts_system(tokenizer)
     guided = [w.run.guided for w in todo if w.run.guided is not None]
     retokenizer = check_guide_tokenizer(config, tokenizer) if guided else None  # no weights yet

@@ -49,6 +49,8 @@ class RunResponses:
     items: tuple[Item, ...]
     texts: dict[str, dict[int, str]]
     settings_problems: tuple[str, ...] = ()  # generation settings that differ between methods
+    # the public codes' output records as read (``records[method][index]``), for --scoring
+    records: dict[str, dict[int, dict]] | None = None
 
     @property
     def methods(self) -> list[str]:
@@ -165,9 +167,18 @@ def load_run(output_dir: Path, key: RunKey, methods: list[str]) -> RunResponses:
     return RunResponses(key, items, texts, problems)
 
 
+def found_methods(directory: Path) -> list[str]:
+    """The methods whose ``{method}.json`` lies in a run directory (sidecars left out): the
+    paper's five in their order, then the others by name."""
+    names = sorted(p.name.removesuffix(".json") for p in directory.glob("*.json")
+                   if not p.name.endswith(".meta.json"))
+    return [m for m in DEFAULT_METHODS if m in names] + [
+        m for m in names if m not in DEFAULT_METHODS]
+
+
 def discover_runs(
     output_dir: Path,
-    methods: list[str],
+    methods: list[str] | None,
     prefs: list[str] | None = None,
     models: list[str] | None = None,
     datasets: list[str] | None = None,
@@ -175,7 +186,8 @@ def discover_runs(
     """Find ``pref/model/dataset`` directories holding every method file.
 
     Returns ``(complete runs, notes on directories skipped for missing methods)``;
-    ``None`` filters mean "all".
+    ``None`` filters mean "all", and ``methods=None`` takes every directory holding at least
+    one method file.
     """
     if not output_dir.is_dir():
         raise EvalError(f"output dir {output_dir} does not exist (pass --output_dir)")
@@ -189,6 +201,10 @@ def discover_runs(
             or (models and model not in models)
             or (datasets and dataset not in datasets)
         ):
+            continue
+        if methods is None:
+            if found_methods(dataset_dir):
+                runs.append(RunKey(pref, model, dataset))
             continue
         missing = [m for m in methods if not (dataset_dir / f"{m}.json").is_file()]
         if missing:

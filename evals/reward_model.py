@@ -209,13 +209,17 @@ def load_reward_model(
     )
 
 
-def chat_ids(tokenizer: Any, prompt: str, response: str) -> list[int]:
-    """Token ids of ``[user: prompt, assistant: response]``, rendered with the tokenizer's
-    chat template, then tokenised with ``add_special_tokens=False`` because the template
-    already writes BOS."""
-    messages = [{"role": "user", "content": prompt}, {"role": "assistant", "content": response}]
+def message_ids(tokenizer: Any, messages: list[dict]) -> list[int]:
+    """Token ids of chat ``messages`` rendered with the tokenizer's chat template, then
+    tokenised with ``add_special_tokens=False`` because the template already writes BOS."""
     text = tokenizer.apply_chat_template(messages, tokenize=False)
     return list(tokenizer(text, add_special_tokens=False)["input_ids"])
+
+
+def chat_ids(tokenizer: Any, prompt: str, response: str) -> list[int]:
+    """:func:`message_ids` of ``[user: prompt, assistant: response]``."""
+    return message_ids(tokenizer, [{"role": "user", "content": prompt},
+                                   {"role": "assistant", "content": response}])
 
 
 def conversation_ids(tokenizer: Any, question: str, preference: str, response: str) -> list[int]:
@@ -229,10 +233,21 @@ HH_TEXT = "\n\nHuman: {prompt}\n\nAssistant: {response}"
 def scoring_ids(rm: RewardModel, prompt: str, response: str) -> list[int]:
     """Token ids a scorer reads for ``[user: prompt, assistant: response]``: :func:`chat_ids`,
     or for a model without a chat template the HH-RLHF text with the tokenizer's own special
-    tokens."""
+    tokens. A prompt that is already an HH dialogue (ARGS's prompts) is not wrapped again:
+    the scorer reads ``prompt + " " + response`` (its turns as chat messages under a chat
+    template)."""
+    from evals.public_scoring import hh_dialogue_messages, is_hh_dialogue
+
+    dialogue = is_hh_dialogue(prompt)
     if rm.input_format == "chat_template":
-        return chat_ids(rm.tokenizer, prompt, response)
-    text = HH_TEXT.format(prompt=prompt, response=response)
+        if not dialogue:
+            return chat_ids(rm.tokenizer, prompt, response)
+        turns = [*hh_dialogue_messages(prompt), {"role": "assistant", "content": response}]
+        return message_ids(rm.tokenizer, turns)
+    if dialogue:
+        text = f"{prompt.rstrip()} {response}"
+    else:
+        text = HH_TEXT.format(prompt=prompt, response=response)
     return list(rm.tokenizer(text, add_special_tokens=True)["input_ids"])
 
 

@@ -9,7 +9,7 @@ public ARGS/PAD output files)::
         --scorer RLHFlow/ArmoRM-Llama3-8B-v0.1:beavertails-is_safe \\
         --scorer mohameddhiab/humor-no-humor:humor
     python evals/rm_evals.py --input_file vanilla=psoups_0.jsonl --input_file pad=psoups_1.jsonl \\
-        --input_format args_pad --scorer ...
+        --input_format args_pad --scoring pad --scorer ...   # as PAD's measure_reward.py
 
 Per setting ``{pref}/{model}/{dataset}`` it writes to ``{results_dir}/rm_score/...``:
 ``{rm}.scores.jsonl`` per scorer model (every response's whole output: all heads, or the
@@ -33,12 +33,14 @@ if __package__ in (None, ""):  # run as a script: make the repository root impor
 
 from evals.errors import EvalError, EvalFailure, exit_code  # noqa: E402
 from evals.jsonl_store import JsonlAppender, repair_and_read  # noqa: E402
+from evals.public_scoring import SCORING_MODES, conversation_ids, raw_under_pad  # noqa: E402
 from evals.responses import (  # noqa: E402
-    DEFAULT_METHODS,
     RunKey,
     RunResponses,
     discover_runs,
+    found_methods,
     load_run,
+    run_dir,
     split_methods,
 )
 from evals.rm_table import (  # noqa: E402
@@ -54,7 +56,6 @@ from evals.scoring_inputs import (  # noqa: E402
     load_args_pad_run,
     parse_input_file,
     resolve_prompt_mode,
-    scorer_prompt,
 )
 from evals.tables import to_markdown  # noqa: E402
 from evals.threads import NUM_THREADS_HELP, set_threads  # noqa: E402
@@ -73,7 +74,7 @@ class RmEvalConfig:
 
     output_dir: Path = Path("responses")
     results_dir: Path = Path("results")
-    methods: tuple[str, ...] = DEFAULT_METHODS
+    methods: tuple[str, ...] | None = None  # None: every method found in each setting
     prefs: tuple[str, ...] | None = None
     models: tuple[str, ...] | None = None
     datasets: tuple[str, ...] | None = None
@@ -82,6 +83,7 @@ class RmEvalConfig:
     trust_remote_code: bool = False
     rm_dimension: int | str | None = None
     scorer_prompt: str = "auto"
+    scoring: str = "project"  # or "args"/"pad": the public codes' measure_reward.py
     batch_size: int = 8
     device: str = "auto"
     dtype: str = "auto"
@@ -105,11 +107,18 @@ class RmEvalConfig:
         if self.scorer_prompt not in PROMPT_MODES:
             raise ScorerSpecError(f"--scorer_prompt {self.scorer_prompt!r}: choose one of "
                                   f"{', '.join(PROMPT_MODES)}")
+        if self.scoring not in SCORING_MODES:
+            raise ScorerSpecError(f"--scoring {self.scoring!r}: choose one of "
+                                  f"{', '.join(SCORING_MODES)}")
+        if self.scoring != "project" and not self.input_files:
+            raise ScorerSpecError(f"--scoring {self.scoring} scores the public codes' output "
+                                  "files as their measure_reward.py does: give them with "
+                                  "--input_file")
         if self.max_new_tokens is not None and self.max_new_tokens < 1:
             raise EvalError(f"--max_new_tokens must be >= 1, got {self.max_new_tokens}")
         if not re.fullmatch(r"[A-Za-z0-9._-]+", self.table_name):
             raise EvalError(f"--table_name {self.table_name!r}: letters, digits, . _ - only")
-        clash = sorted(set(self.methods) & {*SETTING_COLUMNS, *VERDICT_COLUMNS})
+        clash = sorted(set(self.methods or ()) & {*SETTING_COLUMNS, *VERDICT_COLUMNS})
         if clash and not self.input_files:
             raise EvalError(f"method name(s) {', '.join(clash)} clash with a summary column")
         legacy = []
@@ -142,17 +151,20 @@ def rm_slug(name: str) -> str:
 
 
 def select_runs(config: RmEvalConfig) -> list[RunKey]:
-    """The settings to score: the one named, or every complete one found."""
+    """The settings to score: the one named, or every complete one found (with no
+    ``--methods``, every one holding a method file)."""
     if config.single_run is not None:
         return [config.single_run]
+    methods = None if config.methods is None else list(config.methods)
     runs, skipped = discover_runs(
-        config.output_dir, list(config.methods), config.prefs, config.models, config.datasets
+        config.output_dir, methods, config.prefs, config.models, config.datasets
     )
     for note in skipped:
         print(f"warning: skipping incomplete setting {note}", file=sys.stderr)
     if not runs:
+        wanted = "any method file" if methods is None else f"all of {', '.join(methods)}"
         raise EvalError(
-            f"no setting under {config.output_dir} has all of {', '.join(config.methods)}"
+            f"no setting under {config.output_dir} has {wanted}"
             + (f" (incomplete: {len(skipped)})" if skipped else "")
         )
     return runs
@@ -162,28 +174,36 @@ def load_inputs(config: RmEvalConfig) -> list[RunResponses]:
     """The responses to score: the project's response files, or the ARGS/PAD output files."""
     if config.input_files:
         return [load_args_pad_run(list(config.input_files), config.single_run)]
-    return [load_run(config.output_dir, run, list(config.methods)) for run in select_runs(config)]
+    loaded = []
+    for run in select_runs(config):
+        methods = config.methods or found_methods(run_dir(config.output_dir, run))
+        if not config.methods:
+            clash = sorted(set(methods) & {*SETTING_COLUMNS, *VERDICT_COLUMNS})
+            if clash:
+                raise EvalError(f"method name(s) {', '.join(clash)} clash with a summary "
+                                "column; pass --methods without them")
+        loaded.append(load_run(config.output_dir, run, list(methods)))
+    return loaded
 
 
 def _tokenize(rm, responses: RunResponses, config: RmEvalConfig, mode: str):
-    from evals.reward_model import scoring_ids
-
     rows, too_long = [], []
     for method in responses.methods:
         for item in responses.items:
-            prompt = scorer_prompt(item.question, item.preference, mode)
-            ids = scoring_ids(rm, prompt, responses.texts[method][item.index])
-            if len(ids) > rm.max_length:
+            ids, skip_at = conversation_ids(rm, responses, method, item, config.scoring, mode)
+            if len(ids) > rm.max_length or (skip_at is not None and len(ids) >= skip_at):
                 too_long.append((method, item.index, len(ids)))
             else:
                 rows.append((method, item.index, ids))
     if too_long:
         method, index, length = too_long[0]
         where = "/".join(responses.key.parts())
+        limit = (f"the reward model's {rm.max_length} tokens" if config.scoring == "project"
+                 else f"the reward model's {rm.max_length} tokens or {config.scoring.upper()}'s "
+                 "limit")
         message = (
-            f"{len(too_long)} conversation(s) in {where} exceed the reward model's "
-            f"{rm.max_length} tokens ({Path(rm.name).name}; e.g. {method} index {index}: "
-            f"{length} tokens)"
+            f"{len(too_long)} conversation(s) in {where} exceed {limit} "
+            f"({Path(rm.name).name}; e.g. {method} index {index}: {length} tokens)"
         )
         if config.strict_length:
             raise EvalError(f"{message}; nothing is truncated (drop --strict_length to skip them)")
@@ -227,6 +247,7 @@ def score_run(rm, responses: RunResponses, config: RmEvalConfig, path: Path, mod
                 records.append({
                     "key": key, "rm": rm.name, "implementation": rm.implementation,
                     "dtype": rm.dtype, "input_format": rm.input_format, "prompt_mode": mode,
+                    "scoring": config.scoring,
                     "run": list(responses.key.parts()), "method": method, "index": index,
                     "n_tokens": len(ids), **output,
                 })
@@ -272,7 +293,7 @@ def _load_scorers(config: RmEvalConfig) -> tuple[dict, list[Column]]:
         rm = models[spec.model]
         shape = config_shape(rm.config or {}, rm.implementation)
         head = resolve_head(spec, shape) if shape is not None else None
-        columns.append(Column(spec, rm_slug(spec.model), head))
+        columns.append(Column(spec, rm_slug(spec.model), raw_under_pad(head, config.scoring)))
     if all(c.head is not None for c in columns):
         table_columns(columns)  # the same column twice fails now rather than after scoring
     return models, columns
@@ -298,8 +319,9 @@ def _evaluate_loaded(config: RmEvalConfig, loaded: list[RunResponses]) -> dict:
             for k in mine:
                 if columns[k].head is None:  # remote code: its outputs show its shape
                     shape = shape_of_record(next(iter(records.values())))
+                    head = resolve_head(columns[k].spec, shape)
                     columns[k] = Column(columns[k].spec, columns[k].slug,
-                                        resolve_head(columns[k].spec, shape))
+                                        raw_under_pad(head, config.scoring))
                 per_method = {m: {} for m in responses.methods}
                 for (method, index), record in records.items():
                     per_method[method][index] = head_value(record, columns[k].head)
@@ -335,7 +357,8 @@ def build_parser() -> argparse.ArgumentParser:
     data.add_argument("--pref_name", default=None, help="preference name(s), comma separated")
     data.add_argument("--model_name", default=None, help="model short name(s), comma separated")
     data.add_argument("--eval_data", default=None, help="dataset name(s), comma separated")
-    data.add_argument("--methods", default=",".join(DEFAULT_METHODS), help="comma list")
+    data.add_argument("--methods", default=None,
+                      help="comma list (none: every method found in each setting)")
     data.add_argument("--input_file", action="append", default=[], metavar="[NAME=]PATH",
                       help="an ARGS/PAD output file (a JSON list of {prompt, result, ...}), one "
                            "per method, named NAME or by the file's stem; repeat for several")
@@ -359,6 +382,10 @@ def build_parser() -> argparse.ArgumentParser:
                     help="what the scorer sees as the user turn: the question, or question + "
                          "' ' + preference (Amulet); auto: question for PAD's principles, "
                          "question + preference for preference sentences")
+    rm.add_argument("--scoring", choices=SCORING_MODES, default="project",
+                    help="project: the response cut at its end of turn, in the scorer's "
+                         "conversation; args or pad (--input_file only): the text the public "
+                         "code's measure_reward.py scores, with its length rules")
     rm.add_argument("--trust_remote_code", action="store_true",
                     help="allow the model's own code (ArmoRM runs natively without it)")
     rm.add_argument("--batch_size", type=int, default=8, help="conversations per forward pass")
@@ -393,13 +420,14 @@ def config_from_args(args: argparse.Namespace) -> RmEvalConfig:
                               "needs --input_format args_pad")
     return RmEvalConfig(
         output_dir=Path(args.output_dir), results_dir=Path(args.results_dir),
-        methods=tuple(split_methods(args.methods)),
+        methods=_names(args.methods, "--methods"),
         prefs=_names(args.pref_name, "--pref_name"),
         models=_names(args.model_name, "--model_name"),
         datasets=_names(args.eval_data, "--eval_data"),
         scorers=tuple(parse_scorer(s) for s in args.scorer),
         rm_name=args.rm_name, trust_remote_code=args.trust_remote_code,
         rm_dimension=args.rm_dimension, scorer_prompt=args.scorer_prompt,
+        scoring=args.scoring,
         batch_size=args.batch_size, device=args.device, dtype=args.dtype,
         max_length=args.max_length, strict_length=args.strict_length,
         indicators=not args.no_indicators, length_tokenizer=args.length_tokenizer,

@@ -153,6 +153,7 @@ def table_metadata(config, columns, names, models, modes, indicators, skipped) -
         },
         "skipped_as_too_long": {"/".join(k.parts()): v for k, v in skipped.items()},
         "input_files": [[n, str(p)] for n, p in config.input_files],
+        "scoring": config.scoring,
     }
 
 
@@ -173,8 +174,13 @@ def table_markdown(rows: list[dict], header: list[str], meta: dict) -> str:
         lines.append(f"- `{s['column']}`: {s['model']}, {what[s['head_kind']]}; input: "
                      f"{s['input_format'].replace('_', ' ')}")
     modes = sorted(set(meta["prompt_mode"]["resolved"].values()))
-    lines.append(f"- prompt shown to the scorers: {'; '.join(_PROMPT_WORDS[m] for m in modes)} "
-                 f"(--scorer_prompt {meta['prompt_mode']['requested']})")
+    if meta["scoring"] == "project":
+        lines.append(f"- prompt shown to the scorers: "
+                     f"{'; '.join(_PROMPT_WORDS[m] for m in modes)} "
+                     f"(--scorer_prompt {meta['prompt_mode']['requested']})")
+    else:
+        lines.append(f"- inputs built as {meta['scoring'].upper()}'s measure_reward.py builds "
+                     f"them (--scoring {meta['scoring']})")
     if meta["indicators"]:
         lines += ["", f"Indicator columns ({', '.join(f'`{c}`' for c in INDICATOR_COLUMNS)}): "
                   f"{INDICATORS_LABEL}. Lengths are means; `hit_max_new_tokens`, `degenerate`: "
@@ -201,7 +207,8 @@ def summary(per_run, methods: list[str]) -> dict:
             "preference": key.pref, "model": key.model, "dataset": key.dataset, **means,
             "best": "+".join(best_methods(means)), "skipped": skipped,
         })
-    share = best_share([{m: s[m] for m in methods} for s in settings], methods)
+    share = best_share([{m: s.get(m, float("nan")) for m in methods} for s in settings],
+                       methods)
     return {"settings": settings, "share": share}
 
 
@@ -262,11 +269,12 @@ def write_outputs(config, loaded, columns, names, values, skipped, modes, models
     settings = {}
     if config.single_run is None:
         root = config.results_dir / "rm_score"
+        methods = list(dict.fromkeys(m for responses in loaded for m in responses.methods))
         for k, column in enumerate(columns):
             found = summary([(key, avgs[names[k]], counts[names[k]])
-                             for key, avgs, counts in per_run], list(config.methods))
+                             for key, avgs, counts in per_run], methods)
             base = root / f"{column.slug}_{column.head.label}"
-            summary_cols = summary_columns(config.methods)
+            summary_cols = summary_columns(tuple(methods))
             write_text_atomic(base.with_name(base.name + "_summary.csv"),
                               to_csv(found["settings"], summary_cols))
             write_text_atomic(base.with_name(base.name + "_summary.md"),

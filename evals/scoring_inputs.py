@@ -20,6 +20,7 @@ import re
 from pathlib import Path
 
 from evals.errors import EvalError
+from evals.public_scoring import cut_at_human, is_hh_dialogue
 from evals.responses import Item, RunKey, RunResponses
 
 PROMPT_MODES = ("auto", "question", "question_and_preference")
@@ -32,11 +33,12 @@ END_OF_TURN_MARKERS = (
     "<|eot_id|>", "<|im_end|>", "<|end_of_text|>", "<|endoftext|>", "</s>", "<|end|>",
     "<end_of_turn>",
 )
-# A chat turn header whose special tokens were skipped in decoding ("...answer.user\n\n"):
-# the role word glued to the text before it (or at the very start), then a newline.
-_BARE_HEADER = re.compile(r"(?:^|(?<=\S))(?:system|user|assistant)(?:<\|end_header_id\|>)?\n")
+# A chat turn header whose special tokens were skipped in decoding ("...answer.user\n\n", or
+# ChatML's "...answer.\nuser\n"): the role word glued to the text before it, or after a
+# newline, or at the very start, then a newline.
+_BARE_HEADER = re.compile(
+    r"(?:^|(?<=\S)|(?<=\n))(?:system|user|assistant)(?:<\|end_header_id\|>)?\n")
 _ASSISTANT_HEADER = re.compile(r"assistant(?:<\|end_header_id\|>)?\s*")
-_HH_TURN = "\n\nHuman:"
 _CHAT_START = re.compile(r"(?:<\|start_header_id\|>)?(?:system|user)(?:<\|end_header_id\|>)?\n")
 
 
@@ -106,12 +108,16 @@ def extract_args_pad_response(prompt: str, result: str) -> str:
     1. start: if ``prompt`` occurs in ``result``, after the first ``assistant`` header that
        follows it (chat template); else if ``result`` starts with a ``system`` or ``user``
        turn header, after its first ``assistant`` header; otherwise ``result`` is the
-       continuation itself (ARGS's raw-text prompts, or a prefix that was removed);
+       continuation itself (a prefix that was removed). A ``prompt`` that is an HH-RLHF
+       dialogue (ARGS's raw-text prompts) is always the raw case: ``result`` after the
+       prompt if it starts with it, else ``result``;
     2. end: the first end-of-turn marker kept as text (``<|eot_id|>``, ``<|im_end|>``,
        ``</s>``, ...); in the chat case also the first bare turn header (``user``,
-       ``assistant`` or ``system`` glued to the text before it, then a newline), which is what
-       a skipped ``<|eot_id|><|start_header_id|>user<|end_header_id|>`` leaves; in the raw
-       case also ``"\\n\\nHuman:"``, the next turn of ARGS's HH-RLHF prompts;
+       ``assistant`` or ``system`` glued to the text before it or following a newline, then
+       a newline), which is what a skipped ``<|eot_id|><|start_header_id|>user<|end_header_id|>``
+       or ChatML's ``<|im_end|>\\n<|im_start|>user`` leaves; in the raw case also the first
+       ``human:`` in any case, where ARGS's ``measure_reward.py`` cuts (the next turn of its
+       HH-RLHF prompts);
     3. surrounding whitespace stripped.
 
     A response whose own text glues ``user``/``assistant`` to a newline (``superuser\\n``)
@@ -120,6 +126,8 @@ def extract_args_pad_response(prompt: str, result: str) -> str:
     at = result.find(prompt) if prompt else -1
     # a decoded conversation whose prompt text did not survive decoding exactly
     chat = at >= 0 or _CHAT_START.match(result) is not None
+    if is_hh_dialogue(prompt):
+        chat, result = False, result.removeprefix(prompt)
     if chat:
         rest = result[at + len(prompt):] if at >= 0 else result
         header = _ASSISTANT_HEADER.search(rest)
@@ -131,8 +139,8 @@ def extract_args_pad_response(prompt: str, result: str) -> str:
         bare = _BARE_HEADER.search(text)
         if bare:
             ends.append(bare.start())
-    elif _HH_TURN in text:
-        ends.append(text.find(_HH_TURN))
+    else:
+        ends.append(len(cut_at_human(text)))
     return (text[:min(ends)] if ends else text).strip()
 
 
@@ -149,11 +157,12 @@ def _read_json_list(path: Path) -> list:
 
 
 def read_args_pad_file(path: Path) -> list[dict]:
-    """One ARGS/PAD output file as ``[{"index", "question", "preference", "response"}]``.
+    """One ARGS/PAD output file as ``[{"index", "question", "preference", "response",
+    "record"}]``.
 
     ``index`` is the record's position; ``question`` is ``prompt`` without PAD's preference
     prompt and ``preference`` its principles ("" without one); ``response`` comes from
-    :func:`extract_args_pad_response`.
+    :func:`extract_args_pad_response`; ``record`` is the record as stored.
     """
     records = []
     for number, record in enumerate(_read_json_list(path)):
@@ -165,7 +174,8 @@ def read_args_pad_file(path: Path) -> list[dict]:
                             "(the format of ARGS's and PAD's collect_model_outs.py)")
         principles, question = split_pad_prompt(prompt)
         records.append({"index": number, "question": question, "preference": principles or "",
-                        "response": extract_args_pad_response(prompt, result)})
+                        "response": extract_args_pad_response(prompt, result),
+                        "record": record})
     return records
 
 
@@ -206,4 +216,5 @@ def load_args_pad_run(files: list[tuple[str, Path]], key: RunKey) -> RunResponse
     preference = next((p for p in preferences if p), "")
     items = tuple(Item(r["index"], r["question"], preference) for r in first)
     texts = {m: {r["index"]: r["response"] for r in recs} for m, recs in by_method.items()}
-    return RunResponses(key, items, texts)
+    records = {m: {r["index"]: r["record"] for r in recs} for m, recs in by_method.items()}
+    return RunResponses(key, items, texts, records=records)

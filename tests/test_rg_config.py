@@ -180,3 +180,22 @@ def test_encoded_pad_prompt_is_the_templated_user_turn_and_assistant_header(smol
     expected = tokenizer.apply_chat_template(pad_messages(question, None), tokenize=True,
                                              add_generation_prompt=True, return_dict=True)
     assert vanilla == list(expected["input_ids"])
+
+
+def test_public_sample_temp_samples_every_topk_run_at_0_7(tmp_path):
+    """ARGS's and PAD's collect_model_outs.py never pass a line's sample_temp on."""
+    from config import RunConfig
+    from DecodingMethodsModels.guided_runs import guided_runs
+
+    grid = tmp_path / "grid.config"
+    grid.write_text('{"rm_weight": 1, "topk": 5, "mode": "topk", "sample_temp": 1.5}\n'
+                    '{"rm_weight": 1, "topk": 5, "mode": "greedy", "sample_temp": null}\n')
+    ours = RunConfig(method="pad", rm_name="self", run_config=str(grid))
+    public = RunConfig(method="pad", rm_name="self", run_config=str(grid),
+                       public_sample_temp=True)
+    assert [r.sample_temp for _, r in guided_runs(ours, "pad")] == [1.5, None]
+    assert [(stem, r.sample_temp) for stem, r in guided_runs(public, "pad")] == [
+        ("pad_w1.0_k5_topk_t0.7", 0.7), ("pad_w1.0_k5_greedy", None)]
+    flags = RunConfig(method="pad", rm_name="self", mode="topk", sample_temp=1.2,
+                      public_sample_temp=True)
+    assert [r.sample_temp for _, r in guided_runs(flags, "pad")] == [0.7]

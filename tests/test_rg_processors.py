@@ -344,6 +344,21 @@ def test_guides_of_the_wrong_kind_are_refused(models, guides, prompts):
     one_line(err)
 
 
+@pytest.mark.parametrize("method", METHODS)
+def test_fewer_guide_prompts_than_questions_are_refused(models, guides, prompts, method):
+    model = models["llama"]
+    pref, base = prompts  # four questions
+    processor, read = processor_for(method, model, guides, pref[:2], base[:2])
+    every = base if method == "implicit" else pref
+    with pytest.raises(ValueError, match="not 2 copies"):
+        generate(model, every, processor, steps=2)
+    # the same two guide prompts serve two returned sequences of each of their two questions
+    processor, read = processor_for(method, model, guides, pref[:2], base[:2])
+    tokens, _ = generate(model, read[:2], processor, steps=2, do_sample=True,
+                         num_return_sequences=2)
+    assert len(tokens) == 4
+
+
 # ----- custom_generate=pad_implicit_generate ----------------------------------------------------
 
 
@@ -381,6 +396,11 @@ def test_custom_generate_pad_implicit_samples_under_a_seed_and_refuses_the_rest(
                              ({"repetition_penalty": 1.2}, "penalties")]:
         with pytest.raises(ValueError, match=message):
             custom_implicit(model, pref, base, do_sample=True, **options)
+    # greedy ignores a top_p or top_k set in the generation config (Llama-3-Instruct: 0.9)
+    greedy = custom_implicit(model, pref, base, do_sample=False)
+    assert custom_implicit(model, pref, base, do_sample=False, top_p=0.9, top_k=2) == greedy
+    with pytest.raises(ValueError, match="not 2 copies"):  # two preference prompts, four bases
+        custom_implicit(model, pref[:2], base)
     base_ids, base_mask = left_pad(base, PAD)
     with pytest.raises(ValueError, match="pref_ids"):
         model.generate(base_ids, attention_mask=base_mask, custom_generate=pad_implicit_generate,

@@ -432,7 +432,8 @@ def test_softmax_probability_matches_torch():
     assert not math.isnan(softmax_at([1000.0, -1000.0], 1))
 
 
-@pytest.mark.parametrize("module_name", ["evals.scorers", "evals.scoring_inputs", "evals.rm_table"])
+@pytest.mark.parametrize("module_name", ["evals.scorers", "evals.scoring_inputs", "evals.rm_table",
+                                         "evals.public_scoring"])
 def test_doctests_of_the_new_modules_pass(module_name):
     import doctest
     import importlib

@@ -61,7 +61,7 @@ def test_truncation_cuts_the_question_once_for_both_prompts(smol_tokenizer_dir):
     question = "Please summarise the following. " + "alpha beta gamma delta " * 60
     dataset = Dataset("long", "long.json", "0" * 64, (Question(0, question),))
     config = SimpleNamespace(max_new_tokens=16, truncate_long_prompts=True,
-                             reference_prompts=False)
+                             reference_prompts=False, prompt_style="chat")
     with pytest.warns(UserWarning, match="cut from the left"):
         (pref,), (base,) = encode_questions(tokenizer, dataset, LONG_PREFERENCE, True, 400,
                                             config)
