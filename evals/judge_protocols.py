@@ -113,8 +113,8 @@ ARGS_REASK_REMINDER = ("Reply with the two scores (1 to 10) for Assistant 1 and 
 def parse_scores(answer: str | None) -> tuple[float, float] | None:
     """The two scores on the answer's first line, or None if it holds anything else.
 
-    ARGS reads ``map(float, first_line.split(" "))``; here runs of whitespace count as one
-    space and each score must lie in [1, 10] (the scale the prompt asks for).
+    ARGS reads ``map(float, answer.split("\\n")[0].split(" "))``; here runs of whitespace on
+    that line count as one space and each score must lie in [1, 10] (the prompt's scale).
 
     >>> parse_scores("8 6\\nAssistant 1 is more detailed.")
     (8.0, 6.0)
@@ -127,7 +127,7 @@ def parse_scores(answer: str | None) -> tuple[float, float] | None:
     """
     if not answer:
         return None
-    parts = answer.strip().split("\n")[0].split()
+    parts = answer.split("\n")[0].split()
     if len(parts) != 2:
         return None
     try:
