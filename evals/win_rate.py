@@ -20,19 +20,15 @@ same files without the ``gpt_`` prefix; a protocol other than the paper's adds
 
 from __future__ import annotations
 
-import json
-import platform
 import re
 import sys
-import textwrap
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from itertools import combinations
 from pathlib import Path
 
 import numpy as np
 
-from DecodingMethodsModels.provenance import git_commit
 from evals import metrics
 from evals.errors import EvalError
 from evals.jsonl_store import JsonlAppender, repair_and_read, write_text_atomic
@@ -50,19 +46,19 @@ from evals.judge_bias import combine_orders
 from evals.judge_client import JudgeJob, RetryPolicy, ask_judge, run_jobs
 from evals.judge_protocols import DEFAULT_PROTOCOL, JudgeProtocol, get_protocol
 from evals.responses import RunKey, RunResponses, load_run
-from evals.tables import to_csv, to_markdown
+from evals.win_rate_files import (  # noqa: F401 (write_summary: public here too)
+    sidecar_text,
+    write_outputs,
+    write_ranking,
+    write_summary,
+)
 from evals.win_rate_rows import (  # noqa: F401 (BT_COLUMNS, TARGET_COLUMNS: public here too)
     BT_COLUMNS,
-    JUDGMENT_COLUMNS,
-    PAIR_COLUMNS,
     TARGET_COLUMNS,
-    judgment_rows,
     labelled,
-    pair_rows,
     ranking_rows,
     target_rows,
 )
-from openai_key_info import redact
 
 
 @dataclass(frozen=True)
@@ -223,41 +219,6 @@ def to_judgments(comparisons: list[Comparison], cache: dict[str, dict]) -> list[
             for (index, a, b), found in outcomes.items()]
 
 
-def _sidecar(config: GptEvalConfig, counts: dict, seconds: float,
-             ranking_error: str | None = None, preferences: list[str] | None = None,
-             settings_problems: list[str] | None = None) -> str:
-    data = asdict(config)
-    data["base_url"] = redact(config.base_url) if config.base_url else None
-    data = json.loads(json.dumps(data, default=str))
-    if config.is_local:
-        import torch
-        import transformers
-
-        versions = {"torch": torch.__version__, "transformers": transformers.__version__}
-    else:
-        import openai
-
-        versions = {"openai": openai.__version__}
-    data.update({
-        "judge": config.judge, "judge_backend": "local" if config.is_local else "openai",
-        "preferences_shown": preferences,
-        "response_settings_problems": settings_problems or [],
-        "counts": counts, "ranking_error": ranking_error, "seconds": round(seconds, 3),
-        "git": git_commit(), "python": platform.python_version(), **versions,
-        "numpy": np.__version__, "scikit-learn": _sklearn_version(),
-        "length_control": "scikit-learn LogisticRegression (L2, C=100, newton-cholesky) on "
-                          "[1, tanh(std length difference), question difficulty]",
-        "argv": [redact(a) for a in sys.argv],
-    })
-    return json.dumps(data, indent=2) + "\n"
-
-
-def _sklearn_version() -> str:
-    import sklearn
-
-    return sklearn.__version__
-
-
 class LazyLocalJudge:
     """Loads ``config``'s local judge on first use, once for every run sharing this object."""
 
@@ -353,7 +314,7 @@ def evaluate(config: GptEvalConfig, local_judge: LazyLocalJudge | None = None) -
     target = labelled(target_rows(judgments, methods, config.target, tensor, weights, lengths,
                                   comparisons, verdicts), config.judge)
     counts["invalid"] = sum(j.outcome == INVALID for j in judgments)
-    _write_outputs(config, comparisons, cache, judgments, pairs, target)
+    write_outputs(config, comparisons, cache, judgments, pairs, target)
     ranking, ranking_error = None, None
     if config.all_pairs:  # after the tables are written: a failed fit must not lose them
         try:
@@ -363,63 +324,13 @@ def evaluate(config: GptEvalConfig, local_judge: LazyLocalJudge | None = None) -
             ranking = labelled(ranking, config.judge)
         except metrics.BradleyTerryError as exc:
             ranking_error = str(exc)
-        _write_ranking(config.out_dir, config.prefix, ranking, ranking_error)
+        write_ranking(config.out_dir, config.prefix, ranking, ranking_error)
     preferences = sorted({judge_inputs(item.question, item.preference, config.run.pref)[1]
                           for item in responses.items})
     write_text_atomic(
         config.out_dir / f"{config.prefix}eval_config.json",
-        _sidecar(config, counts, time.monotonic() - start, ranking_error, preferences,
+        sidecar_text(config, counts, time.monotonic() - start, ranking_error, preferences,
                  list(responses.settings_problems)),
     )
     return {"counts": counts, "target": target, "ranking": ranking,
             "ranking_error": ranking_error}
-
-
-def _write_ranking(out: Path, prefix: str, ranking: list[dict] | None, error: str | None) -> None:
-    """The ranking tables, or, if the fit failed, a note saying why (and no stale CSV)."""
-    if ranking is None:
-        (out / f"{prefix}bradley_terry.csv").unlink(missing_ok=True)
-        write_text_atomic(out / f"{prefix}bradley_terry.md",
-                          f"Bradley-Terry ranking failed: {error}\n")
-        return
-    write_text_atomic(out / f"{prefix}bradley_terry.csv", to_csv(ranking, BT_COLUMNS))
-    write_text_atomic(out / f"{prefix}bradley_terry.md", to_markdown(ranking, BT_COLUMNS) + "\n")
-
-
-def _write_outputs(config, comparisons, cache, judgments, pairs, target) -> None:
-    out, prefix, judge = config.out_dir, config.prefix, config.judge
-    write_text_atomic(out / f"{prefix}win_rate_mtx.csv", to_csv(target, TARGET_COLUMNS))
-    write_text_atomic(out / f"{prefix}win_rate_mtx.md",
-                      to_markdown(target, TARGET_COLUMNS) + "\n")
-    write_text_atomic(out / f"{prefix}judgments.csv",
-                      to_csv(labelled(judgment_rows(comparisons, cache), judge), JUDGMENT_COLUMNS))
-    if config.all_pairs:
-        pairwise = to_csv(labelled(pair_rows(judgments, pairs), judge), PAIR_COLUMNS)
-        write_text_atomic(out / f"{prefix}pairwise.csv", pairwise)
-    if config.plot:
-        from evals.plots import plot_win_tie_lose
-
-        bars = [{**r, "label": f"{r['target']} ({r['target_mean_chars']:.0f} ch) vs "
-                               f"{r['baseline']} ({r['baseline_mean_chars']:.0f} ch)"}
-                for r in target]
-        # wrapped: a long model or dataset name must not run off the 7-inch figure
-        title = textwrap.fill(f"judge: {judge}", 70) + "\n" + textwrap.fill(
-            " / ".join(config.run.parts()), 70)
-        plot_win_tie_lose(bars, title, out / f"{prefix}win_rate.png")
-
-
-SUMMARY_COLUMNS = ["preference", "model", "dataset", *TARGET_COLUMNS]
-
-
-def write_summary(configs: list[GptEvalConfig], results: list[dict]) -> Path:
-    """Every setting's target-vs-baseline rows in one table, next to the settings' folders;
-    returns the CSV's path (a ``.md`` twin is written too)."""
-    rows = [
-        {"preference": c.run.pref, "model": c.run.model, "dataset": c.run.dataset, **row}
-        for c, result in zip(configs, results, strict=True) for row in result["target"]
-    ]
-    root = configs[0].out_dir.parents[2]
-    path = root / f"{configs[0].prefix}win_rate_summary.csv"
-    write_text_atomic(path, to_csv(rows, SUMMARY_COLUMNS))
-    write_text_atomic(path.with_suffix(".md"), to_markdown(rows, SUMMARY_COLUMNS) + "\n")
-    return path
