@@ -165,6 +165,35 @@ def test_length_controlled_rate_moves_the_biased_rate_to_the_hand_computed_value
     assert "| lc_win_rate |" in summary_md and "| target_mean_chars |" in summary_md
 
 
+def test_per_question_difficulty_comes_from_the_other_baselines(workspace, judge_server):
+    # amulet against three baselines: each pair's fit gets a difficulty from the other two
+    run = workspace / "responses" / "creative" / "Tiny-Model" / "toy"
+    texts = {m: [f"{m} says answer {i} with score={s}" + " pad" * ((3 * i + len(m)) % 7)
+                 for i, s in enumerate(scores)] for m, scores in SCORES.items()}
+    for method, answers in texts.items():
+        records = json.loads((run / f"{method}.json").read_text())
+        for record, text in zip(records, answers, strict=True):
+            record["response"] = text
+        (run / f"{method}.json").write_text(json.dumps(records))
+    assert gpt_evals.main(cli_args(workspace, judge_server)) == 0
+    table = read_table(table_path(workspace))
+
+    def score(baseline: str) -> np.ndarray:
+        pairs = zip(SCORES["amulet"], SCORES[baseline], strict=True)
+        return np.array([1.0 if a > b else 0.5 if a == b else 0.0 for a, b in pairs])
+
+    def length(method: str) -> np.ndarray:
+        return np.array([len(text) for text in texts[method]], dtype=float)
+
+    for baseline in ("base", "pref", "la"):
+        others = [score(b) for b in ("base", "pref", "la") if b != baseline]
+        share = (sum(others) + 0.5) / (len(others) + 1.0)
+        difficulty = np.log(share / (1.0 - share))
+        lc, beta = hand_lc(score(baseline), length("amulet") - length(baseline), difficulty)
+        assert float(table[baseline]["lc_win_rate"]) == pytest.approx(lc, abs=1e-6)
+        assert float(table[baseline]["length_coef"]) == pytest.approx(beta, abs=1e-5)
+
+
 @pytest.mark.parametrize(
     ("answer", "verdict"),
     [("8 3\nbecause", "text_1"), ("2 9", "text_2"), ("7 7\n", "tie"), ("6.5 6", "text_1"),
