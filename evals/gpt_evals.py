@@ -163,6 +163,9 @@ def judge_preset(args: argparse.Namespace) -> tuple[JudgePreset, str | None]:
                         f"{args.judge_temperature:g} cannot apply (leave it at 0)")
     if max_tokens < 1:
         raise EvalError("--judge_max_tokens must be >= 1")
+    if args.judge_temperature is None and protocol.temperature != 0:
+        print(f"warning: protocol {protocol.name} samples at temperature "
+              f"{protocol.temperature:g}; a local judge decodes greedily", file=sys.stderr)
     return local_preset(model, max_tokens, seed, args.judge_device, args.judge_dtype,
                         protocol.version), model
 

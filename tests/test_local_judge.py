@@ -365,7 +365,7 @@ def test_a_prompt_longer_than_the_judges_context_is_one_line(tmp_path, tiny_mode
     assert forwards["n"] == 0
 
 
-def test_a_local_judge_follows_the_args_protocol(tmp_path, tiny_model_dirs, scripted):
+def test_a_local_judge_follows_the_args_protocol(tmp_path, tiny_model_dirs, scripted, capsys):
     scripted["answer"] = "8 3\nAssistant 1 is better."  # the text shown first wins
     write_run(tmp_path, "creative", "Gen", "toy", ("pref", "amulet"))
     args = args_for(tmp_path, tiny_model_dirs["llama"], "--judge_protocol", "args",
@@ -381,3 +381,5 @@ def test_a_local_judge_follows_the_args_protocol(tmp_path, tiny_model_dirs, scri
     assert (int(row["win"]), int(row["lose"])) == (shown_first, N_QUESTIONS - shown_first)
     assert float(row["first_position_rate"]) == 1.0
     assert row["judge"] == "tiny-llama (local) [args]"
+    assert capsys.readouterr().err.splitlines() == [
+        "warning: protocol args samples at temperature 0.7; a local judge decodes greedily"]
