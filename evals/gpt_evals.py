@@ -13,8 +13,12 @@ The API key comes from the environment only (see ``openai_key_info.py``); a loca
 (``--judge_backend local``, or a directory, .gguf file or the embedded model as
 ``--judge_model``) needs none. Every judgment is cached in ``--cache_path`` as it arrives: a
 rerun or a resumed crash asks nothing twice. With ``--all_pairs`` every pair of methods is
-judged and ranked by Bradley-Terry (choix), a tie counting as half a win for each side. The
-library entry point is :func:`evals.win_rate.evaluate`.
+judged and ranked by Bradley-Terry (choix), a tie counting as half a win for each side.
+``--judge_protocol args`` judges with ARGS's GPT-4 protocol instead of the paper's;
+``--both_orders`` judges each pair with each method shown first once (position bias and order
+consistency; an order-dependent pair counts as a tie). Every table shows the
+length-controlled win rate (AlpacaEval 2) beside the raw one. The library entry point is
+:func:`evals.win_rate.evaluate`; ``evals/judge_agreement.py`` compares two judges' verdicts.
 """
 
 from __future__ import annotations
@@ -28,8 +32,9 @@ if __package__ in (None, ""):  # run as a script: make the repository root impor
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from evals.errors import EvalError, exit_code  # noqa: E402
-from evals.judge import PAPER_PRESET, JudgePreset  # noqa: E402
+from evals.judge import JudgePreset  # noqa: E402
 from evals.judge_client import RetryPolicy  # noqa: E402
+from evals.judge_protocols import DEFAULT_PROTOCOL, PROTOCOLS, get_protocol  # noqa: E402
 from evals.responses import DEFAULT_METHODS, RunKey, discover_runs, split_methods  # noqa: E402
 from evals.threads import NUM_THREADS_HELP, set_threads  # noqa: E402
 from openai_key_info import redact  # noqa: E402
@@ -56,12 +61,26 @@ def build_parser() -> argparse.ArgumentParser:
     data.add_argument("--target", default="amulet", help="method compared to every other")
     data.add_argument("--all_pairs", action="store_true",
                       help="judge every pair and rank by Bradley-Terry")
+    data.add_argument("--both_orders", action="store_true",
+                      help="judge every pair twice, each method shown first once: reports the "
+                           "order consistency and position bias; an order-dependent pair "
+                           "counts as a tie (twice the requests)")
     data.add_argument("--max_questions", type=int, default=None,
                       help="only the first N questions (by index), e.g. to bound cost")
 
     judge = parser.add_argument_group("judge")
-    judge.add_argument("--judge_model", default=PAPER_PRESET.model,
-                       help="API model (or Azure deployment) name; or a local chat model: a "
+    judge.add_argument("--judge_protocol", default=DEFAULT_PROTOCOL, choices=tuple(PROTOCOLS),
+                       help="prompts, answer parser and decoding defaults: amulet (the paper's "
+                            "GPT-4o verdict), args (ARGS's GPT-4 scores 1-10)")
+
+    def protocol_default(field: str) -> str:
+        # "%(default).0s" prints nothing: it stops the formatter adding "(default: None)"
+        values = ", ".join(f"{name}: {getattr(p, field)}" for name, p in PROTOCOLS.items())
+        return f" (default: the protocol's: {values})%(default).0s"
+
+    judge.add_argument("--judge_model", default=None,
+                       help="API model (or Azure deployment) name" + protocol_default("model")
+                            + "; or a local chat model: a "
                             "directory, a .gguf file, SmolLM2-135M-Instruct (embedded) or, with "
                             "--judge_backend local, a hub id")
     judge.add_argument("--judge_backend", default="auto", choices=("auto", "openai", "local"),
@@ -74,14 +93,14 @@ def build_parser() -> argparse.ArgumentParser:
                        help="local judge: auto (bf16 on GPU, fp32 on CPU), float32, bfloat16")
     judge.add_argument("--judge_base_url", default=None,
                        help="OpenAI-compatible endpoint; default $OPENAI_BASE_URL or OpenAI")
-    judge.add_argument("--judge_temperature", type=float, default=PAPER_PRESET.temperature,
-                       help="the judge's sampling temperature")
-    judge.add_argument("--judge_top_p", type=float, default=PAPER_PRESET.top_p,
-                       help="the judge's nucleus top_p")
-    judge.add_argument("--judge_max_tokens", type=int, default=PAPER_PRESET.max_tokens,
-                       help="the judge answers in one word")
-    judge.add_argument("--judge_seed", type=int, default=PAPER_PRESET.seed,
-                       help="sent with every request")
+    judge.add_argument("--judge_temperature", type=float, default=None,
+                       help="the judge's sampling temperature" + protocol_default("temperature"))
+    judge.add_argument("--judge_top_p", type=float, default=None,
+                       help="the judge's nucleus top_p" + protocol_default("top_p"))
+    judge.add_argument("--judge_max_tokens", type=int, default=None,
+                       help="the judge's answer length limit" + protocol_default("max_tokens"))
+    judge.add_argument("--judge_seed", type=int, default=None,
+                       help="sent with every request" + protocol_default("seed"))
     judge.add_argument("--timeout", type=float, default=60.0, help="seconds per request")
     judge.add_argument("--max_concurrency", type=int, default=8, help="parallel requests")
     judge.add_argument("--max_retries", type=int, default=6,
@@ -122,23 +141,33 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def judge_preset(args: argparse.Namespace) -> tuple[JudgePreset, str | None]:
-    """``(preset, local model source or None)`` for the judge the arguments name."""
+    """``(preset, local model source or None)`` for the judge the arguments name; a decoding
+    flag left unset takes the protocol's value."""
     from evals.local_judge import is_local_model, local_preset
 
+    protocol = get_protocol(args.judge_protocol)
+    model = args.judge_model or protocol.model
+    max_tokens = protocol.max_tokens if args.judge_max_tokens is None else args.judge_max_tokens
+    seed = protocol.seed if args.judge_seed is None else args.judge_seed
     local = args.judge_backend == "local" or (
-        args.judge_backend == "auto" and is_local_model(args.judge_model))
+        args.judge_backend == "auto" and is_local_model(model))
     if not local:
-        return JudgePreset(
-            model=args.judge_model, temperature=args.judge_temperature, top_p=args.judge_top_p,
-            max_tokens=args.judge_max_tokens, seed=args.judge_seed,
+        return protocol.preset(
+            model=model, max_tokens=max_tokens, seed=seed,
+            temperature=(protocol.temperature if args.judge_temperature is None
+                         else args.judge_temperature),
+            top_p=protocol.top_p if args.judge_top_p is None else args.judge_top_p,
         ), None
-    if args.judge_temperature != 0:
+    if args.judge_temperature not in (None, 0):
         raise EvalError(f"a local judge decodes greedily: --judge_temperature "
                         f"{args.judge_temperature:g} cannot apply (leave it at 0)")
-    if args.judge_max_tokens < 1:
+    if max_tokens < 1:
         raise EvalError("--judge_max_tokens must be >= 1")
-    return local_preset(args.judge_model, args.judge_max_tokens, args.judge_seed,
-                        args.judge_device, args.judge_dtype), args.judge_model
+    if args.judge_temperature is None and protocol.temperature != 0:
+        print(f"warning: protocol {protocol.name} samples at temperature "
+              f"{protocol.temperature:g}; a local judge decodes greedily", file=sys.stderr)
+    return local_preset(model, max_tokens, seed, args.judge_device, args.judge_dtype,
+                        protocol.version), model
 
 
 def setting_names(text: str, flag: str) -> list[str] | None:
@@ -196,6 +225,7 @@ def config_from_args(args: argparse.Namespace, run: RunKey):
         cache_path=Path(args.cache_path or Path(args.results_dir) / "judge_cache.jsonl"),
         methods=tuple(split_methods(args.methods)),
         target=args.target, all_pairs=args.all_pairs, preset=preset,
+        protocol=args.judge_protocol, both_orders=args.both_orders,
         base_url=args.judge_base_url, timeout=args.timeout, retry=retry,
         retry_invalid=args.retry_invalid, max_concurrency=args.max_concurrency,
         bootstrap=args.bootstrap, bt_alpha=args.bt_alpha,

@@ -7,11 +7,11 @@ Retry rules (every loop is bounded, nothing waits forever):
   ``u ~ Uniform[0.5, 1]`` (or the server's ``Retry-After`` if longer, capped by
   ``max_delay``); then the run stops with one error line.
 - other API errors (400, 401, 403, 404, ...): the run stops at once; retrying cannot help.
-- an answer that :func:`evals.judge.parse_verdict` rejects: asked again up to
-  ``max_invalid_retries`` times, then recorded (and cached) as ``invalid``. A re-ask is not
-  the identical request (a deterministic judge would repeat itself): re-ask k sends the
-  judge seed + k and appends :data:`evals.judge.REASK_REMINDER` of the allowed answers.
-  The cache key stays that of the paper's request.
+- an answer that the protocol's parser rejects (:mod:`evals.judge_protocols`): asked again
+  up to ``max_invalid_retries`` times, then recorded (and cached) as ``invalid``. A re-ask is
+  not the identical request (a deterministic judge would repeat itself): re-ask k sends the
+  judge seed + k and appends the protocol's reminder of the answer form. The cache key stays
+  that of the protocol's request.
 """
 
 from __future__ import annotations
@@ -28,7 +28,8 @@ from typing import Any
 
 from evals.errors import EvalFailure
 from evals.jsonl_store import JsonlAppender
-from evals.judge import INVALID, JudgePreset, judge_label, parse_verdict, reask_messages
+from evals.judge import INVALID, JudgePreset, judge_label
+from evals.judge_protocols import AMULET, JudgeProtocol
 from openai_key_info import redact
 
 _RETRYABLE_STATUS = {408, 409, 429}
@@ -102,20 +103,22 @@ def _answer_text(completion: Any) -> str:
 
 
 def ask_until_parsed(
-    complete: Callable[[list[dict], int], str], messages: list[dict], max_invalid_retries: int
+    complete: Callable[[list[dict], int], str], messages: list[dict], max_invalid_retries: int,
+    protocol: JudgeProtocol = AMULET,
 ) -> dict:
     """Ask through ``complete(messages, reask)`` until the answer parses, at most
     ``1 + max_invalid_retries`` times; return ``{"raw", "verdict", "invalid_answers"}`` and,
     after a re-ask, ``"earlier_raw"``: the unparseable answers before the last one.
 
-    Re-ask ``k`` sends the messages followed by :data:`evals.judge.REASK_REMINDER` (and
+    Re-ask ``k`` sends the messages followed by the protocol's reminder (and
     ``complete`` gets ``reask=k`` to vary what else it can); after the last unparseable
     answer the verdict is ``invalid``. Shared by the API judge and the local judge.
     """
     invalid_answers, earlier = 0, []
     while True:
-        raw = complete(reask_messages(messages) if invalid_answers else messages, invalid_answers)
-        verdict = parse_verdict(raw)
+        raw = complete(protocol.reask(messages) if invalid_answers else messages,
+                       invalid_answers)
+        verdict = protocol.parse(raw)
         if verdict is not None or invalid_answers >= max_invalid_retries:
             answer = {
                 "raw": raw,
@@ -134,6 +137,7 @@ def ask_judge(
     policy: RetryPolicy,
     sleep: Callable[[float], None] = time.sleep,
     rng: random.Random | None = None,
+    protocol: JudgeProtocol = AMULET,
 ) -> dict:
     """Ask one comparison; return ``{"raw", "verdict", "api_retries", "invalid_answers"}``.
 
@@ -168,7 +172,7 @@ def ask_judge(
                 continue
             return _answer_text(completion)
 
-    answer = ask_until_parsed(complete, messages, policy.max_invalid_retries)
+    answer = ask_until_parsed(complete, messages, policy.max_invalid_retries, protocol)
     return {**answer, "api_retries": api_failures}
 
 

@@ -15,8 +15,9 @@ from pathlib import Path
 from DecodingMethodsModels.errors import UserError
 from DecodingMethodsModels.loading import EMBEDDED_MODEL, ModelSource, resolve_model
 from evals.errors import EvalError
-from evals.judge import LocalJudgePreset
+from evals.judge import PROMPT_VERSION, LocalJudgePreset
 from evals.judge_client import ask_until_parsed
+from evals.judge_protocols import AMULET, JudgeProtocol
 
 BACKENDS = ("auto", "openai", "local")
 
@@ -41,8 +42,8 @@ def judge_name(name: str) -> str:
     return source.short_name if is_local_model(name) else name
 
 
-def local_preset(name: str, max_tokens: int, seed: int, device: str, dtype: str
-                 ) -> LocalJudgePreset:
+def local_preset(name: str, max_tokens: int, seed: int, device: str, dtype: str,
+                 prompt_version: str = PROMPT_VERSION) -> LocalJudgePreset:
     """The cache-key preset of a local judge, resolved without loading any weights."""
     from DecodingMethodsModels.loading import resolve_device, resolve_dtype
 
@@ -51,7 +52,8 @@ def local_preset(name: str, max_tokens: int, seed: int, device: str, dtype: str
     except (UserError, KeyError) as exc:
         raise EvalError(f"--judge_device/--judge_dtype: {exc}") from None
     return LocalJudgePreset(model=judge_name(name), max_tokens=max_tokens, seed=seed,
-                            dtype=str(torch_dtype).removeprefix("torch."))
+                            dtype=str(torch_dtype).removeprefix("torch."),
+                            prompt_version=prompt_version)
 
 
 def fold_system(messages: list[dict]) -> list[dict]:
@@ -78,7 +80,8 @@ def merge_turns(messages: list[dict]) -> list[dict]:
 class LocalJudge:
     """A loaded chat model answering judge prompts one at a time."""
 
-    def __init__(self, model, tokenizer, preset: LocalJudgePreset, max_invalid_retries: int):
+    def __init__(self, model, tokenizer, preset: LocalJudgePreset, max_invalid_retries: int,
+                 protocol: JudgeProtocol = AMULET):
         from DecodingMethodsModels.loading import eos_token_ids, pad_token_id
         from DecodingMethodsModels.prompts import template_accepts_system
 
@@ -86,6 +89,7 @@ class LocalJudge:
         self.tokenizer = tokenizer
         self.preset = preset
         self.max_invalid_retries = max_invalid_retries
+        self.protocol = protocol
         self.eos_ids = eos_token_ids(model, tokenizer)
         self.pad_id = pad_token_id(tokenizer, self.eos_ids)
         self.system_role = template_accepts_system(tokenizer)
@@ -136,12 +140,14 @@ class LocalJudge:
 
     def ask(self, messages: list[dict]) -> dict:
         """One comparison's answer record, as :func:`evals.judge_client.ask_judge` gives it."""
-        answer = ask_until_parsed(self.complete, messages, self.max_invalid_retries)
+        answer = ask_until_parsed(self.complete, messages, self.max_invalid_retries,
+                                  self.protocol)
         return {**answer, "api_retries": 0}
 
 
 def load_local_judge(name: str, device: str, preset: LocalJudgePreset,
-                     max_invalid_retries: int, trust_remote_code: bool = False) -> LocalJudge:
+                     max_invalid_retries: int, trust_remote_code: bool = False,
+                     protocol: JudgeProtocol = AMULET) -> LocalJudge:
     """Load ``name`` (embedded model, .gguf, directory or hub id) as a judge."""
     from DecodingMethodsModels.loading import load_model, load_tokenizer, resolve_device
 
@@ -152,4 +158,4 @@ def load_local_judge(name: str, device: str, preset: LocalJudgePreset,
         model = load_model(source, resolved, preset.dtype, trust_remote_code=trust_remote_code)
     except UserError as exc:
         raise EvalError(f"judge model: {exc}") from None
-    return LocalJudge(model, tokenizer, preset, max_invalid_retries)
+    return LocalJudge(model, tokenizer, preset, max_invalid_retries, protocol)

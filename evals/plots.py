@@ -30,7 +30,9 @@ def win_tie_lose_figure(rows: Sequence[dict], title: str):
     """One bar per row (``label``, ``win_rate``, ``tie_rate``, ``lose_rate`` in [0, 1]).
 
     Segments are stacked left to right win | tie | lose and labelled in percent when wide
-    enough to hold the label. Returns the matplotlib figure (Agg backend).
+    enough to hold the label. Rows with ``win_rate_ties_half`` and ``lc_win_rate`` get both
+    marked on their bar, side by side: the raw win rate with ties as half (a bar) and the
+    length-controlled one (a diamond). Returns the matplotlib figure (Agg backend).
     """
     import matplotlib
 
@@ -54,11 +56,26 @@ def win_tie_lose_figure(rows: Sequence[dict], title: str):
                     f"{width:.0f}%", ha="center", va="center", fontsize=8,
                 )
         left = [a + b for a, b in zip(left, widths, strict=True)]
+    _mark_rates(ax, rows)
     ax.set_xlim(0, 100)
     ax.set_xlabel("% of valid judgments")
     ax.invert_yaxis()  # first row on top, as in a table
     ax.set_title("\n".join(title_lines), fontsize=10)
     # the legend in its own strip at the bottom of the figure, clear of title and axis label
-    fig.legend(ncol=3, loc="lower center", frameon=False, fontsize=8)
+    fig.legend(ncol=5, loc="lower center", frameon=False, fontsize=8)
     fig.tight_layout(rect=(0, LEGEND_INCHES / height, 1, 1))
     return fig
+
+
+def _mark_rates(ax, rows: Sequence[dict]) -> None:
+    """The raw (ties as half) and length-controlled win rates as markers on each bar."""
+    marks = (("win_rate_ties_half", "|", "raw, ties half"), ("lc_win_rate", "D",
+                                                             "length-controlled"))
+    for key, marker, label in marks:
+        points = [(100.0 * float(row[key]), k) for k, row in enumerate(rows)
+                  if key in row and not math.isnan(float(row[key]))]
+        if points:
+            style = ({"facecolors": "none", "edgecolors": "black"} if marker == "D"
+                     else {"color": "black"})
+            ax.scatter(*zip(*points, strict=True), marker=marker, s=60, zorder=3, label=label,
+                       **style)

@@ -3,11 +3,15 @@
 ``evaluate(config)`` is the Python API behind ``evals/gpt_evals.py``. Per run
 ``{pref}/{model}/{dataset}`` it writes to ``{results_dir}/gpt_win_rate/{pref}/{model}/{dataset}/``
 (a local judge: ``{results_dir}/local_judge_win_rate/{judge}/{pref}/{model}/{dataset}/``, the
-same files without the ``gpt_`` prefix); every table has a ``judge`` column:
+same files without the ``gpt_`` prefix; a protocol other than the paper's adds
+``_{protocol}`` to the top folder's name); every table has a ``judge`` column:
 
 - ``gpt_win_rate_mtx.csv`` / ``.md``: target vs each baseline (win/tie/lose counts, rates
-  over valid judgments, invalid count, bootstrap CI of the win rate);
-- ``gpt_win_rate.png``: stacked win/tie/lose bars (the paper's figure);
+  over valid judgments, invalid count, bootstrap CI of the win rate, the length-controlled
+  win rate beside the raw one with ties as half, the length coefficient, both methods' mean
+  lengths, the share of first-position wins and, with both orders, the order consistency);
+- ``gpt_win_rate.png``: stacked win/tie/lose bars (the paper's figure), the
+  length-controlled win rate marked on each;
 - ``gpt_judgments.csv``: every comparison, the order shown, the raw answer and the outcome;
 - with ``all_pairs``: ``gpt_pairwise.csv`` and ``gpt_bradley_terry.csv`` / ``.md`` (if the
   Bradley-Terry fit fails, the other tables are still written and the ``.md`` says why);
@@ -16,19 +20,15 @@ same files without the ``gpt_`` prefix); every table has a ``judge`` column:
 
 from __future__ import annotations
 
-import json
-import platform
 import re
 import sys
-import textwrap
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from itertools import combinations
 from pathlib import Path
 
 import numpy as np
 
-from DecodingMethodsModels.provenance import git_commit
 from evals import metrics
 from evals.errors import EvalError
 from evals.jsonl_store import JsonlAppender, repair_and_read, write_text_atomic
@@ -36,27 +36,29 @@ from evals.judge import (
     INVALID,
     JudgePreset,
     LocalJudgePreset,
-    build_messages,
     cache_key,
     judge_inputs,
     judge_label,
     presentation_order,
     winner,
 )
+from evals.judge_bias import combine_orders
 from evals.judge_client import JudgeJob, RetryPolicy, ask_judge, run_jobs
+from evals.judge_protocols import DEFAULT_PROTOCOL, JudgeProtocol, get_protocol
 from evals.responses import RunKey, RunResponses, load_run
-from evals.tables import to_csv, to_markdown
-from openai_key_info import redact
-
-TARGET_COLUMNS = [
-    "target", "baseline", "win", "tie", "lose", "invalid", "n",
-    "win_rate", "tie_rate", "lose_rate", "win_rate_ci_low", "win_rate_ci_high", "judge",
-]
-PAIR_COLUMNS = ["method_a", "method_b", "a_wins", "ties", "b_wins", "invalid", "a_score",
-                "judge"]
-BT_COLUMNS = ["rank", "method", "bt_theta", "ci_low", "ci_high", "p_top", "judge"]
-JUDGMENT_COLUMNS = ["index", "method_a", "method_b", "text_1", "text_2", "raw_answer", "outcome",
-                    "judge"]
+from evals.win_rate_files import (  # noqa: F401 (write_summary: public here too)
+    sidecar_text,
+    write_outputs,
+    write_ranking,
+    write_summary,
+)
+from evals.win_rate_rows import (  # noqa: F401 (BT_COLUMNS, TARGET_COLUMNS: public here too)
+    BT_COLUMNS,
+    TARGET_COLUMNS,
+    labelled,
+    ranking_rows,
+    target_rows,
+)
 
 
 @dataclass(frozen=True)
@@ -86,6 +88,8 @@ class GptEvalConfig:
     progress: bool = True
     judge_source: str | None = None  # a local judge's directory, .gguf file or hub id
     judge_device: str = "auto"
+    protocol: str = DEFAULT_PROTOCOL  # a name in evals.judge_protocols.PROTOCOLS
+    both_orders: bool = False  # judge every pair with each method shown first once
 
     def __post_init__(self) -> None:
         if len(self.methods) < 2:
@@ -103,6 +107,10 @@ class GptEvalConfig:
             (self.bt_alpha > 0, f"--bt_alpha must be > 0, got {self.bt_alpha}"),
             (self.preset.max_tokens >= 1, "--judge_max_tokens must be >= 1"),
             (self.max_questions is None or self.max_questions >= 1, "--max_questions must be >= 1"),
+            (self.preset.prompt_version == self.judge_protocol.version,
+             f"the judge preset's prompt_version {self.preset.prompt_version!r} is not protocol "
+             f"{self.protocol}'s ({self.judge_protocol.version}): build the preset with "
+             f"evals.judge_protocols.get_protocol({self.protocol!r}).preset()"),
         ]
         for ok, message in checks:
             if not ok:
@@ -113,9 +121,15 @@ class GptEvalConfig:
         return isinstance(self.preset, LocalJudgePreset)
 
     @property
+    def judge_protocol(self) -> JudgeProtocol:
+        return get_protocol(self.protocol)
+
+    @property
     def judge(self) -> str:
-        """The judge's name, as every table, figure and log line shows it."""
-        return judge_label(self.preset)
+        """The judge's name, as every table, figure and log line shows it (with the protocol's
+        name unless it is the paper's)."""
+        suffix = "" if self.protocol == DEFAULT_PROTOCOL else f" [{self.protocol}]"
+        return judge_label(self.preset) + suffix
 
     @property
     def prefix(self) -> str:
@@ -124,10 +138,12 @@ class GptEvalConfig:
 
     @property
     def out_dir(self) -> Path:
+        suffix = "" if self.protocol == DEFAULT_PROTOCOL else f"_{self.protocol}"
         if self.is_local:
             slug = re.sub(r"[^A-Za-z0-9._-]+", "__", self.preset.model.strip("/"))
-            return self.results_dir / "local_judge_win_rate" / slug / Path(*self.run.parts())
-        return self.results_dir / "gpt_win_rate" / Path(*self.run.parts())
+            return (self.results_dir / f"local_judge_win_rate{suffix}" / slug
+                    / Path(*self.run.parts()))
+        return self.results_dir / f"gpt_win_rate{suffix}" / Path(*self.run.parts())
 
 
 @dataclass(frozen=True)
@@ -157,28 +173,33 @@ def method_pairs(methods: tuple[str, ...], target: str, all_pairs: bool) -> list
 
 
 def build_comparisons(
-    responses: RunResponses, pairs: list[tuple[str, str]], seed: int, preset: JudgePreset
+    responses: RunResponses, pairs: list[tuple[str, str]], seed: int, preset: JudgePreset,
+    protocol: JudgeProtocol | None = None, both_orders: bool = False,
 ) -> list[Comparison]:
     """Every comparison of the run, with its seeded presentation order and cache key.
 
     The question and preference shown are :func:`evals.judge.judge_inputs`' (a PAD preference
-    prompt becomes a preference sentence).
+    prompt becomes a preference sentence). With ``both_orders`` each pair and question is
+    judged twice, the seeded order first and then the other one (the first of the two is
+    the single-order run's comparison, so its cached answer is reused).
     """
+    protocol = protocol or get_protocol(DEFAULT_PROTOCOL)
     comparisons = []
     shown = {item.index: judge_inputs(item.question, item.preference, responses.key.pref)
              for item in responses.items}
     for method_a, method_b in pairs:
         for item in responses.items:
-            first, second = presentation_order(seed, item.index, method_a, method_b)
-            messages = build_messages(
-                *shown[item.index],
-                responses.texts[first][item.index],
-                responses.texts[second][item.index],
-            )
-            key = cache_key(preset, messages)
-            comparisons.append(
-                Comparison(item.index, method_a, method_b, first, second, key, messages)
-            )
+            order = presentation_order(seed, item.index, method_a, method_b)
+            for first, second in (order, order[::-1]) if both_orders else (order,):
+                messages = protocol.messages(
+                    *shown[item.index],
+                    responses.texts[first][item.index],
+                    responses.texts[second][item.index],
+                )
+                key = cache_key(preset, messages)
+                comparisons.append(
+                    Comparison(item.index, method_a, method_b, first, second, key, messages)
+                )
     return comparisons
 
 
@@ -188,126 +209,14 @@ def load_cache(path: Path) -> dict[str, dict]:
 
 
 def to_judgments(comparisons: list[Comparison], cache: dict[str, dict]) -> list[metrics.Judgment]:
-    """Map each cached presentation-order verdict back to method names."""
-    return [
-        metrics.Judgment(
-            c.index, c.method_a, c.method_b, winner(cache[c.key]["verdict"], c.first, c.second)
-        )
-        for c in comparisons
-    ]
-
-
-def target_rows(
-    judgments: list[metrics.Judgment],
-    methods: list[str],
-    target: str,
-    tensor: np.ndarray,
-    weights: np.ndarray | None,
-) -> list[dict]:
-    """Rows of the target-vs-baseline table (CI columns NaN without bootstrap)."""
-    rows = []
-    t = methods.index(target)
-    for baseline in methods:
-        if baseline == target:
-            continue
-        counts = metrics.win_tie_lose(judgments, target, baseline)
-        low = high = float("nan")
-        if weights is not None and counts.valid:
-            samples = metrics.bootstrap_win_rate(tensor, t, methods.index(baseline), weights)
-            low, high = (float(x) for x in metrics.percentile_interval(samples))
-        rows.append({
-            "target": target, "baseline": baseline, "win": counts.win, "tie": counts.tie,
-            "lose": counts.lose, "invalid": counts.invalid, "n": counts.valid + counts.invalid,
-            "win_rate": counts.rate(counts.win), "tie_rate": counts.rate(counts.tie),
-            "lose_rate": counts.rate(counts.lose), "win_rate_ci_low": low, "win_rate_ci_high": high,
-        })
-    return rows
-
-
-def pair_rows(judgments: list[metrics.Judgment], pairs: list[tuple[str, str]]) -> list[dict]:
-    """Counts for every judged pair; ``a_score = (a_wins + ties / 2) / valid``."""
-    rows = []
-    for a, b in pairs:
-        c = metrics.win_tie_lose(judgments, a, b)
-        rows.append({
-            "method_a": a, "method_b": b, "a_wins": c.win, "ties": c.tie, "b_wins": c.lose,
-            "invalid": c.invalid, "a_score": c.rate(c.win + 0.5 * c.tie),
-        })
-    return rows
-
-
-def ranking_rows(
-    tensor: np.ndarray, methods: list[str], weights: np.ndarray | None, alpha: float
-) -> tuple[list[dict], int]:
-    """Bradley-Terry ranking (ties = half a win each way) with bootstrap CIs and P(top).
-
-    Returns ``(rows, failed)``: intervals and P(top) are over the bootstrap replicates whose
-    fit converged, ``failed`` counts the others. Raises :class:`metrics.BradleyTerryError`
-    if the fit on all questions fails.
-    """
-    theta = metrics.bradley_terry(tensor.sum(axis=0), alpha)
-    low = high = np.full(len(methods), np.nan)
-    p_top = np.full(len(methods), np.nan)
-    failed = 0
-    if weights is not None:
-        samples = metrics.bootstrap_bradley_terry(tensor, weights, alpha)  # (B, M)
-        fitted = samples[np.isfinite(samples).all(axis=1)]
-        failed = len(samples) - len(fitted)
-        if len(fitted):
-            low, high = metrics.percentile_interval(fitted)
-            p_top = np.bincount(fitted.argmax(axis=1), minlength=len(methods)) / len(fitted)
-    order = np.argsort(-theta, kind="stable")
-    rows = [
-        {
-            "rank": rank, "method": methods[k], "bt_theta": float(theta[k]),
-            "ci_low": float(low[k]), "ci_high": float(high[k]), "p_top": float(p_top[k]),
-        }
-        for rank, k in enumerate(order, start=1)
-    ]
-    return rows, failed
-
-
-def judgment_rows(comparisons: list[Comparison], cache: dict[str, dict]) -> list[dict]:
-    """One audit row per comparison."""
-    return [
-        {
-            "index": c.index, "method_a": c.method_a, "method_b": c.method_b,
-            "text_1": c.first, "text_2": c.second, "raw_answer": cache[c.key]["raw"],
-            "outcome": winner(cache[c.key]["verdict"], c.first, c.second),
-        }
-        for c in comparisons
-    ]
-
-
-def labelled(rows: list[dict], judge: str) -> list[dict]:
-    """``rows`` with the judge's name in a ``judge`` column."""
-    return [{**row, "judge": judge} for row in rows]
-
-
-def _sidecar(config: GptEvalConfig, counts: dict, seconds: float,
-             ranking_error: str | None = None, preferences: list[str] | None = None,
-             settings_problems: list[str] | None = None) -> str:
-    data = asdict(config)
-    data["base_url"] = redact(config.base_url) if config.base_url else None
-    data = json.loads(json.dumps(data, default=str))
-    if config.is_local:
-        import torch
-        import transformers
-
-        versions = {"torch": torch.__version__, "transformers": transformers.__version__}
-    else:
-        import openai
-
-        versions = {"openai": openai.__version__}
-    data.update({
-        "judge": config.judge, "judge_backend": "local" if config.is_local else "openai",
-        "preferences_shown": preferences,
-        "response_settings_problems": settings_problems or [],
-        "counts": counts, "ranking_error": ranking_error, "seconds": round(seconds, 3),
-        "git": git_commit(), "python": platform.python_version(), **versions,
-        "numpy": np.__version__, "argv": [redact(a) for a in sys.argv],
-    })
-    return json.dumps(data, indent=2) + "\n"
+    """Map each cached presentation-order verdict back to method names; a pair judged in
+    both orders becomes one judgment (:func:`evals.judge_bias.combine_orders`)."""
+    outcomes: dict[tuple[int, str, str], list[str]] = {}
+    for c in comparisons:
+        outcome = winner(cache[c.key]["verdict"], c.first, c.second)
+        outcomes.setdefault((c.index, c.method_a, c.method_b), []).append(outcome)
+    return [metrics.Judgment(index, a, b, combine_orders(found))
+            for (index, a, b), found in outcomes.items()]
 
 
 class LazyLocalJudge:
@@ -331,7 +240,8 @@ class LazyLocalJudge:
             try:
                 self._judge = load_local_judge(config.judge_source or config.preset.model,
                                                config.judge_device, config.preset,
-                                               config.retry.max_invalid_retries)
+                                               config.retry.max_invalid_retries,
+                                               protocol=config.judge_protocol)
             finally:
                 if bars_were_on:
                     hf_logging.enable_progress_bar()
@@ -353,7 +263,8 @@ def _ask(config: GptEvalConfig, jobs: list[JudgeJob], local_judge: LazyLocalJudg
             print(f"asking {config.preset.model} via {creds.describe()}", file=sys.stderr)
 
         def ask(messages: list[dict]) -> dict:
-            return ask_judge(client, config.preset, messages, config.retry)
+            return ask_judge(client, config.preset, messages, config.retry,
+                             protocol=config.judge_protocol)
 
         concurrency = config.max_concurrency
     with JsonlAppender(config.cache_path) as appender:
@@ -374,7 +285,8 @@ def evaluate(config: GptEvalConfig, local_judge: LazyLocalJudge | None = None) -
         responses = RunResponses(responses.key, kept, responses.texts,
                                  responses.settings_problems)
     pairs = method_pairs(config.methods, config.target, config.all_pairs)
-    comparisons = build_comparisons(responses, pairs, config.swap_seed, config.preset)
+    comparisons = build_comparisons(responses, pairs, config.swap_seed, config.preset,
+                                    config.judge_protocol, config.both_orders)
     cache = load_cache(config.cache_path)
     todo: dict[str, JudgeJob] = {}
     for c in comparisons:
@@ -396,10 +308,13 @@ def evaluate(config: GptEvalConfig, local_judge: LazyLocalJudge | None = None) -
         metrics.bootstrap_weights(len(indices), config.bootstrap, config.bootstrap_seed)
         if config.bootstrap else None
     )
-    target = labelled(target_rows(judgments, methods, config.target, tensor, weights),
-                      config.judge)
+    lengths = {m: np.array([len(responses.texts[m][i]) for i in indices], dtype=float)
+               for m in methods}
+    verdicts = {c.key: cache[c.key]["verdict"] for c in comparisons}
+    target = labelled(target_rows(judgments, methods, config.target, tensor, weights, lengths,
+                                  comparisons, verdicts), config.judge)
     counts["invalid"] = sum(j.outcome == INVALID for j in judgments)
-    _write_outputs(config, comparisons, cache, judgments, pairs, target)
+    write_outputs(config, comparisons, cache, judgments, pairs, target)
     ranking, ranking_error = None, None
     if config.all_pairs:  # after the tables are written: a failed fit must not lose them
         try:
@@ -409,61 +324,13 @@ def evaluate(config: GptEvalConfig, local_judge: LazyLocalJudge | None = None) -
             ranking = labelled(ranking, config.judge)
         except metrics.BradleyTerryError as exc:
             ranking_error = str(exc)
-        _write_ranking(config.out_dir, config.prefix, ranking, ranking_error)
+        write_ranking(config.out_dir, config.prefix, ranking, ranking_error)
     preferences = sorted({judge_inputs(item.question, item.preference, config.run.pref)[1]
                           for item in responses.items})
     write_text_atomic(
         config.out_dir / f"{config.prefix}eval_config.json",
-        _sidecar(config, counts, time.monotonic() - start, ranking_error, preferences,
+        sidecar_text(config, counts, time.monotonic() - start, ranking_error, preferences,
                  list(responses.settings_problems)),
     )
     return {"counts": counts, "target": target, "ranking": ranking,
             "ranking_error": ranking_error}
-
-
-def _write_ranking(out: Path, prefix: str, ranking: list[dict] | None, error: str | None) -> None:
-    """The ranking tables, or, if the fit failed, a note saying why (and no stale CSV)."""
-    if ranking is None:
-        (out / f"{prefix}bradley_terry.csv").unlink(missing_ok=True)
-        write_text_atomic(out / f"{prefix}bradley_terry.md",
-                          f"Bradley-Terry ranking failed: {error}\n")
-        return
-    write_text_atomic(out / f"{prefix}bradley_terry.csv", to_csv(ranking, BT_COLUMNS))
-    write_text_atomic(out / f"{prefix}bradley_terry.md", to_markdown(ranking, BT_COLUMNS) + "\n")
-
-
-def _write_outputs(config, comparisons, cache, judgments, pairs, target) -> None:
-    out, prefix, judge = config.out_dir, config.prefix, config.judge
-    write_text_atomic(out / f"{prefix}win_rate_mtx.csv", to_csv(target, TARGET_COLUMNS))
-    write_text_atomic(out / f"{prefix}win_rate_mtx.md",
-                      to_markdown(target, TARGET_COLUMNS) + "\n")
-    write_text_atomic(out / f"{prefix}judgments.csv",
-                      to_csv(labelled(judgment_rows(comparisons, cache), judge), JUDGMENT_COLUMNS))
-    if config.all_pairs:
-        pairwise = to_csv(labelled(pair_rows(judgments, pairs), judge), PAIR_COLUMNS)
-        write_text_atomic(out / f"{prefix}pairwise.csv", pairwise)
-    if config.plot:
-        from evals.plots import plot_win_tie_lose
-
-        bars = [{**r, "label": f"{r['target']} vs {r['baseline']}"} for r in target]
-        # wrapped: a long model or dataset name must not run off the 7-inch figure
-        title = textwrap.fill(f"judge: {judge}", 70) + "\n" + textwrap.fill(
-            " / ".join(config.run.parts()), 70)
-        plot_win_tie_lose(bars, title, out / f"{prefix}win_rate.png")
-
-
-SUMMARY_COLUMNS = ["preference", "model", "dataset", *TARGET_COLUMNS]
-
-
-def write_summary(configs: list[GptEvalConfig], results: list[dict]) -> Path:
-    """Every setting's target-vs-baseline rows in one table, next to the settings' folders;
-    returns the CSV's path (a ``.md`` twin is written too)."""
-    rows = [
-        {"preference": c.run.pref, "model": c.run.model, "dataset": c.run.dataset, **row}
-        for c, result in zip(configs, results, strict=True) for row in result["target"]
-    ]
-    root = configs[0].out_dir.parents[2]
-    path = root / f"{configs[0].prefix}win_rate_summary.csv"
-    write_text_atomic(path, to_csv(rows, SUMMARY_COLUMNS))
-    write_text_atomic(path.with_suffix(".md"), to_markdown(rows, SUMMARY_COLUMNS) + "\n")
-    return path

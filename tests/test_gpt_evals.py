@@ -2,8 +2,10 @@
 
 The server is a scripted judge: every response text carries ``score=N`` and the server
 prefers the higher score (equal: Tie), so the expected win/tie/lose counts follow from the
-fixture alone, whatever order the texts are shown in. It counts every request it receives
-and every answer it completes, and can be told to fail, to answer garbage, or to hang.
+fixture alone, whatever order the texts are shown in (``FakeJudge.prefer`` replaces that
+rule). It reads the paper's prompt or ARGS's and answers in that protocol's form. It counts
+every request it receives and every answer it completes, and can be told to fail, to answer
+garbage, or to hang.
 """
 
 from __future__ import annotations
@@ -41,6 +43,14 @@ SCORES = {
 }
 N_QUESTIONS = 6
 _TEXTS = re.compile(r'"text": """(.*?)"""\n\}', re.S)
+_ARGS_TEXTS = re.compile(r"\[The Start of Assistant [12]'s Answer\]\n(.*?)\n\n\[The End", re.S)
+
+
+def prefer_higher_score(text_1: str, text_2: str) -> int:
+    """1 or 2: the text with the higher ``score=N`` (0: a tie)."""
+    s1 = int(re.search(r"score=(\d+)", text_1).group(1))
+    s2 = int(re.search(r"score=(\d+)", text_2).group(1))
+    return 1 if s1 > s2 else 2 if s2 > s1 else 0
 
 
 class FakeJudge:
@@ -60,20 +70,23 @@ class FakeJudge:
         self.release = threading.Event()
         self.auth: set[str] = set()
         self.server: ThreadingHTTPServer | None = None
+        self.prefer = prefer_higher_score  # (text shown first, second) -> 1, 2 or 0 (tie)
 
     @property
     def base_url(self) -> str:
         return f"http://127.0.0.1:{self.server.server_address[1]}/v1"
 
 
-def _decide(body: dict) -> tuple[str, tuple[str, str]]:
+def _decide(body: dict, prefer) -> tuple[str, tuple[str, str]]:
     user = body["messages"][1]["content"]
-    text_1, text_2 = _TEXTS.findall(user)
-    s1 = int(re.search(r"score=(\d+)", text_1).group(1))
-    s2 = int(re.search(r"score=(\d+)", text_2).group(1))
+    is_args = body["messages"][0]["content"].startswith("[System]")
+    text_1, text_2 = (_ARGS_TEXTS if is_args else _TEXTS).findall(user)
+    choice = prefer(text_1, text_2)
     order = (text_1.split()[0], text_2.split()[0])
-    # Vary the accepted answer forms the parser must understand.
-    answer = "Text 1" if s1 > s2 else "[Text 2]." if s2 > s1 else "Tie."
+    if is_args:  # ARGS: two scores on the first line, then an explanation
+        answer = {1: "8 3", 2: "4 9", 0: "6 6"}[choice] + "\nAn explanation."
+    else:  # vary the accepted answer forms the parser must understand
+        answer = {1: "Text 1", 2: "[Text 2].", 0: "Tie."}[choice]
     return answer, order
 
 
@@ -111,7 +124,7 @@ def _make_handler(state: FakeJudge):
                 self._send(401, {"error": {"message": "Incorrect API key provided: "
                                            + self.headers.get("Authorization", "")}})
                 return
-            answer, order = _decide(body)
+            answer, order = _decide(body, state.prefer)
             fingerprint = hashlib.sha256(json.dumps(body, sort_keys=True).encode()).hexdigest()
             with state.lock:
                 if behaviour == "sticky_garbage":

@@ -18,9 +18,9 @@ HELP = [
                  "per question) (default: 8)",
                  "--num_threads NUM_THREADS"]),
     ("evals/gpt_evals.py", ["--results_dir RESULTS_DIR tables, JSON and figures (default: "
-                            "results/)", "--judge_max_tokens JUDGE_MAX_TOKENS the judge answers "
-                            "in one word (default: 5)", "--num_threads NUM_THREADS local judge: "
-                            "torch CPU threads"]),
+                            "results/)", "--judge_max_tokens JUDGE_MAX_TOKENS the judge's answer "
+                            "length limit (default: the protocol's: amulet: 5, args: 2048)",
+                            "--num_threads NUM_THREADS local judge: torch CPU threads"]),
     ("evals/rm_evals.py", ["--batch_size BATCH_SIZE conversations per forward pass (default: 8)",
                            "--num_threads NUM_THREADS"]),
     ("evals/efficiency.py", ["--num_threads THREADS, --threads THREADS"]),

@@ -14,7 +14,15 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import evals.judge as judge  # noqa: E402
 import openai_key_info  # noqa: E402
-from evals import metrics, responses, tables, win_rate  # noqa: E402
+from evals import (  # noqa: E402
+    judge_bias,
+    judge_protocols,
+    length_control,
+    metrics,
+    responses,
+    tables,
+    win_rate,
+)
 from evals.judge_client import RetryPolicy  # noqa: E402
 
 # The paper's judge prompt, line by line (the markdown indentation removed).
@@ -41,13 +49,15 @@ PAPER_USER_LINES = [
 
 
 @pytest.mark.parametrize(
-    "module", [judge, openai_key_info, tables, win_rate, responses, metrics],
+    "module", [judge, openai_key_info, tables, win_rate, responses, metrics, judge_protocols,
+               judge_bias, length_control],
     ids=lambda m: m.__name__,
 )
 def test_doctests_of_pure_modules_pass(module):
     result = doctest.testmod(module)
     assert result.failed == 0
-    if module in (judge, openai_key_info, tables, win_rate):
+    if module in (judge, openai_key_info, tables, win_rate, judge_protocols, judge_bias,
+                  length_control):
         assert result.attempted > 0
 
 

@@ -363,3 +363,23 @@ def test_a_prompt_longer_than_the_judges_context_is_one_line(tmp_path, tiny_mode
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "exceeds tiny-llama's context of 1024 tokens" in err[0], err
     assert forwards["n"] == 0
+
+
+def test_a_local_judge_follows_the_args_protocol(tmp_path, tiny_model_dirs, scripted, capsys):
+    scripted["answer"] = "8 3\nAssistant 1 is better."  # the text shown first wins
+    write_run(tmp_path, "creative", "Gen", "toy", ("pref", "amulet"))
+    args = args_for(tmp_path, tiny_model_dirs["llama"], "--judge_protocol", "args",
+                    "--judge_max_tokens", "16")  # ARGS's 2048 exceed the tiny context
+    assert gpt_evals.main(args) == 0
+    assert len(scripted["prompts"]) == N_QUESTIONS  # every answer parsed
+    assert "[The Start of Assistant 1's Answer]" in scripted["prompts"][0]
+    out = (tmp_path / "results" / "local_judge_win_rate_args" / "tiny-llama" / "creative"
+           / "Gen" / "toy")
+    row = read_rows(out / "win_rate_mtx.csv")[0]
+    shown_first = sum(presentation_order(42, i, "amulet", "pref")[0] == "amulet"
+                      for i in range(N_QUESTIONS))
+    assert (int(row["win"]), int(row["lose"])) == (shown_first, N_QUESTIONS - shown_first)
+    assert float(row["first_position_rate"]) == 1.0
+    assert row["judge"] == "tiny-llama (local) [args]"
+    assert capsys.readouterr().err.splitlines() == [
+        "warning: protocol args samples at temperature 0.7; a local judge decodes greedily"]

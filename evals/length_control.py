@@ -1,0 +1,130 @@
+"""Length-controlled win rates as AlpacaEval 2 defines them (Dubois et al., 2024).
+
+For one target/baseline pair over questions q with a valid outcome ``y_q`` (1 a target win,
+0.5 a tie, 0 a loss), a logistic model of the judge's preference::
+
+    logit P(target preferred | q) = theta + beta * tanh(delta_q / sd(delta)) + phi * d_q
+
+``delta_q = len(target_q) - len(baseline_q)`` in characters, ``sd`` the sample standard
+deviation over the pair's questions (ddof 1; with no spread the length term is 0), ``d_q`` a
+per-question difficulty (omitted when there are too few other pairs, see
+:func:`question_difficulty`). The length-controlled win rate is the model read off at zero
+length difference, ``mean_q sigmoid(theta + phi * d_q)``; ``beta`` (the length coefficient)
+is reported beside it: > 0 means the judge prefers the longer text.
+
+As in alpaca_eval's ``glm_winrate.py``: the intercept is a column of the design (so it is
+penalised like the rest), the outcome is a probability (a tie is 0.5) fitted by duplicating
+each row with label 1 weighted ``y`` and label 0 weighted ``1 - y``, and the penalty is L2
+with ``C = 100`` (their value without cross-validation; their 5-fold L1 search needs far more
+pairs than a run here has). The fit is scikit-learn's ``LogisticRegression``
+(``newton-cholesky``), minimising ``C * sum_i w_i * logloss_i + ||coef||^2 / 2``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+C_PENALTY = 100.0
+# The target must face at least this many other baselines on a question for its difficulty
+# to be estimated (leaving out the pair being fitted).
+MIN_OTHER_BASELINES = 2
+
+
+@dataclass(frozen=True)
+class LengthControlled:
+    """One pair's fit: the win rate at zero length difference and the coefficients."""
+
+    lc_win_rate: float
+    length_coef: float
+    difficulty_coef: float  # NaN when no difficulty term was fitted
+    n: int
+
+
+NOT_FITTED = LengthControlled(float("nan"), float("nan"), float("nan"), 0)
+
+
+def length_feature(delta: np.ndarray) -> np.ndarray:
+    """``tanh(delta / sd(delta))`` with the sample standard deviation; zeros without spread.
+
+    >>> length_feature(np.array([3.0, 3.0])).tolist()
+    [0.0, 0.0]
+    >>> np.round(length_feature(np.array([-1.0, 1.0])), 4).tolist()
+    [-0.6089, 0.6089]
+    """
+    delta = np.asarray(delta, dtype=float)
+    sd = float(delta.std(ddof=1)) if len(delta) > 1 else 0.0
+    if not sd > 0:
+        return np.zeros_like(delta)
+    return np.tanh(delta / sd)
+
+
+def design(delta: np.ndarray, difficulty: np.ndarray | None) -> np.ndarray:
+    """Columns ``[1, tanh(delta / sd), d]`` (the last only with a difficulty), shape (Q, K)."""
+    columns = [np.ones(len(delta)), length_feature(delta)]
+    if difficulty is not None:
+        columns.append(np.asarray(difficulty, dtype=float))
+    return np.column_stack(columns)
+
+
+def fit_preference(x: np.ndarray, y: np.ndarray, c: float = C_PENALTY) -> np.ndarray:
+    """Coefficients of the L2-penalised logistic fit of probabilities ``y`` on ``x`` (no
+    separate intercept), through scikit-learn with rows duplicated as described above."""
+    from sklearn.linear_model import LogisticRegression
+
+    y = np.asarray(y, dtype=float)
+    features = np.vstack([x, x])
+    labels = np.concatenate([np.ones(len(y)), np.zeros(len(y))])
+    weights = np.concatenate([y, 1.0 - y])
+    keep = weights > 0  # a zero-weight row adds nothing; all-one labels need both classes
+    if len(set(labels[keep])) < 2:
+        keep = np.ones_like(keep)
+    model = LogisticRegression(C=c, fit_intercept=False, solver="newton-cholesky",
+                               tol=1e-12, max_iter=1000)
+    model.fit(features[keep], labels[keep], sample_weight=weights[keep])
+    return model.coef_[0]
+
+
+def length_controlled(y: np.ndarray, len_target: np.ndarray, len_baseline: np.ndarray,
+                      difficulty: np.ndarray | None = None) -> LengthControlled:
+    """The length-controlled win rate of one pair (see the module docstring).
+
+    ``y``: per-question outcome in {0, 0.5, 1}; lengths in characters; ``difficulty``: per
+    question, or None. Fewer than two questions: nothing to fit (:data:`NOT_FITTED`).
+    """
+    y = np.asarray(y, dtype=float)
+    if len(y) < 2:
+        return NOT_FITTED
+    delta = np.asarray(len_target, dtype=float) - np.asarray(len_baseline, dtype=float)
+    x = design(delta, difficulty)
+    coef = fit_preference(x, y)
+    at_zero_length = x.copy()
+    at_zero_length[:, 1] = 0.0
+    rate = float(np.mean(1.0 / (1.0 + np.exp(-(at_zero_length @ coef)))))
+    phi = float(coef[2]) if difficulty is not None else float("nan")
+    return LengthControlled(rate, float(coef[1]), phi, len(y))
+
+
+def question_difficulty(scores_by_baseline: dict[str, np.ndarray], baseline: str
+                        ) -> np.ndarray | None:
+    """Per-question difficulty for the target against ``baseline``, or None if too few pairs.
+
+    AlpacaEval estimates each instruction's difficulty once, from many models. Here it comes
+    from the target's outcomes against the *other* baselines on the same question
+    (``scores_by_baseline[b][q]`` in {0, 0.5, 1}, NaN when invalid):
+    ``d_q = logit((S_q + 0.5) / (N_q + 1))`` with ``S_q`` their sum and ``N_q`` their count,
+    used when the target faces at least :data:`MIN_OTHER_BASELINES` other baselines.
+
+    >>> s = {"a": np.array([1.0, 0.0]), "b": np.array([1.0, 0.5]), "c": np.array([0.0, 0.0])}
+    >>> np.round(question_difficulty(s, "c"), 4).tolist()
+    [1.6094, -0.6931]
+    """
+    others = [np.asarray(v, dtype=float) for k, v in scores_by_baseline.items() if k != baseline]
+    if len(others) < MIN_OTHER_BASELINES:
+        return None
+    stacked = np.vstack(others)  # (B - 1, Q)
+    total = np.nansum(stacked, axis=0)
+    count = np.sum(~np.isnan(stacked), axis=0)
+    share = (total + 0.5) / (count + 1.0)
+    return np.log(share) - np.log1p(-share)
