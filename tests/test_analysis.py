@@ -12,12 +12,13 @@ import pytest
 import torch
 
 from DecodingMethodsModels.combine import amulet_ratio, linear_alignment
-from evals import analysis, analysis_k, analysis_table1
-from evals.analysis_identity import agreement, implicit_pad_scores
-from evals.analysis_sweep import share_mentioning
-from evals.rm_table import AVG_COLUMNS
+from evals.judge.win_rate import TARGET_COLUMNS
+from evals.scoring.rm_table import AVG_COLUMNS
+from evals.study import analysis_cli as analysis
+from evals.study import analysis_k, analysis_table1
+from evals.study.analysis_identity import agreement, implicit_pad_scores
+from evals.study.analysis_sweep import share_mentioning
 from evals.tables import to_csv
-from evals.win_rate import TARGET_COLUMNS
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 

@@ -129,7 +129,7 @@ def test_only_dataset_runs_the_dataset_part_alone(tiny_model_dirs, tmp_path):
 
 @pytest.mark.parametrize("flags", [["--only", "datasets"], ["--skip", "dataset,foo"]])
 def test_unknown_parts_are_refused(flags):
-    from evals.efficiency import parse_args
+    from evals.bench.efficiency_cli import parse_args
     from evals.errors import EvalError
 
     with pytest.raises(EvalError, match="unknown --(only|skip) part"):
@@ -209,7 +209,7 @@ def measurements(amulet_tps: float) -> tuple[dict, dict, dict]:
 
 
 def test_a_full_run_judges_each_measured_target_and_leaves_missing_ones_open():
-    from evals.efficiency_report import check_targets
+    from evals.bench.efficiency_report import check_targets
 
     targets = check_targets(TARGET_ARGS, *measurements(amulet_tps=4.0), judge=True)
     holds = {t["target"]: t["holds"] for t in targets}
@@ -219,7 +219,7 @@ def test_a_full_run_judges_each_measured_target_and_leaves_missing_ones_open():
 
 
 def test_quick_mode_measures_targets_without_judging_them():
-    from evals.efficiency_report import check_targets
+    from evals.bench.efficiency_report import check_targets
 
     targets = check_targets(TARGET_ARGS, *measurements(amulet_tps=4.0), judge=False)
     assert all(t["holds"] is None for t in targets)
@@ -229,8 +229,8 @@ def test_quick_mode_measures_targets_without_judging_them():
 @pytest.mark.parametrize(("amulet_tps", "code"), [(4.0, 1), (6.0, 0)])
 def test_main_exits_1_when_a_judged_target_fails(monkeypatch, capsys, tmp_path, amulet_tps,
                                                   code):
-    import evals.efficiency as efficiency
-    from evals.efficiency_report import check_targets
+    import evals.bench.efficiency_cli as efficiency
+    from evals.bench.efficiency_report import check_targets
 
     def fake_run(args):
         return {"targets": check_targets(args, *measurements(amulet_tps), judge=not args.quick)}
@@ -270,7 +270,7 @@ def test_combine_step_is_timed_on_the_models_device_between_synchronisations(mon
     import torch
 
     import DecodingMethodsModels.combine as combine
-    from evals.efficiency_timing import combine_step_cost
+    from evals.bench.efficiency_timing import combine_step_cost
 
     events: list = []
 
@@ -309,7 +309,7 @@ def test_combine_step_is_timed_on_the_models_device_between_synchronisations(mon
 def test_device_synchronizer_waits_for_cuda_and_not_for_the_cpu(monkeypatch):
     import torch
 
-    from evals.efficiency_timing import device_synchronizer
+    from evals.bench.efficiency_timing import device_synchronizer
 
     waited: list = []
     monkeypatch.setattr(torch.cuda, "synchronize", lambda device=None: waited.append(device))

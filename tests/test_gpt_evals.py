@@ -28,8 +28,8 @@ import pytest
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from evals import gpt_evals  # noqa: E402
-from evals.judge import SYSTEM_PROMPT  # noqa: E402
+from evals.judge import gpt_cli as gpt_evals  # noqa: E402
+from evals.judge.judge import SYSTEM_PROMPT  # noqa: E402
 
 SECRET = "sk-test-SECRET123"
 PREFERENCE = "Your answer should be creative as much as possible."

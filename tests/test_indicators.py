@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from evals.errors import EvalError
-from evals.indicators import (
+from evals.scoring.indicators import (
     INDICATORS_LABEL,
     PER_RESPONSE,
     args_diversity,
@@ -32,7 +32,7 @@ from evals.indicators import (
     vader_compound,
     words,
 )
-from evals.treebank_words import treebank_words
+from evals.scoring.treebank_words import treebank_words
 
 REPO = Path(__file__).resolve().parents[1]
 # Sure , here is the answer .  = 7 tokens, then "The answer is yes ." (5 tokens) three times,
@@ -273,7 +273,7 @@ def test_indicators_run_with_sockets_closed_and_without_nltk():
         "def refuse(*a, **k): raise OSError('network used')\n"
         "socket.socket.connect = refuse\n"
         "socket.create_connection = refuse\n"
-        "from evals.indicators import text_indicators\n"
+        "from evals.scoring.indicators import text_indicators\n"
         "r = text_indicators(['I love it, you are great!', 'Terrible. Awful day.'])\n"
         "assert r['means']['vader_compound'] is not None\n"
         "assert r['n_defined']['flesch_reading_ease'] == 2\n"

@@ -16,10 +16,11 @@ import pytest
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from evals import gpt_evals, judge_agreement  # noqa: E402
-from evals.judge import presentation_order  # noqa: E402
-from evals.judge_protocols import ARGS, get_protocol, parse_score_verdict  # noqa: E402
-from evals.length_control import length_controlled, length_feature  # noqa: E402
+from evals.judge import agreement_cli as judge_agreement  # noqa: E402
+from evals.judge import gpt_cli as gpt_evals  # noqa: E402
+from evals.judge.judge import presentation_order  # noqa: E402
+from evals.judge.judge_protocols import ARGS, get_protocol, parse_score_verdict  # noqa: E402
+from evals.judge.length_control import length_controlled, length_feature  # noqa: E402
 from tests import test_gpt_evals as served  # noqa: E402
 from tests.test_gpt_evals import (  # noqa: E402
     N_QUESTIONS,

@@ -12,9 +12,9 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from evals import metrics, win_rate  # noqa: E402
-from evals.judge import INVALID, TIE  # noqa: E402
-from evals.metrics import Judgment  # noqa: E402
+from evals.judge import metrics, win_rate  # noqa: E402
+from evals.judge.judge import INVALID, TIE  # noqa: E402
+from evals.judge.metrics import Judgment  # noqa: E402
 
 
 def test_win_tie_lose_counts_either_slot_and_keeps_invalid_apart():

@@ -12,18 +12,12 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-import evals.judge as judge  # noqa: E402
+import evals.judge.judge as judge  # noqa: E402
 import openai_key_info  # noqa: E402
-from evals import (  # noqa: E402
-    judge_bias,
-    judge_protocols,
-    length_control,
-    metrics,
-    responses,
-    tables,
-    win_rate,
-)
-from evals.judge_client import RetryPolicy  # noqa: E402
+from evals import tables  # noqa: E402
+from evals.judge import judge_bias, judge_protocols, length_control, metrics, win_rate  # noqa: E402
+from evals.judge.judge_client import RetryPolicy  # noqa: E402
+from evals.scoring import responses  # noqa: E402
 
 # The paper's judge prompt, line by line (the markdown indentation removed).
 PAPER_USER_LINES = [

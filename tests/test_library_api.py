@@ -403,7 +403,7 @@ def test_personalise_refuses_unknown_methods_settings_and_inputs(tiny_with_token
 
 
 def test_library_bench_times_every_path_and_all_give_the_engine_tokens(models, prompts):
-    from evals.library_bench import bench, markdown_table
+    from evals.bench.library_bench import bench, markdown_table
 
     pref, base = prompts
     rows = bench(models["llama"], pref, base, steps=4, pad_id=PAD, repeats=1)

@@ -17,8 +17,8 @@ import pytest
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from evals import gpt_evals  # noqa: E402
-from evals.judge import (  # noqa: E402
+from evals.judge import gpt_cli as gpt_evals  # noqa: E402
+from evals.judge.judge import (  # noqa: E402
     PAD_PROMPT,
     JudgePreset,
     LocalJudgePreset,
@@ -325,7 +325,7 @@ def test_strict_templates_get_the_system_text_folded_and_re_asks_merged(
     from conftest import build_tiny_model
     from transformers import AutoTokenizer
 
-    from evals.judge import REASK_REMINDER, SYSTEM_PROMPT, build_user_prompt
+    from evals.judge.judge import REASK_REMINDER, SYSTEM_PROMPT, build_user_prompt
 
     judge = build_tiny_model("llama", smol_tokenizer_dir, tmp_path / "strict-judge")
     tokenizer = AutoTokenizer.from_pretrained(judge)

@@ -18,7 +18,8 @@ from pathlib import Path
 import pytest
 from cli_helpers import QUESTIONS, main_in_process
 
-from evals import gpt_evals, rm_evals
+from evals.judge import gpt_cli as gpt_evals
+from evals.scoring import rm_cli as rm_evals
 
 METHODS = ("base", "pref", "beam", "la", "amulet")
 BASELINES = ("base", "pref", "beam", "la")

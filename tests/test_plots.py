@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 
-from evals.plots import plot_win_tie_lose, win_tie_lose_figure
+from evals.judge.plots import plot_win_tie_lose, win_tie_lose_figure
 
 ROWS = [{"label": f"amulet vs {b}", "win_rate": 0.5, "tie_rate": 0.2, "lose_rate": 0.3}
         for b in ("base", "pref", "beam", "la")]

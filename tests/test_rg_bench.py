@@ -8,7 +8,7 @@ import json
 
 import pytest
 
-from evals import rg_bench
+from evals.bench import rg_bench
 
 
 def test_every_case_runs_and_engines_match_the_naive_references(tiny_model_dirs, tmp_path,

@@ -441,7 +441,7 @@ def test_personalise_pad_implicit_returns_the_processor_texts(models, prompts, t
 
 def test_library_bench_times_each_processor_beside_its_engine_with_the_same_tokens(
         models, guides, prompts):
-    from evals.library_bench import guided_bench, markdown_table
+    from evals.bench.library_bench import guided_bench, markdown_table
 
     pref, base = prompts
     rows = guided_bench(models["llama"], guides, pref, base, steps=4, pad_id=PAD, repeats=1,

@@ -29,8 +29,9 @@ from rm_helpers import (  # noqa: E402
     tiny_llama_config,
 )
 
-from evals import reward_model, rm_evals  # noqa: E402
-from evals.armorm import ArmoRMForScoring  # noqa: E402
+from evals.scoring import reward_model  # noqa: E402
+from evals.scoring import rm_cli as rm_evals  # noqa: E402
+from evals.scoring.armorm import ArmoRMForScoring  # noqa: E402
 
 METHODS = ("base", "pref", "amulet")
 
@@ -446,7 +447,8 @@ class StandInRewardModel(PreTrainedModel):
 
 
 @pytest.mark.parametrize("module_name", [
-    "evals.reward_model", "evals.armorm", "evals.rm_report", "evals.rm_evals",
+    "evals.scoring.reward_model", "evals.scoring.armorm", "evals.scoring.rm_report",
+    "evals.scoring.rm_run",
 ])
 def test_doctests_of_reward_modules_pass(module_name):
     import doctest

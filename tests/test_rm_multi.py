@@ -22,9 +22,10 @@ sys.path.insert(0, str(ROOT))
 
 from rm_helpers import EOH, EOT, PREFERENCE, SOH, build_tokenizer, tiny_llama_config  # noqa: E402
 
-from evals import indicators, reward_model, rm_evals  # noqa: E402
-from evals.armorm import ArmoRMForScoring  # noqa: E402
-from evals.scoring_inputs import (  # noqa: E402
+from evals.scoring import indicators, reward_model  # noqa: E402
+from evals.scoring import rm_cli as rm_evals  # noqa: E402
+from evals.scoring.armorm import ArmoRMForScoring  # noqa: E402
+from evals.scoring.scoring_inputs import (  # noqa: E402
     extract_args_pad_response,
     read_args_pad_file,
     resolve_prompt_mode,
@@ -171,7 +172,7 @@ def test_three_kinds_of_scorer_in_one_table_equal_direct_forwards(tmp_path, scor
             assert float(table[method][column]) == pytest.approx(want, abs=1e-5), column
         probability = float(table[method]["tiny-humor:humor"])
         assert 0.0 < probability < 1.0
-    # The indicators, from evals.indicators on the same texts; token counts by the
+    # The indicators, from evals.scoring.indicators on the same texts; token counts by the
     # generating model's tokenizer named in the .meta.json sidecar, budget 12 with slack 2.
     tok = direct.tok["gpt2"]
     for method in METHODS:
@@ -423,7 +424,7 @@ def test_grid_table_has_one_row_per_setting_and_method(tmp_path, scorer_dirs):
 
 
 def test_softmax_probability_matches_torch():
-    from evals.scorers import softmax_at
+    from evals.scoring.scorers import softmax_at
 
     logits = [3.0, -1.5, 200.0]
     want = torch.softmax(torch.tensor(logits, dtype=torch.float64), dim=0)
@@ -432,8 +433,8 @@ def test_softmax_probability_matches_torch():
     assert not math.isnan(softmax_at([1000.0, -1000.0], 1))
 
 
-@pytest.mark.parametrize("module_name", ["evals.scorers", "evals.scoring_inputs", "evals.rm_table",
-                                         "evals.public_scoring"])
+@pytest.mark.parametrize("module_name", ["evals.scoring.scorers", "evals.scoring.scoring_inputs",
+                                         "evals.scoring.rm_table", "evals.scoring.public_scoring"])
 def test_doctests_of_the_new_modules_pass(module_name):
     import doctest
     import importlib

@@ -23,8 +23,9 @@ sys.path.insert(0, str(ROOT))
 
 from rm_helpers import EOH, EOT, SOH, build_tokenizer, tiny_llama_config  # noqa: E402
 
-from evals import public_scoring, rm_evals  # noqa: E402
-from evals.armorm import ArmoRMForScoring  # noqa: E402
+from evals.scoring import public_scoring  # noqa: E402
+from evals.scoring import rm_cli as rm_evals  # noqa: E402
+from evals.scoring.armorm import ArmoRMForScoring  # noqa: E402
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
@@ -146,7 +147,7 @@ def test_args_records_are_scored_as_prompt_plus_response_once(tmp_path, scorer_d
 
 
 def test_an_args_result_that_still_holds_its_dialogue_is_cut_after_it():
-    from evals.scoring_inputs import extract_args_pad_response
+    from evals.scoring.scoring_inputs import extract_args_pad_response
 
     prompt = HH_PROMPTS[1]
     assert extract_args_pad_response(prompt, prompt + " Heat it.\n\nHuman: ok") == "Heat it."
@@ -252,7 +253,7 @@ def test_public_scoring_needs_the_public_files(tmp_path, scorer_dirs, capsys):
     ("system\nBe kind.\nuser\nHow?\nassistant\nHeat it.\nuser\nThanks", "Heat it."),  # ChatML
 ])
 def test_a_role_header_after_a_newline_ends_the_turn(result, response):
-    from evals.scoring_inputs import extract_args_pad_response
+    from evals.scoring.scoring_inputs import extract_args_pad_response
 
     assert extract_args_pad_response("How?", result) == response
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import json
 
-from evals.run_settings import read_fingerprints, settings_problems
+from evals.scoring.run_settings import read_fingerprints, settings_problems
 
 SHARED = {"version": 2, "model": "m", "dtype": "float32", "max_new_tokens": 128, "limit": None}
 
@@ -38,7 +38,7 @@ def test_a_missing_or_damaged_sidecar_is_reported(tmp_path):
 
 
 def test_loading_responses_of_differing_settings_says_so(tmp_path, capsys):
-    from evals.responses import RunKey, load_run
+    from evals.scoring.responses import RunKey, load_run
 
     directory = tmp_path / "creative" / "m" / "demo"
     directory.mkdir(parents=True)

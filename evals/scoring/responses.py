@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from evals.errors import EvalError
-from evals.run_settings import read_fingerprints, settings_problems
+from evals.scoring.run_settings import read_fingerprints, settings_problems
 
 DEFAULT_METHODS = ("base", "pref", "beam", "la", "amulet")
 _FIELDS = {"index": int, "question": str, "preference": str, "response": str}

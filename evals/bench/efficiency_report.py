@@ -251,7 +251,7 @@ def sweep_table(report: dict) -> list[str]:
 
 
 def library_table(report: dict) -> list[str]:
-    from evals.library_bench import markdown_table
+    from evals.bench.library_bench import markdown_table
 
     s = report["settings"]
     return [f"Library paths (evals/library_bench.py): one batch of (up to) the first "

@@ -3,7 +3,7 @@
 Column names are ``{model}:{head}``, with ``{model}`` the model's last path component (its
 ``owner__repo`` slug when two scorers share it) and ``{head}`` the head's name (an ArmoRM
 attribute, ``score``, ``reward`` for a one-label model, a label name). The indicator columns
-(:data:`evals.rm_report.INDICATOR_COLUMNS`) describe the text and need no model.
+(:data:`evals.scoring.rm_report.INDICATOR_COLUMNS`) describe the text and need no model.
 """
 
 from __future__ import annotations
@@ -14,16 +14,16 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from evals.errors import EvalError
-from evals.indicators import INDICATORS_LABEL
 from evals.jsonl_store import write_text_atomic
-from evals.rm_report import (
+from evals.scoring.indicators import INDICATORS_LABEL
+from evals.scoring.rm_report import (
     INDICATOR_COLUMNS,
     best_methods,
     best_share,
     indicator_row,
     method_means,
 )
-from evals.scorers import Head, ScorerSpec, ScorerSpecError
+from evals.scoring.scorers import Head, ScorerSpec, ScorerSpecError
 from evals.tables import to_csv, to_markdown
 
 AVG_COLUMNS = ["method", "mean", "std", "n"]
@@ -229,7 +229,7 @@ def _write_table(base: Path, rows: list[dict], header: list[str], meta: dict) ->
 
 
 def write_outputs(config, loaded, columns, names, values, skipped, modes, models) -> dict:
-    """Every output file of a scored evaluation (see :mod:`evals.rm_evals`); returns
+    """Every output file of a scored evaluation (see :mod:`evals.scoring.rm_run`); returns
     ``{"columns", "labels", "runs": [(key, {column: avg rows}, {column: skipped count})],
     "settings": {column: summary}, "tables": [(key or None, rows, header)], "modes"}``.
 

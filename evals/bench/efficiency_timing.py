@@ -10,7 +10,7 @@ import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING
 
-from evals.efficiency_cases import (
+from evals.bench.efficiency_cases import (
     SOLVERS,
     Case,
     Workload,

@@ -1,9 +1,9 @@
 """The rows of the win-rate tables, computed from judgments (pure; no I/O).
 
 Target-vs-baseline rows carry the raw counts and rates, the length-controlled win rate
-(:mod:`evals.length_control`) beside the raw one with ties as half (the scale it is on), each
+(:mod:`evals.judge.length_control`) beside the raw one with ties as half (the scale it is on), each
 method's mean length in characters, and the judge's position bias and order consistency
-(:mod:`evals.judge_bias`).
+(:mod:`evals.judge.judge_bias`).
 """
 
 from __future__ import annotations
@@ -13,10 +13,10 @@ from collections import defaultdict
 
 import numpy as np
 
-from evals import metrics
-from evals.judge import winner
-from evals.judge_bias import consistency_rate, first_position_rate
-from evals.length_control import length_controlled, question_difficulty
+from evals.judge import metrics
+from evals.judge.judge import winner
+from evals.judge.judge_bias import consistency_rate, first_position_rate
+from evals.judge.length_control import length_controlled, question_difficulty
 
 TARGET_COLUMNS = [
     "target", "baseline", "win", "tie", "lose", "invalid", "n",

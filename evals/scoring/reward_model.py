@@ -1,7 +1,7 @@
 """Loading a reward model and scoring conversations with it: chat template, right padding, heads.
 
 Conversation (as the paper's rm_evals): user turn ``question + " " + preference`` (or the
-prompt :mod:`evals.scoring_inputs` chooses), assistant turn ``response``, rendered by the
+prompt :mod:`evals.scoring.scoring_inputs` chooses), assistant turn ``response``, rendered by the
 RM's own chat template and tokenised without adding special tokens again (the template
 already holds BOS: no double BOS). A model whose tokenizer has no chat template (the GPT-2
 reward models trained on Anthropic HH-RLHF, a BERT-style classifier) reads the HH-RLHF text
@@ -119,7 +119,7 @@ def resolve_dtype(dtype: str, device: str):
 def _load_weights(name: str, config: dict, trust_remote_code: bool, device: str, dtype):
     from transformers import AutoModelForSequenceClassification
 
-    from evals.armorm import ARMORM_ARCHITECTURES, ArmoRMForScoring
+    from evals.scoring.armorm import ARMORM_ARCHITECTURES, ArmoRMForScoring
 
     architectures = config.get("architectures") or []
     is_armorm = any(a in ARMORM_ARCHITECTURES for a in architectures)
@@ -155,12 +155,12 @@ def load_reward_model(
 ) -> RewardModel:
     """Read the config and tokenizer now; the weights on first :meth:`RewardModel.ensure_model`.
 
-    ArmoRM (``LlamaForRewardModelWithGating``) runs on :mod:`evals.armorm` unless
+    ArmoRM (``LlamaForRewardModelWithGating``) runs on :mod:`evals.scoring.armorm` unless
     ``trust_remote_code`` asks for the hub's own code. Any other model with custom code
     (``auto_map``) needs ``trust_remote_code``; plain ``*ForSequenceClassification``
     models load with transformers' classes and are read through their first logit.
     """
-    from evals.armorm import ARMORM_ARCHITECTURES
+    from evals.scoring.armorm import ARMORM_ARCHITECTURES
 
     check_fetchable(name)
     config = read_config_dict(name, trust_remote_code)
@@ -236,7 +236,7 @@ def scoring_ids(rm: RewardModel, prompt: str, response: str) -> list[int]:
     tokens. A prompt that is already an HH dialogue (ARGS's prompts) is not wrapped again:
     the scorer reads ``prompt + " " + response`` (its turns as chat messages under a chat
     template)."""
-    from evals.public_scoring import hh_dialogue_messages, is_hh_dialogue
+    from evals.scoring.public_scoring import hh_dialogue_messages, is_hh_dialogue
 
     dialogue = is_hh_dialogue(prompt)
     if rm.input_format == "chat_template":

@@ -10,7 +10,7 @@ from __future__ import annotations
 import math
 from collections.abc import Iterable, Sequence
 
-from evals.judge import INVALID, TEXT_1, TEXT_2, TIE
+from evals.judge.judge import INVALID, TEXT_1, TEXT_2, TIE
 
 
 def combine_orders(outcomes: Sequence[str]) -> str:

@@ -14,14 +14,14 @@ import math
 from pathlib import Path
 
 from evals.errors import EvalError
-from evals.paper_results import (
+from evals.scoring.rm_run import rm_slug
+from evals.study.paper_results import (
     PAPER_METHOD_LABELS,
     PAPER_METHODS,
     PAPER_PERSONAL_WIN_RATE,
     PERSONAL_DATASET,
     paper_table1_average,
 )
-from evals.rm_evals import rm_slug
 
 
 def _read_csv(path: Path) -> list[dict]:

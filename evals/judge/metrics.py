@@ -12,7 +12,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from evals.judge import INVALID, TIE
+from evals.judge.judge import INVALID, TIE
 
 
 @dataclass(frozen=True)

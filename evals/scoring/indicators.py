@@ -7,7 +7,7 @@ gathers them over a list of responses.
 Tokenisations used below:
 - *words*: maximal runs of letters and digits, which may be joined inside by one apostrophe
   or hyphen (``don't``, ``well-known`` are one word each), found by ``words``;
-- *treebank tokens*: ``evals.treebank_words.treebank_words``, the tokens ARGS's metrics
+- *treebank tokens*: ``evals.scoring.treebank_words.treebank_words``, the tokens ARGS's metrics
   take from ``nltk.word_tokenize`` (punctuation and clitics such as ``n't`` apart), used by
   distinct-n, rep-n and the degeneracy rules;
 - *model tokens*: whatever tokenizer is passed in, for lengths in tokens.
@@ -21,7 +21,7 @@ from collections.abc import Callable, Mapping, Sequence
 from functools import lru_cache
 
 from evals.errors import EvalError
-from evals.treebank_words import treebank_words
+from evals.scoring.treebank_words import treebank_words
 
 Tokenize = Callable[[str], Sequence]
 

@@ -20,8 +20,8 @@ import re
 from pathlib import Path
 
 from evals.errors import EvalError
-from evals.public_scoring import cut_at_human, is_hh_dialogue
-from evals.responses import Item, RunKey, RunResponses
+from evals.scoring.public_scoring import cut_at_human, is_hh_dialogue
+from evals.scoring.responses import Item, RunKey, RunResponses
 
 PROMPT_MODES = ("auto", "question", "question_and_preference")
 PAD_PRINCIPLES = ("harmless", "helpfulness", "humor")

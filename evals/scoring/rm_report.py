@@ -61,7 +61,7 @@ def best_share(settings: Sequence[Mapping[str, float]], methods: Sequence[str]) 
 
 
 # Judge-free indicator columns of the table and where each comes from in
-# ``evals.indicators.text_indicators``: ("means" | "corpus", key).
+# ``evals.scoring.indicators.text_indicators``: ("means" | "corpus", key).
 INDICATOR_COLUMNS = {
     "len_tokens": ("means", "length_tokens"),
     "len_words": ("means", "length_words"),
@@ -86,7 +86,7 @@ def indicator_row(
     mean length in tokens (``""`` without token counts) and words, the share of responses
     with ``tokens >= max_new_tokens - cap_slack`` (``""`` without both), corpus distinct-1/2,
     ARGS's mean rep-2/3/4 and diversity, the share of degenerate responses."""
-    from evals.indicators import text_indicators
+    from evals.scoring.indicators import text_indicators
 
     found = text_indicators(list(texts), token_counts=token_counts,
                             max_new_tokens=max_new_tokens if token_counts is not None else None,

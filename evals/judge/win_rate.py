@@ -29,10 +29,10 @@ from pathlib import Path
 
 import numpy as np
 
-from evals import metrics
 from evals.errors import EvalError
 from evals.jsonl_store import JsonlAppender, repair_and_read, write_text_atomic
-from evals.judge import (
+from evals.judge import metrics
+from evals.judge.judge import (
     INVALID,
     JudgePreset,
     LocalJudgePreset,
@@ -42,23 +42,23 @@ from evals.judge import (
     presentation_order,
     winner,
 )
-from evals.judge_bias import combine_orders
-from evals.judge_client import JudgeJob, RetryPolicy, ask_judge, run_jobs
-from evals.judge_protocols import DEFAULT_PROTOCOL, JudgeProtocol, get_protocol
-from evals.responses import RunKey, RunResponses, load_run
-from evals.win_rate_files import (  # noqa: F401 (write_summary: public here too)
+from evals.judge.judge_bias import combine_orders
+from evals.judge.judge_client import JudgeJob, RetryPolicy, ask_judge, run_jobs
+from evals.judge.judge_protocols import DEFAULT_PROTOCOL, JudgeProtocol, get_protocol
+from evals.judge.win_rate_files import (  # noqa: F401 (write_summary: public here too)
     sidecar_text,
     write_outputs,
     write_ranking,
     write_summary,
 )
-from evals.win_rate_rows import (  # noqa: F401 (BT_COLUMNS, TARGET_COLUMNS: public here too)
+from evals.judge.win_rate_rows import (  # noqa: F401 (BT_COLUMNS, TARGET_COLUMNS: public here too)
     BT_COLUMNS,
     TARGET_COLUMNS,
     labelled,
     ranking_rows,
     target_rows,
 )
+from evals.scoring.responses import RunKey, RunResponses, load_run
 
 
 @dataclass(frozen=True)
@@ -88,7 +88,7 @@ class GptEvalConfig:
     progress: bool = True
     judge_source: str | None = None  # a local judge's directory, .gguf file or hub id
     judge_device: str = "auto"
-    protocol: str = DEFAULT_PROTOCOL  # a name in evals.judge_protocols.PROTOCOLS
+    protocol: str = DEFAULT_PROTOCOL  # a name in evals.judge.judge_protocols.PROTOCOLS
     both_orders: bool = False  # judge every pair with each method shown first once
 
     def __post_init__(self) -> None:
@@ -110,7 +110,7 @@ class GptEvalConfig:
             (self.preset.prompt_version == self.judge_protocol.version,
              f"the judge preset's prompt_version {self.preset.prompt_version!r} is not protocol "
              f"{self.protocol}'s ({self.judge_protocol.version}): build the preset with "
-             f"evals.judge_protocols.get_protocol({self.protocol!r}).preset()"),
+             f"evals.judge.judge_protocols.get_protocol({self.protocol!r}).preset()"),
         ]
         for ok, message in checks:
             if not ok:
@@ -178,7 +178,7 @@ def build_comparisons(
 ) -> list[Comparison]:
     """Every comparison of the run, with its seeded presentation order and cache key.
 
-    The question and preference shown are :func:`evals.judge.judge_inputs`' (a PAD preference
+    The question and preference shown are :func:`evals.judge.judge.judge_inputs`' (a PAD preference
     prompt becomes a preference sentence). With ``both_orders`` each pair and question is
     judged twice, the seeded order first and then the other one (the first of the two is
     the single-order run's comparison, so its cached answer is reused).
@@ -210,7 +210,7 @@ def load_cache(path: Path) -> dict[str, dict]:
 
 def to_judgments(comparisons: list[Comparison], cache: dict[str, dict]) -> list[metrics.Judgment]:
     """Map each cached presentation-order verdict back to method names; a pair judged in
-    both orders becomes one judgment (:func:`evals.judge_bias.combine_orders`)."""
+    both orders becomes one judgment (:func:`evals.judge.judge_bias.combine_orders`)."""
     outcomes: dict[tuple[int, str, str], list[str]] = {}
     for c in comparisons:
         outcome = winner(cache[c.key]["verdict"], c.first, c.second)
@@ -229,7 +229,7 @@ class LazyLocalJudge:
         if self._judge is None:
             from transformers.utils import logging as hf_logging
 
-            from evals.local_judge import load_local_judge
+            from evals.judge.local_judge import load_local_judge
 
             config = self.config
             bars_were_on = hf_logging.is_progress_bar_enabled()

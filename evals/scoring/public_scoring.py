@@ -3,7 +3,7 @@
 ``--scoring`` of ``rm_evals`` (the public codes' output files only, ``--input_file``):
 
 - ``project`` (default): the response cut at its end of turn, in the conversation of
-  :func:`evals.reward_model.scoring_ids` (see :mod:`evals.scoring_inputs`).
+  :func:`evals.scoring.reward_model.scoring_ids` (see :mod:`evals.scoring.scoring_inputs`).
 - ``args``: ARGS's ``measure_reward.py`` (``--experiment hhrlhf``): the text
   ``prompt + continuation``, the continuation being the record's ``response`` without its
   ``prompt`` prefix, cut before its first ``human:`` (any case) and not stripped; tokenised
@@ -143,7 +143,7 @@ def public_ids(rm, record: dict, scoring: str) -> tuple[list[int], int | None]:
     """``(ids, skip_at)``: the token ids ``scoring`` (``args`` or ``pad``) scores for one
     output record with the scorer ``rm``, and the length from which the public script skips
     an input (None: only the scorer's own context)."""
-    from evals.reward_model import message_ids
+    from evals.scoring.reward_model import message_ids
 
     tokenizer = rm.tokenizer
     if scoring == "args":
@@ -162,10 +162,10 @@ def public_ids(rm, record: dict, scoring: str) -> tuple[list[int], int | None]:
 def conversation_ids(rm, responses, method: str, item, scoring: str,
                      mode: str) -> tuple[list[int], int | None]:
     """``(ids, skip_at)`` of one response of a run by ``--scoring``: :func:`public_ids` of its
-    stored record, or (``project``) :func:`evals.reward_model.scoring_ids` of the prompt that
-    ``mode`` (resolved) shows and the response (``skip_at`` None)."""
-    from evals.reward_model import scoring_ids
-    from evals.scoring_inputs import scorer_prompt
+    stored record, or (``project``) :func:`evals.scoring.reward_model.scoring_ids` of the
+    prompt that ``mode`` (resolved) shows and the response (``skip_at`` None)."""
+    from evals.scoring.reward_model import scoring_ids
+    from evals.scoring.scoring_inputs import scorer_prompt
 
     if scoring != "project":
         return public_ids(rm, responses.records[method][item.index], scoring)
@@ -176,7 +176,7 @@ def conversation_ids(rm, responses, method: str, item, scoring: str,
 def raw_under_pad(head, scoring: str):
     """The head a column reads: under ``--scoring pad`` a classifier's label is read as its raw
     logit, as PAD's ``measure_reward.py`` reports the humour classifier's logit 1."""
-    from evals.scorers import Head
+    from evals.scoring.scorers import Head
 
     if head is None or scoring != "pad" or head.kind != "prob":
         return head

@@ -21,9 +21,9 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
 
-from evals.analysis_k import save_figure
 from evals.errors import EvalError
-from evals.indicators import INDICATORS_LABEL, PER_RESPONSE, text_indicators
+from evals.scoring.indicators import INDICATORS_LABEL, PER_RESPONSE, text_indicators
+from evals.study.analysis_k import save_figure
 
 # (key in text_indicators' means, or "share_hitting_cap" from its corpus part; panel title)
 PANELS = (

@@ -15,9 +15,9 @@ from pathlib import Path
 from DecodingMethodsModels.errors import UserError
 from DecodingMethodsModels.loading import EMBEDDED_MODEL, ModelSource, resolve_model
 from evals.errors import EvalError
-from evals.judge import PROMPT_VERSION, LocalJudgePreset
-from evals.judge_client import ask_until_parsed
-from evals.judge_protocols import AMULET, JudgeProtocol
+from evals.judge.judge import PROMPT_VERSION, LocalJudgePreset
+from evals.judge.judge_client import ask_until_parsed
+from evals.judge.judge_protocols import AMULET, JudgeProtocol
 
 BACKENDS = ("auto", "openai", "local")
 
@@ -139,7 +139,8 @@ class LocalJudge:
         return self.tokenizer.decode(new, skip_special_tokens=True)
 
     def ask(self, messages: list[dict]) -> dict:
-        """One comparison's answer record, as :func:`evals.judge_client.ask_judge` gives it."""
+        """One comparison's answer record, as :func:`evals.judge.judge_client.ask_judge`
+        gives it."""
         answer = ask_until_parsed(self.complete, messages, self.max_invalid_retries,
                                   self.protocol)
         return {**answer, "api_retries": 0}

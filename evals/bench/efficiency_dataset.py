@@ -14,8 +14,8 @@ has no single-prompt path that could beat `model.generate`.
 
 from __future__ import annotations
 
-from evals.efficiency_cases import Case, build_workload, questions_of
-from evals.efficiency_timing import time_cases
+from evals.bench.efficiency_cases import Case, build_workload, questions_of
+from evals.bench.efficiency_timing import time_cases
 
 TARGET = "amulet / pref tokens/s over the dataset"
 THRESHOLD = 0.65

@@ -7,10 +7,10 @@ import json
 import math
 from pathlib import Path
 
-from evals import analysis_k, analysis_sweep, analysis_table1
 from evals.errors import EvalError
 from evals.jsonl_store import write_text_atomic
-from evals.paper_results import PAPER_METHODS, PAPER_RM, PAPER_RM_LABEL, PERSONAL_DATASET
+from evals.study import analysis_k, analysis_sweep, analysis_table1
+from evals.study.paper_results import PAPER_METHODS, PAPER_RM, PAPER_RM_LABEL, PERSONAL_DATASET
 from evals.tables import to_markdown
 
 EXCERPT_CHARS = 400
@@ -91,7 +91,7 @@ def side_by_side_sweep(data: dict, questions: int) -> str:
 def side_by_side_grid(responses_dir: Path, questions: int, settings: int) -> str:
     """The first ``questions`` questions of the first ``settings`` settings found under a
     main.py output directory, each with every method's response."""
-    from evals.responses import RunKey, load_run
+    from evals.scoring.responses import RunKey, load_run
 
     parts = []
     directories = sorted(p for p in Path(responses_dir).glob("*/*/*") if p.is_dir())
@@ -127,7 +127,7 @@ def table1_part(out: Path, results_dir: Path, rm_name: str = PAPER_RM,
                 rm_label: str = PAPER_RM_LABEL) -> str:
     """Table 1 (ours beside the paper's averages) and the win-tie-lose figure, as far as the
     result files exist; a note saying which are missing otherwise."""
-    from evals.plots import plot_win_tie_lose
+    from evals.judge.plots import plot_win_tie_lose
 
     parts = ["## Table 1 and the GPT judge\n"]
     scores = analysis_table1.read_rm_scores(results_dir, rm_name, rm_label)
@@ -185,7 +185,7 @@ def write_report(out: Path, sweeps: list[Path], results_dir: Path | None,
             result = json.loads(Path(identity).read_text(encoding="utf-8"))
         except (OSError, ValueError) as exc:
             raise EvalError(f"cannot read --identity {identity}: {exc}") from None
-        from evals.analysis_identity import identity_markdown
+        from evals.study.analysis_identity import identity_markdown
 
         write_json(out / "identity.json", result)
         sections.append("## Token identity: Amulet == LA(k) == CFG (== implicit PAD)\n\n"

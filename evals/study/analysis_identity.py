@@ -57,7 +57,7 @@ def measure_identity(args) -> dict:
     """
     from DecodingMethodsModels.combine import amulet_ratio
     from DecodingMethodsModels.methods import METHOD_RUNNERS, two_prompt
-    from evals import efficiency_cases as efficiency
+    from evals.bench import efficiency_cases as efficiency
 
     k = amulet_ratio(args.iteration_num, args.alpha, args.player_lambda, args.eta)
     workload_args = SimpleNamespace(**{**vars(args), "num_beams": 1, "reinforce_ratio": k,

@@ -10,7 +10,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from evals.efficiency_cases import (
+from evals.bench.efficiency_cases import (
     Case,
     Workload,
     build_workload,
@@ -21,7 +21,7 @@ from evals.efficiency_cases import (
 )
 from evals.errors import EvalFailure
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 ENTRY_SCRIPT = ROOT / "evals" / "efficiency.py"
 PROBE_PREFIX = "EFFICIENCY_PROBE "
 MEMORY_NOTE = {

@@ -7,7 +7,7 @@ Retry rules (every loop is bounded, nothing waits forever):
   ``u ~ Uniform[0.5, 1]`` (or the server's ``Retry-After`` if longer, capped by
   ``max_delay``); then the run stops with one error line.
 - other API errors (400, 401, 403, 404, ...): the run stops at once; retrying cannot help.
-- an answer that the protocol's parser rejects (:mod:`evals.judge_protocols`): asked again
+- an answer that the protocol's parser rejects (:mod:`evals.judge.judge_protocols`): asked again
   up to ``max_invalid_retries`` times, then recorded (and cached) as ``invalid``. A re-ask is
   not the identical request (a deterministic judge would repeat itself): re-ask k sends the
   judge seed + k and appends the protocol's reminder of the answer form. The cache key stays
@@ -28,8 +28,8 @@ from typing import Any
 
 from evals.errors import EvalFailure
 from evals.jsonl_store import JsonlAppender
-from evals.judge import INVALID, JudgePreset, judge_label
-from evals.judge_protocols import AMULET, JudgeProtocol
+from evals.judge.judge import INVALID, JudgePreset, judge_label
+from evals.judge.judge_protocols import AMULET, JudgeProtocol
 from openai_key_info import redact
 
 _RETRYABLE_STATUS = {408, 409, 429}

@@ -20,7 +20,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, replace
 
 from evals.errors import EvalError
-from evals.judge import (
+from evals.judge.judge import (
     PROMPT_VERSION,
     REASK_REMINDER,
     SYSTEM_PROMPT,

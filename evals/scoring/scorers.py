@@ -20,7 +20,7 @@ import re
 from dataclasses import dataclass
 
 from evals.errors import EvalError
-from evals.reward_model import ARMORM_HEADS
+from evals.scoring.reward_model import ARMORM_HEADS
 
 
 class ScorerSpecError(EvalError):

@@ -1,6 +1,6 @@
 """The files of one GPT win-rate evaluation: tables, figure, sidecar and the summary.
 
-Written by :func:`evals.win_rate.evaluate` (see its module docstring for the layout); every
+Written by :func:`evals.judge.win_rate.evaluate` (see its module docstring for the layout); every
 final file goes through a temporary sibling and ``os.replace``.
 """
 
@@ -17,8 +17,7 @@ import numpy as np
 
 from DecodingMethodsModels.provenance import git_commit
 from evals.jsonl_store import write_text_atomic
-from evals.tables import to_csv, to_markdown
-from evals.win_rate_rows import (
+from evals.judge.win_rate_rows import (
     BT_COLUMNS,
     JUDGMENT_COLUMNS,
     PAIR_COLUMNS,
@@ -27,6 +26,7 @@ from evals.win_rate_rows import (
     labelled,
     pair_rows,
 )
+from evals.tables import to_csv, to_markdown
 from openai_key_info import redact
 
 
@@ -89,7 +89,7 @@ def write_outputs(config, comparisons, cache, judgments, pairs, target) -> None:
         pairwise = to_csv(labelled(pair_rows(judgments, pairs), judge), PAIR_COLUMNS)
         write_text_atomic(out / f"{prefix}pairwise.csv", pairwise)
     if config.plot:
-        from evals.plots import plot_win_tie_lose
+        from evals.judge.plots import plot_win_tie_lose
 
         bars = [{**r, "label": f"{r['target']} ({r['target_mean_chars']:.0f} ch) vs "
                                f"{r['baseline']} ({r['baseline_mean_chars']:.0f} ch)"}
