@@ -1,5 +1,6 @@
-"""The README's "Use it as a library" section runs as written, on the embedded
-SmolLM2-135M-Instruct, and names only what the package exports: the documentation cannot rot."""
+"""DecodingMethodsModels/README.md's "Use it as a library" section runs as written, on the
+embedded SmolLM2-135M-Instruct, and names only what the package exports: the documentation
+cannot rot."""
 
 from __future__ import annotations
 
@@ -16,10 +17,10 @@ SECTION = "## Use it as a library"
 
 
 def library_section() -> str:
-    readme = (ROOT / "README.md").read_text()
+    readme = (ROOT / "DecodingMethodsModels" / "README.md").read_text()
     start = readme.index(f"\n{SECTION}\n")
     end = readme.index("\n## ", start + 1)
-    assert readme[end:].startswith("\n## Evaluation\n")
+    assert readme[end:].startswith("\n## Scaling: one GPU, one node, several nodes\n")
     return readme[start:end]
 
 

@@ -288,12 +288,12 @@ def test_no_methods_flag_scores_every_method_found(tmp_path, scorer_dirs):
 
 
 def test_readme_pad_scorers_example_reads_pads_heads():
-    """The README's "PAD's scorers" command reads what PAD's measure_reward.py reports: the
+    """evals/README.md's "PAD's scorers" command reads what PAD's measure_reward.py reports: the
     GPT-2 rewards, ArmoRM heads 0 and 10, and the humour classifier's raw logit of label 1."""
     import re
     import shlex
 
-    readme = (ROOT / "README.md").read_text()
+    readme = (ROOT / "evals" / "README.md").read_text()
     start = readme.index("python evals/rm_evals.py", readme.index("PAD's scorers with PAD's"))
     command = readme[start:readme.index("\n# ", start)]
     argv = shlex.split(re.sub(r"\\\n", " ", command))[2:]  # after `python evals/rm_evals.py`
