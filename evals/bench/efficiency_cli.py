@@ -187,6 +187,40 @@ def int_list(flag: str, text: str, low: int) -> list[int]:
     return list(dict.fromkeys(values))
 
 
+def method_rows(cases, results: dict, memory: dict) -> dict[str, dict]:
+    """One row per case timed or measured: its timing (outputs left out) and peak memory."""
+    methods: dict[str, dict] = {}
+    for case in cases:
+        if case.key in results or case.key in memory:
+            row = {k: v for k, v in results.get(case.key, EMPTY_TIMING).items()
+                   if k != "outputs"}
+            methods[case.key] = {"method": case.method, "setting": case.setting, **row,
+                                 "memory": memory.get(case.key)}
+    return methods
+
+
+def other_parts(args, tokenizer, model, source, work) -> tuple:
+    """The parts beside the methods' timing, each unless --skip names it: solver cost and
+    combination step, batch sweep, the library's paths, dataset throughput."""
+    cost: dict[str, dict] = {}
+    combine: list[dict] = []
+    if "cost" not in args.skip and args.cost_T:
+        cost = solver_cost(args, model, work)
+        combine = combine_step_cost(args, model, work)
+    sweep = []
+    if "sweep" not in args.skip and args.sweep_batch_sizes:
+        sweep = batch_sweep(args, tokenizer, model)
+    library = []
+    if "library" not in args.skip:  # the library's paths, ARGS and PAD processors included
+        from evals.bench.library_bench import efficiency_part
+
+        library = efficiency_part(args, model, source, work)
+    dataset = {}
+    if "dataset" not in args.skip:
+        dataset = dataset_throughput(args, tokenizer, model)
+    return cost, combine, sweep, library, dataset
+
+
 def run(args) -> dict:
     import torch
 
@@ -196,7 +230,6 @@ def run(args) -> dict:
     started = load_average()
     tokenizer, model, source, device = load(args)
     work = build_workload(args, tokenizer, model, questions)
-    methods: dict[str, dict] = {}
     results: dict[str, dict] = {}
     memory: dict[str, dict] = {}
     mode = memory_mode(args, device)
@@ -207,28 +240,8 @@ def run(args) -> dict:
         probe = [c for c in cases if not args.quick or c.key in
                  ("pref", f"amulet:T={args.iteration_num}:closed_form")]
         memory = measure_memory(probe, args, model, source, work, mode)
-        for case in cases:
-            if case.key in results or case.key in memory:
-                row = {k: v for k, v in results.get(case.key, EMPTY_TIMING).items()
-                       if k != "outputs"}
-                methods[case.key] = {"method": case.method, "setting": case.setting, **row,
-                                     "memory": memory.get(case.key)}
-        cost: dict[str, dict] = {}
-        combine: list[dict] = []
-        if "cost" not in args.skip and args.cost_T:
-            cost = solver_cost(args, model, work)
-            combine = combine_step_cost(args, model, work)
-        sweep = []
-        if "sweep" not in args.skip and args.sweep_batch_sizes:
-            sweep = batch_sweep(args, tokenizer, model)
-        library = []
-        if "library" not in args.skip:  # the library's paths, ARGS and PAD processors included
-            from evals.bench.library_bench import efficiency_part
-
-            library = efficiency_part(args, model, source, work)
-        dataset = {}
-        if "dataset" not in args.skip:
-            dataset = dataset_throughput(args, tokenizer, model)
+        methods = method_rows(cases, results, memory)
+        cost, combine, sweep, library, dataset = other_parts(args, tokenizer, model, source, work)
     settings = {k: v for k, v in vars(args).items() if k not in ("probe", "probe_model")}
     settings["skip"] = sorted(args.skip)
     settings["questions"] = len(questions)

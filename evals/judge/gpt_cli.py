@@ -46,7 +46,13 @@ def build_parser() -> argparse.ArgumentParser:
                     "default, or a local chat model.",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
-    data = parser.add_argument_group("responses")
+    _response_flags(parser.add_argument_group("responses"))
+    _judge_flags(parser.add_argument_group("judge"))
+    _output_flags(parser.add_argument_group("outputs"))
+    return parser
+
+
+def _response_flags(data) -> None:
     data.add_argument("--output_dir", default="responses/", help="root of main.py's outputs")
     found = "; comma list, 'all': every one found under --output_dir"
     data.add_argument("--model_name", required=True, help="model short name directory" + found)
@@ -65,7 +71,8 @@ def build_parser() -> argparse.ArgumentParser:
     data.add_argument("--max_questions", type=int, default=None,
                       help="only the first N questions (by index), e.g. to bound cost")
 
-    judge = parser.add_argument_group("judge")
+
+def _judge_flags(judge) -> None:
     judge.add_argument("--judge_protocol", default=DEFAULT_PROTOCOL, choices=tuple(PROTOCOLS),
                        help="prompts, answer parser and decoding defaults: amulet (the paper's "
                             "GPT-4o verdict), args (ARGS's GPT-4 scores 1-10)")
@@ -112,7 +119,8 @@ def build_parser() -> argparse.ArgumentParser:
     judge.add_argument("--retry_invalid", action="store_true",
                        help="re-ask comparisons cached as invalid")
 
-    out = parser.add_argument_group("outputs")
+
+def _output_flags(out) -> None:
     out.add_argument("--results_dir", default="results/", help="tables, JSON and figures")
     out.add_argument("--cache_path", default=None,
                      help="judge cache (JSONL); default {results_dir}/judge_cache.jsonl")
@@ -134,7 +142,6 @@ def build_parser() -> argparse.ArgumentParser:
     out.add_argument("--no_progress", action="store_true", help="no progress bar")
     out.add_argument("--dry_run", action="store_true",
                      help="only count comparisons and cache hits; ask nothing")
-    return parser
 
 
 def judge_preset(args: argparse.Namespace) -> tuple[JudgePreset, str | None]:

@@ -37,7 +37,14 @@ def build_parser() -> argparse.ArgumentParser:
         description="Reward-model scores and judge-free indicators per method, in one table.",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
-    data = parser.add_argument_group("responses (omit a filter to take every value found)")
+    _response_flags(parser.add_argument_group(
+        "responses (omit a filter to take every value found)"))
+    _scorer_flags(parser.add_argument_group("scorers"))
+    _indicator_and_output_flags(parser)
+    return parser
+
+
+def _response_flags(data) -> None:
     data.add_argument("--output_dir", default="responses/", help="root of main.py's outputs")
     data.add_argument("--pref_name", default=None, help="preference name(s), comma separated")
     data.add_argument("--model_name", default=None, help="model short name(s), comma separated")
@@ -51,7 +58,8 @@ def build_parser() -> argparse.ArgumentParser:
                       help="responses (the project's files) or args_pad (--input_file)")
     data.add_argument("--input_name", default="args_pad",
                       help="the results directory name for --input_file runs")
-    rm = parser.add_argument_group("scorers")
+
+def _scorer_flags(rm) -> None:
     rm.add_argument("--scorer", action="append", default=[], metavar="NAME_OR_PATH[:HEAD]",
                     help="a reward model or classifier (hub id or local directory) and its head: "
                          "ArmoRM head index or name or 'score'; a classifier's label name or "
@@ -81,6 +89,8 @@ def build_parser() -> argparse.ArgumentParser:
                     help="context limit in tokens (none: each model's)")
     rm.add_argument("--strict_length", action="store_true",
                     help="fail on a too-long conversation instead of skipping it")
+
+def _indicator_and_output_flags(parser: argparse.ArgumentParser) -> None:
     ind = parser.add_argument_group("judge-free indicators (no model)")
     ind.add_argument("--no_indicators", action="store_true", help="leave the columns out")
     ind.add_argument("--length_tokenizer", default="auto",
@@ -94,7 +104,6 @@ def build_parser() -> argparse.ArgumentParser:
     out.add_argument("--results_dir", default="results/", help="score files and tables")
     out.add_argument("--table_name", default="rm_table", help="file name of the tables")
     out.add_argument("--no_progress", action="store_true", help="no progress bar")
-    return parser
 
 
 def config_from_args(args: argparse.Namespace) -> RmEvalConfig:
