@@ -3,7 +3,7 @@
 Reads what ``evals/rm_evals.py`` writes, ``{results_dir}/rm_score/{pref}/{model}/{dataset}/
 {rm}_{label}_avg.csv`` (columns method, mean, std, n), and what ``evals/gpt_evals.py`` writes,
 ``{results_dir}/gpt_win_rate/{pref}/{model}/{dataset}/gpt_win_rate_mtx.csv`` (target,
-baseline, win, tie, lose, ...). The paper's own numbers (``evals/paper_results.py``) stand
+baseline, win, tie, lose, ...). The paper's own numbers (``evals/study/paper_results.py``) stand
 beside ours where they exist.
 """
 
