@@ -399,7 +399,7 @@ def test_personalise_refuses_unknown_methods_settings_and_inputs(tiny_with_token
         personalise(model, tokenizer, ["Hi"], preference="  ")
 
 
-# ----- evals/library_bench.py -------------------------------------------------------------------
+# ----- evals/bench/library_bench.py -------------------------------------------------------------
 
 
 def test_library_bench_times_every_path_and_all_give_the_engine_tokens(models, prompts):

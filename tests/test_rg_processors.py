@@ -436,7 +436,7 @@ def test_personalise_pad_implicit_returns_the_processor_texts(models, prompts, t
         one_line(err)
 
 
-# ----- evals/library_bench.py -------------------------------------------------------------------
+# ----- evals/bench/library_bench.py -------------------------------------------------------------
 
 
 def test_library_bench_times_each_processor_beside_its_engine_with_the_same_tokens(

@@ -1,5 +1,5 @@
 """The evaluations' check that every method of a setting was generated with the same settings
-(evals/run_settings.py), on hand-made sidecars."""
+(evals/scoring/run_settings.py), on hand-made sidecars."""
 
 from __future__ import annotations
 
