@@ -12,8 +12,8 @@ from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 
 from DecodingMethodsModels.errors import UserError
-from DecodingMethodsModels.guided_runs import DEFAULT_RM_WEIGHT
-from DecodingMethodsModels.pad_prompts import PRINCIPLE_SETS
+from DecodingMethodsModels.pipeline.guided_config import DEFAULT_RM_WEIGHT
+from DecodingMethodsModels.prompts.pad import PRINCIPLE_SETS
 
 METHODS = ("base", "pref", "beam", "la", "amulet")  # `--method all`: the two-prompt family
 GUIDED_METHODS = ("args", "pad")  # reward-guided: they need a guide model (--rm_name)
@@ -188,7 +188,7 @@ class RunConfig:
                             "the reward-guided decoder scores raw logits of its top-k "
                             "candidates, with no penalty; run it without them")
         if self.run_config is not None:
-            from DecodingMethodsModels.rg_config import load_run_configs
+            from DecodingMethodsModels.pipeline.guided_config import load_run_configs
 
             load_run_configs(self.run_config)  # a bad line is an error now, naming the line
 

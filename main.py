@@ -13,8 +13,8 @@ import sys
 import warnings
 
 from config import config_from_args
-from DecodingMethodsModels.distributed import RankError, launched_process, launched_rank
 from DecodingMethodsModels.errors import UserError
+from DecodingMethodsModels.pipeline.distributed import RankError, launched_process, launched_rank
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -26,7 +26,7 @@ def main(argv: list[str] | None = None) -> int:
             warnings.simplefilter("ignore")  # every rank sees the same warnings: rank 0 says them
         try:
             config = config_from_args(argv)
-            from DecodingMethodsModels.runner import run
+            from DecodingMethodsModels.pipeline.runner import run
 
             run(config)
         except UserError as err:

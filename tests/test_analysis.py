@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from DecodingMethodsModels.combine import amulet_ratio, linear_alignment
+from DecodingMethodsModels.rules.combine import amulet_ratio, linear_alignment
 from evals import analysis, analysis_k, analysis_table1
 from evals.analysis_identity import agreement, implicit_pad_scores
 from evals.analysis_sweep import share_mentioning
@@ -211,7 +211,7 @@ def test_analysis_end_to_end_produces_every_figure_and_the_report(tmp_path, tiny
             assert row["identical_count"] == 2, name
 
     from config import RunConfig
-    from DecodingMethodsModels.runner import run
+    from DecodingMethodsModels.pipeline.runner import run
 
     grid = tmp_path / "grid"
     run(RunConfig(method="pref,la,amulet", model_name=str(tiny_model_dirs["llama"]),

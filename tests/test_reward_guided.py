@@ -1,5 +1,5 @@
-"""The reward-guided engine (DecodingMethodsModels/reward_guided.py: ARGS, PAD, implicit PAD) on
-tiny random Llama and Qwen2 decoders, a tiny random Llama PersRM and a tiny random
+"""The reward-guided engine (DecodingMethodsModels/engines/reward_guided.py: ARGS, PAD, implicit
+PAD) on tiny random Llama and Qwen2 decoders, a tiny random Llama PersRM and a tiny random
 LlamaForSequenceClassification reward model, all with the SmolLM2 tokenizer, against
 independent references: the cache-free one-question-at-a-time definition
 (reward_guided_reference.py), transformers' greedy `generate`, and the two-prompt engine's
@@ -11,11 +11,12 @@ import pytest
 import torch
 from conftest import sharpened
 
-from DecodingMethodsModels.combine import la_rule
-from DecodingMethodsModels.engine import NonFiniteScoresError, decode_two_prompts
-from DecodingMethodsModels.errors import UserError
-from DecodingMethodsModels.prompts import encode_prompt, preference_sentence
-from DecodingMethodsModels.reward_guided import (
+from DecodingMethodsModels.engines.reference import (
+    reference_args,
+    reference_pad,
+    reference_pad_implicit,
+)
+from DecodingMethodsModels.engines.reward_guided import (
     GuidedSettings,
     _RewardGuide,
     args_scores,
@@ -26,11 +27,10 @@ from DecodingMethodsModels.reward_guided import (
     decode_pad_implicit,
     pad_scores,
 )
-from DecodingMethodsModels.reward_guided_reference import (
-    reference_args,
-    reference_pad,
-    reference_pad_implicit,
-)
+from DecodingMethodsModels.engines.two_prompt import NonFiniteScoresError, decode_two_prompts
+from DecodingMethodsModels.errors import UserError
+from DecodingMethodsModels.prompts.amulet import encode_prompt, preference_sentence
+from DecodingMethodsModels.rules.combine import la_rule
 
 FAMILIES = ("llama", "qwen2")
 METHODS = ("args", "pad", "implicit")

@@ -10,15 +10,15 @@ import torch
 from test_engine import MANY_QUESTIONS, fixed_batch_finish_order, varied_stops
 from test_reward_guided import FAMILIES, METHODS, Zoo, settings
 
-from DecodingMethodsModels import reward_guided
-from DecodingMethodsModels.prompts import encode_prompt, preference_sentence
-from DecodingMethodsModels.reward_guided import (
+from DecodingMethodsModels.engines import reward_guided
+from DecodingMethodsModels.engines.reward_guided import (
     decode_args,
     decode_pad,
     stream_args,
     stream_pad,
     stream_pad_implicit,
 )
+from DecodingMethodsModels.prompts.amulet import encode_prompt, preference_sentence
 
 STEPS = 16
 
@@ -172,7 +172,7 @@ def test_a_stream_encodes_the_shared_prefix_once_for_all_admissions(zoo, many_pr
                                                                      monkeypatch):
     import functools
 
-    from DecodingMethodsModels.engine import shared_prefix_length
+    from DecodingMethodsModels.engines.two_prompt import shared_prefix_length
 
     model = zoo.decoder("llama", 0)
     pref, base = many_prompts

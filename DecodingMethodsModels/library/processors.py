@@ -28,11 +28,7 @@ import math
 import torch
 from transformers import DynamicCache, LogitsProcessor
 
-from .combine import CombineRule, amulet_rule, la_rule
-from .engine import NonFiniteScoresError, _forward_kwargs, model_input_device, select_cache_rows
-from .errors import UserError
-from .methods import DecodeSettings
-from .reward_guided import (
+from DecodingMethodsModels.engines.reward_guided import (
     args_scores,
     check_reward_model,
     pad_scores,
@@ -40,8 +36,17 @@ from .reward_guided import (
     read_reward,
     vocabulary_size,
 )
-from .sampling import unusable_rows
-from .value_head import warn_if_not_applied
+from DecodingMethodsModels.engines.two_prompt import (
+    NonFiniteScoresError,
+    _forward_kwargs,
+    model_input_device,
+    select_cache_rows,
+)
+from DecodingMethodsModels.errors import UserError
+from DecodingMethodsModels.models.value_head import warn_if_not_applied
+from DecodingMethodsModels.pipeline.methods import DecodeSettings
+from DecodingMethodsModels.rules.combine import CombineRule, amulet_rule, la_rule
+from DecodingMethodsModels.rules.sampling import unusable_rows
 
 # The paper's settings, as the CLI's defaults, for every entry point of the API.
 PAPER = DecodeSettings(max_new_tokens=1, eos_ids=[], pad_id=0)
@@ -81,7 +86,7 @@ def whole_groups(rows: torch.Tensor, copies: int) -> bool:
 def _as_batch(ids, attention_mask) -> tuple[torch.Tensor, torch.Tensor]:
     """Prompt ids (Q, L) and mask (Q, L) from a tensor (mask defaults to ones) or id lists."""
     if not torch.is_tensor(ids):
-        from .engine import left_pad
+        from DecodingMethodsModels.engines.two_prompt import left_pad
 
         if attention_mask is not None:
             raise ValueError("pass an attention mask only with a tensor of prompt ids")

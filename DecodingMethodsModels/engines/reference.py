@@ -12,15 +12,15 @@ import logging
 
 import torch
 
-from .engine import model_input_device
-from .pad_cross_tokenizer import pad_retokenized_scores
-from .reward_guided import (
+from DecodingMethodsModels.engines.retokenized_pad import pad_retokenized_scores
+from DecodingMethodsModels.engines.reward_guided import (
     GuidedSettings,
     ScoreRule,
     args_scores,
     choose_candidates,
     pad_scores,
 )
+from DecodingMethodsModels.engines.two_prompt import model_input_device
 
 
 def _next_logits(model, ids: list[int]) -> torch.Tensor:

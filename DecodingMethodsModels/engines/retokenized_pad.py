@@ -26,9 +26,7 @@ import dataclasses
 
 import torch
 
-from .combine import NEG_FLOOR
-from .errors import UserError
-from .reward_guided import (
+from DecodingMethodsModels.engines.reward_guided import (
     GuidedSettings,
     _CachedRows,
     _check_candidates,
@@ -42,6 +40,8 @@ from .reward_guided import (
     read_lm_logits,
     vocabulary_size,
 )
+from DecodingMethodsModels.errors import UserError
+from DecodingMethodsModels.rules.combine import NEG_FLOOR
 
 
 def pad_retokenized_scores(

@@ -41,9 +41,9 @@ import torch
 from transformers import DynamicCache
 from transformers.cache_utils import DynamicLayer
 
-from .combine import CombineRule
-from .penalties import Penalties, apply_penalties
-from .sampling import SamplingSettings, choose_tokens, unusable_rows
+from DecodingMethodsModels.rules.combine import CombineRule
+from DecodingMethodsModels.rules.penalties import Penalties, apply_penalties
+from DecodingMethodsModels.rules.sampling import SamplingSettings, choose_tokens, unusable_rows
 
 
 class NonFiniteScoresError(RuntimeError):
@@ -355,7 +355,7 @@ def stream_two_prompts(
 
     `combine(pref_logprobs, base_logprobs) -> scores` takes two fp32 (B, V) tensors.
     `penalties` apply to the combined scores, with the preference prompt and the generated
-    tokens as each row's context (DecodingMethodsModels/penalties.py). A question is admitted
+    tokens as each row's context (DecodingMethodsModels/rules/penalties.py). A question is admitted
     as soon as a slot frees; on a cache that cannot be merged (sliding-window layers, say),
     and with `drop_finished=False`, the next questions wait for the whole batch instead.
     """

@@ -51,8 +51,7 @@ from dataclasses import dataclass
 
 import torch
 
-from .combine import NEG_FLOOR
-from .engine import (
+from DecodingMethodsModels.engines.two_prompt import (
     DecodeResult,
     NonFiniteScoresError,
     _forward_kwargs,
@@ -64,10 +63,11 @@ from .engine import (
     model_input_device,
     trim_columns,
 )
-from .errors import UserError
-from .rg_config import DEFAULT_SAMPLE_TEMP
-from .sampling import SamplingSettings, choose_tokens
-from .value_head import warn_if_not_applied
+from DecodingMethodsModels.errors import UserError
+from DecodingMethodsModels.models.value_head import warn_if_not_applied
+from DecodingMethodsModels.rules.combine import NEG_FLOOR
+from DecodingMethodsModels.rules.defaults import DEFAULT_SAMPLE_TEMP
+from DecodingMethodsModels.rules.sampling import SamplingSettings, choose_tokens
 
 MODES = ("greedy", "topk")
 
@@ -611,7 +611,7 @@ def stream_pad(model, persrm, prompt_ids: list[list[int]], settings: GuidedSetti
     `score = z_k + w (u_mapped(k) - z_k)` on raw logits.
     """
     if retokenizer is not None:
-        from .pad_cross_tokenizer import stream_pad_retokenized
+        from DecodingMethodsModels.engines.retokenized_pad import stream_pad_retokenized
 
         return stream_pad_retokenized(model, persrm, retokenizer, prompt_ids, settings,
                                       batch_size, generator)

@@ -7,9 +7,9 @@ import time
 import warnings
 from dataclasses import dataclass
 
-from .distributed import Process, RankError
-from .outputs import PartialStore
-from .plan import Work
+from DecodingMethodsModels.pipeline.distributed import Process, RankError
+from DecodingMethodsModels.pipeline.outputs import PartialStore
+from DecodingMethodsModels.pipeline.plan import Work
 
 
 def now() -> float:
@@ -37,8 +37,8 @@ class Decoder:
 
     def __call__(self, work: Work, batch: int) -> tuple[list[dict], int]:
         """(records of the batch, generated tokens)."""
-        from .engine import NonFiniteScoresError
-        from .methods import METHOD_RUNNERS
+        from DecodingMethodsModels.engines.two_prompt import NonFiniteScoresError
+        from DecodingMethodsModels.pipeline.methods import METHOD_RUNNERS
 
         rows = work.batches[batch]
         pref_ids, base_ids = self.prompts[(work.run.preference, work.run.dataset.name)]
@@ -64,7 +64,7 @@ class Decoder:
         ]
 
     def can_stream(self, work: Work) -> bool:
-        from .methods import STREAMING_METHODS
+        from DecodingMethodsModels.pipeline.methods import STREAMING_METHODS
 
         if not self.continuous_batching:
             return False
@@ -75,8 +75,8 @@ class Decoder:
     def stream(self, work: Work, positions: list[int]):
         """(position, generated ids) of each question at `positions` as it finishes, with
         continuous batching over all of them."""
-        from .engine import NonFiniteScoresError
-        from .methods import stream_method
+        from DecodingMethodsModels.engines.two_prompt import NonFiniteScoresError
+        from DecodingMethodsModels.pipeline.methods import stream_method
 
         pref_ids, base_ids = self.prompts[(work.run.preference, work.run.dataset.name)]
         pref_rows, base_rows = [pref_ids[i] for i in positions], [base_ids[i] for i in positions]
@@ -142,8 +142,8 @@ def resolve_penalties(config, model):
     with --use_model_generation_config its repetition penalty and n-gram ban fill what the
     command line left unset, for every method alike.
     """
-    from .methods import checkpoint_generation_settings
-    from .penalties import Penalties
+    from DecodingMethodsModels.pipeline.methods import checkpoint_generation_settings
+    from DecodingMethodsModels.rules.penalties import Penalties
 
     own = checkpoint_generation_settings(model)
     adopt = config.use_model_generation_config
@@ -184,9 +184,9 @@ def nan_message(work: Work, batch: int, model, err: Exception,
 
 
 def decode_settings(config, eos_ids: list[int], pad_id: int, penalties=None):
-    from .methods import DecodeSettings
-    from .penalties import Penalties
-    from .sampling import SamplingSettings
+    from DecodingMethodsModels.pipeline.methods import DecodeSettings
+    from DecodingMethodsModels.rules.penalties import Penalties
+    from DecodingMethodsModels.rules.sampling import SamplingSettings
 
     sampling = SamplingSettings(config.do_sample, config.temperature, config.top_k, config.top_p)
     return DecodeSettings(
