@@ -9,7 +9,8 @@ CLI's argument checks never wait for torch:
   `model.generate(custom_generate=...)`;
 - `personalise`: answers to a list of questions for a preference, as strings (library/api.py);
 - `amulet_rule`, `la_rule`, `decode_two_prompts`: the pure rules and the engine themselves;
-- `ArgsProcessor`, `PadProcessor`: ARGS and PAD (explicit or implicit) as logits processors;
+- `ArgsProcessor`, `PadProcessor`: ARGS and PAD (explicit or implicit) as logits processors
+  (library/guided_processors.py);
   `decode_args`, `decode_pad`, `decode_pad_implicit` with `GuidedSettings`: their batched
   engine (engines/reward_guided.py); `check_same_tokenizer`: that a guide shares the tokenizer;
   `attach_value_head`: PAD's value head on a loaded PersRM, as PAD.py applies it
@@ -21,8 +22,8 @@ from importlib import import_module
 
 _PUBLIC = {
     "AmuletProcessor": "library.processors",
-    "ArgsProcessor": "library.processors",
-    "PadProcessor": "library.processors",
+    "ArgsProcessor": "library.guided_processors",
+    "PadProcessor": "library.guided_processors",
     "LinearAlignmentProcessor": "library.processors",
     "TwoPromptProcessor": "library.processors",
     "amulet_generate": "library.api",
@@ -32,8 +33,8 @@ _PUBLIC = {
     "amulet_rule": "rules.combine",
     "la_rule": "rules.combine",
     "decode_two_prompts": "engines.two_prompt",
-    "GuidedSettings": "engines.reward_guided",
-    "check_same_tokenizer": "engines.reward_guided",
+    "GuidedSettings": "engines.guided_settings",
+    "check_same_tokenizer": "engines.guided_settings",
     "decode_args": "engines.reward_guided",
     "decode_pad": "engines.reward_guided",
     "decode_pad_implicit": "engines.reward_guided",

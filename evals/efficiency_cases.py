@@ -196,7 +196,7 @@ def hf_cfg(model, pref_ids, base_ids, settings, scale: float) -> list[list[int]]
     import torch
     from transformers import GenerationConfig
 
-    from DecodingMethodsModels.engines.two_prompt import left_pad, model_input_device
+    from DecodingMethodsModels.engines.core import left_pad, model_input_device
     from DecodingMethodsModels.pipeline.methods import cut_at_eos
 
     device = model_input_device(model)

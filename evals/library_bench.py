@@ -52,7 +52,8 @@ def paths(model, pref: list[list[int]], base: list[list[int]], steps: int, pad_i
     """Name -> a function decoding the workload once and returning each row's new tokens."""
 
     from DecodingMethodsModels import AmuletProcessor, amulet_generate, amulet_rule
-    from DecodingMethodsModels.engines.two_prompt import decode_two_prompts, left_pad
+    from DecodingMethodsModels.engines.core import left_pad
+    from DecodingMethodsModels.engines.two_prompt import decode_two_prompts
     from DecodingMethodsModels.rules.combine import amulet_ratio
 
     pref_ids, pref_mask = left_pad(pref, pad_id)
@@ -106,7 +107,7 @@ def guided_paths(model, guides: dict, pref: list[list[int]], base: list[list[int
         decode_pad,
         decode_pad_implicit,
     )
-    from DecodingMethodsModels.engines.two_prompt import left_pad
+    from DecodingMethodsModels.engines.core import left_pad
 
     pref_ids, pref_mask = left_pad(pref, pad_id)
     base_ids, base_mask = left_pad(base, pad_id)
@@ -202,7 +203,7 @@ def measure(model, guides: dict, pref, base, steps: int, pad_id: int, repeats: i
 
 def stand_in_guides(model, source) -> dict:
     """rg_bench's stand-in reward model and PersRM, on the model's device and in its dtype."""
-    from DecodingMethodsModels.engines.two_prompt import model_input_device
+    from DecodingMethodsModels.engines.core import model_input_device
     from evals.rg_bench import stand_in_guides as load_guides
 
     guides = load_guides(source, ["pad", "args"])

@@ -9,11 +9,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from DecodingMethodsModels.engines.two_prompt import (
-    NonFiniteScoresError,
-    decode_two_prompts,
-    shared_prefix_length,
-)
+from DecodingMethodsModels.engines.core import NonFiniteScoresError, shared_prefix_length
+from DecodingMethodsModels.engines.two_prompt import decode_two_prompts
 from DecodingMethodsModels.prompts.amulet import encode_prompt, preference_sentence
 from DecodingMethodsModels.rules.combine import amulet_ratio, amulet_rule, la_rule
 from DecodingMethodsModels.rules.sampling import SamplingSettings
@@ -382,7 +379,7 @@ class _LayerOn:
 def test_dropping_rows_hands_each_cache_layer_an_index_on_its_own_device():
     from types import SimpleNamespace
 
-    from DecodingMethodsModels.engines.two_prompt import select_cache_rows
+    from DecodingMethodsModels.engines.core import select_cache_rows
 
     layers = [_LayerOn("cpu"), _LayerOn("meta")]  # as if sharded over two devices
     select_cache_rows(SimpleNamespace(layers=layers), torch.tensor([0, 2]))
@@ -393,7 +390,7 @@ def test_dropping_rows_hands_each_cache_layer_an_index_on_its_own_device():
 def test_dropping_rows_keeps_the_selected_rows_of_a_real_cache():
     from transformers import DynamicCache
 
-    from DecodingMethodsModels.engines.two_prompt import select_cache_rows
+    from DecodingMethodsModels.engines.core import select_cache_rows
 
     cache = DynamicCache()
     keys = torch.arange(4.0).view(4, 1, 1, 1).expand(4, 1, 2, 3).contiguous()
@@ -597,24 +594,25 @@ def test_continuous_batching_gives_each_question_its_batch_one_tokens(
 
 
 def test_continuous_batching_trims_the_columns_no_row_attends_to(models, many_prompts):
-    from DecodingMethodsModels.engines import two_prompt as engine
+    from DecodingMethodsModels.engines import core
+    from DecodingMethodsModels.engines.two_prompt import stream_two_prompts
 
     first_column_used, widths = [], []
-    original = engine._trim
+    original = core.trim_columns
 
-    def recording(rows):
-        original(rows)
-        first_column_used.append(bool(rows.mask[:, 0].any()))
-        widths.append(rows.mask.shape[1] == rows.cache.layers[0].keys.shape[2])
+    def recording(cache, mask):
+        mask = original(cache, mask)
+        first_column_used.append(bool(mask[:, 0].any()))
+        widths.append(mask.shape[1] == cache.layers[0].keys.shape[2])
+        return mask
 
     pref, base = many_prompts
     eos_ids = varied_stops(decode(models["llama"], pref, base, amulet(), steps=16))
-    engine._trim = recording
+    core.trim_columns = recording
     try:
-        list(engine.stream_two_prompts(models["llama"], pref, base, amulet(), 16, eos_ids,
-                                       PAD, 2))
+        list(stream_two_prompts(models["llama"], pref, base, amulet(), 16, eos_ids, PAD, 2))
     finally:
-        engine._trim = original
+        core.trim_columns = original
     assert first_column_used and all(first_column_used) and all(widths)
 
 
@@ -622,7 +620,8 @@ def test_a_stream_encodes_the_shared_prefix_once_for_all_admissions(models, many
                                                                      monkeypatch):
     import functools
 
-    from DecodingMethodsModels.engines.two_prompt import shared_prefix_length, stream_two_prompts
+    from DecodingMethodsModels.engines.core import shared_prefix_length
+    from DecodingMethodsModels.engines.two_prompt import stream_two_prompts
 
     model = models["llama"]
     pref, base = many_prompts

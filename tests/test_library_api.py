@@ -23,7 +23,7 @@ from DecodingMethodsModels import (
     la_rule,
     personalise,
 )
-from DecodingMethodsModels.engines.two_prompt import left_pad
+from DecodingMethodsModels.engines.core import left_pad
 from DecodingMethodsModels.errors import UserError
 from DecodingMethodsModels.library.processors import beam_sources
 from DecodingMethodsModels.pipeline.methods import cut_at_eos

@@ -19,14 +19,11 @@ from test_reward_guided import FAMILIES, Zoo, early_stop_ids, settings
 from test_reward_guided import QUESTIONS as ENGINE_QUESTIONS
 
 from DecodingMethodsModels.engines.reference import reference_pad_retokenized
-from DecodingMethodsModels.engines.retokenized_pad import (
-    Retokenizer,
-    _RetokenizedGuide,
-    pad_retokenized_scores,
-)
+from DecodingMethodsModels.engines.retokenized_pad import RetokenizedGuide, Retokenizer
 from DecodingMethodsModels.engines.reward_guided import decode_pad, stream_pad
 from DecodingMethodsModels.errors import UserError
 from DecodingMethodsModels.prompts.amulet import encode_prompt, preference_sentence
+from DecodingMethodsModels.rules.guided import pad_retokenized_scores
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
@@ -133,8 +130,8 @@ def test_the_persrm_cache_follows_every_rewrite_of_the_re_encoding(tokenizer, pe
     config = dataclasses.replace(settings("pad"), pad_id=bridge.pad_id)
     sequences = [list(p) for p in prompts]
 
-    def start(row: int) -> _RetokenizedGuide:
-        return _RetokenizedGuide(persrm, bridge, [prompts[row]],
+    def start(row: int) -> RetokenizedGuide:
+        return RetokenizedGuide(persrm, bridge, [prompts[row]],
                                  [bridge.persrm_ids(prompts[row])], config, None)
 
     def check(guide, live):

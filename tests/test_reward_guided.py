@@ -11,6 +11,8 @@ import pytest
 import torch
 from conftest import sharpened
 
+from DecodingMethodsModels.engines.core import NonFiniteScoresError
+from DecodingMethodsModels.engines.guides import RewardGuide
 from DecodingMethodsModels.engines.reference import (
     reference_args,
     reference_pad,
@@ -18,19 +20,16 @@ from DecodingMethodsModels.engines.reference import (
 )
 from DecodingMethodsModels.engines.reward_guided import (
     GuidedSettings,
-    _RewardGuide,
-    args_scores,
     check_same_tokenizer,
-    choose_candidates,
     decode_args,
     decode_pad,
     decode_pad_implicit,
-    pad_scores,
 )
-from DecodingMethodsModels.engines.two_prompt import NonFiniteScoresError, decode_two_prompts
+from DecodingMethodsModels.engines.two_prompt import decode_two_prompts
 from DecodingMethodsModels.errors import UserError
 from DecodingMethodsModels.prompts.amulet import encode_prompt, preference_sentence
 from DecodingMethodsModels.rules.combine import la_rule
+from DecodingMethodsModels.rules.guided import args_scores, choose_candidates, pad_scores
 
 FAMILIES = ("llama", "qwen2")
 METHODS = ("args", "pad", "implicit")
@@ -354,7 +353,7 @@ def test_a_pad_id_candidate_is_rewarded_at_its_own_position(zoo, prompts):
     candidates = torch.tensor([[EOS, 11, 500]])  # the pad id first
     config = settings(topk=3)
     with torch.inference_mode():
-        got = _RewardGuide(rm, [prompt], config).values(candidates)[0]
+        got = RewardGuide(rm, [prompt], config).values(candidates)[0]
         sequences = torch.tensor([prompt + [c] for c in candidates[0].tolist()])
         hidden = rm.base_model(input_ids=sequences).last_hidden_state[:, -1]
         at_last = rm.score(hidden)[:, 0]

@@ -21,20 +21,19 @@ from DecodingMethodsModels import (
     PadProcessor,
     pad_implicit_generate,
 )
+from DecodingMethodsModels.engines.core import left_pad
 from DecodingMethodsModels.engines.reference import _rewards
 from DecodingMethodsModels.engines.reward_guided import (
     GuidedSettings,
-    args_scores,
     decode_args,
     decode_pad,
     decode_pad_implicit,
-    pad_scores,
 )
-from DecodingMethodsModels.engines.two_prompt import left_pad
 from DecodingMethodsModels.errors import UserError
 from DecodingMethodsModels.library.processors import beam_sources
 from DecodingMethodsModels.pipeline.methods import cut_at_eos
 from DecodingMethodsModels.prompts.amulet import encode_prompt, preference_sentence
+from DecodingMethodsModels.rules.guided import args_scores, pad_scores
 
 FAMILIES = ("llama", "qwen2")
 METHODS = ("args", "pad", "implicit")

@@ -16,14 +16,9 @@ import torch
 from conftest import sharpened
 
 from DecodingMethodsModels import PadProcessor, attach_value_head
+from DecodingMethodsModels.engines.core import collect, left_pad
 from DecodingMethodsModels.engines.reference import reference_pad
-from DecodingMethodsModels.engines.reward_guided import (
-    GuidedSettings,
-    _collect,
-    decode_pad,
-    stream_pad,
-)
-from DecodingMethodsModels.engines.two_prompt import left_pad
+from DecodingMethodsModels.engines.reward_guided import GuidedSettings, decode_pad, stream_pad
 from DecodingMethodsModels.errors import UserError
 from DecodingMethodsModels.models.guides import load_persrm
 from DecodingMethodsModels.models.value_head import file_sha256
@@ -157,7 +152,7 @@ def test_engine_batched_and_streamed_equal_the_by_hand_reference(
         decoder, plain_dir, headed_dir, prompts, by_hand_tokens):
     persrm = load_persrm(str(headed_dir), "cpu", "float32")
     assert decode_pad(decoder, persrm, prompts, settings()).token_ids == by_hand_tokens
-    streamed = _collect(stream_pad(decoder, persrm, prompts, settings(), batch_size=2),
+    streamed = collect(stream_pad(decoder, persrm, prompts, settings(), batch_size=2),
                         len(prompts))
     assert streamed.token_ids == by_hand_tokens
     plain = decode_pad(decoder, plain_model(plain_dir), prompts, settings()).token_ids

@@ -12,15 +12,15 @@ import logging
 
 import torch
 
-from DecodingMethodsModels.engines.retokenized_pad import pad_retokenized_scores
-from DecodingMethodsModels.engines.reward_guided import (
-    GuidedSettings,
+from DecodingMethodsModels.engines.core import model_input_device
+from DecodingMethodsModels.engines.reward_guided import GuidedSettings
+from DecodingMethodsModels.rules.guided import (
     ScoreRule,
     args_scores,
     choose_candidates,
+    pad_retokenized_scores,
     pad_scores,
 )
-from DecodingMethodsModels.engines.two_prompt import model_input_device
 
 
 def _next_logits(model, ids: list[int]) -> torch.Tensor:

@@ -23,10 +23,12 @@ from transformers import (
 )
 from transformers.generation.utils import GenerateDecoderOnlyOutput
 
+from DecodingMethodsModels.engines.core import model_input_device
 from DecodingMethodsModels.engines.reward_guided import GuidedSettings, decode_pad_implicit
-from DecodingMethodsModels.engines.two_prompt import decode_two_prompts, model_input_device
+from DecodingMethodsModels.engines.two_prompt import decode_two_prompts
 from DecodingMethodsModels.errors import UserError
-from DecodingMethodsModels.library.processors import PAD_WEIGHT, PAPER, TOPK
+from DecodingMethodsModels.library.guided_processors import PAD_WEIGHT, TOPK
+from DecodingMethodsModels.library.processors import PAPER
 from DecodingMethodsModels.models.loading import eos_token_ids, pad_token_id
 from DecodingMethodsModels.pipeline.decode import decode_response
 from DecodingMethodsModels.prompts.amulet import (

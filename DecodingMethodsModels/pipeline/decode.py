@@ -37,7 +37,7 @@ class Decoder:
 
     def __call__(self, work: Work, batch: int) -> tuple[list[dict], int]:
         """(records of the batch, generated tokens)."""
-        from DecodingMethodsModels.engines.two_prompt import NonFiniteScoresError
+        from DecodingMethodsModels.engines.core import NonFiniteScoresError
         from DecodingMethodsModels.pipeline.methods import METHOD_RUNNERS
 
         rows = work.batches[batch]
@@ -75,7 +75,7 @@ class Decoder:
     def stream(self, work: Work, positions: list[int]):
         """(position, generated ids) of each question at `positions` as it finishes, with
         continuous batching over all of them."""
-        from DecodingMethodsModels.engines.two_prompt import NonFiniteScoresError
+        from DecodingMethodsModels.engines.core import NonFiniteScoresError
         from DecodingMethodsModels.pipeline.methods import stream_method
 
         pref_ids, base_ids = self.prompts[(work.run.preference, work.run.dataset.name)]

@@ -1,5 +1,5 @@
 """ARGS and PAD in the CLI: the runs a command asks for, their guide model, and one batch of
-one run decoded by the reward-guided engine (reward_guided.py).
+one run decoded by the reward-guided engine (engines/reward_guided.py).
 
 A run's settings (w, k, mode, sample_temp) come from the flags, or one line each from a
 `--config` JSON-lines file; a grid's runs are written to `{method}_{settings}.json` so that
@@ -32,7 +32,7 @@ def guide_device(config, process, decoding_device: str) -> str:
 def check_guide_tokenizer(config, tokenizer):
     """The guide's tokenizer against the decoding model's, on the tokenizers alone before any
     weight loads. ARGS's reward model must map every token to the same id; a PersRM that does
-    not takes PAD's second rule: returns its pad_cross_tokenizer.Retokenizer (else None)."""
+    not takes PAD's second rule: returns its retokenized_pad.Retokenizer (else None)."""
     from DecodingMethodsModels.engines.reward_guided import check_same_tokenizer
     from DecodingMethodsModels.errors import UserError
     from DecodingMethodsModels.models.guides import load_guide_tokenizer
@@ -85,7 +85,10 @@ class Guide:
 
     def check(self, runs: list[GuidedRunConfig]) -> None:
         """Every run's k against the vocabulary, and the guide's kind, before decoding."""
-        from DecodingMethodsModels.engines.reward_guided import check_reward_model, vocabulary_size
+        from DecodingMethodsModels.engines.guided_settings import (
+            check_reward_model,
+            vocabulary_size,
+        )
 
         vocab = vocabulary_size(self.model)
         for run in runs:
@@ -106,12 +109,12 @@ class Guide:
         """One batch: the generated ids per question, the ending EOS included."""
         import torch
 
+        from DecodingMethodsModels.engines.core import model_input_device
         from DecodingMethodsModels.engines.reward_guided import (
             decode_args,
             decode_pad,
             decode_pad_implicit,
         )
-        from DecodingMethodsModels.engines.two_prompt import model_input_device
 
         settings = self.settings(run)
         generator = None
