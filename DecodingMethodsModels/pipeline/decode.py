@@ -1,5 +1,11 @@
-"""Stage 3 of a run: the settings every method decodes with, and the loop that turns this
-rank's batches of a run into records appended to its partial file."""
+"""Stage 3 of a run: the settings every method decodes with, the backend that decodes, and
+the loop that turns this rank's batches of a run into records appended to its partial file.
+
+`BACKENDS` is the one place where "which backend decodes" is chosen: a backend name maps to a
+decoder class built like `Decoder` (model, tokenizer, prompts, settings, ...) that turns one
+batch of one run into records (`__call__`, `records`) and, where it can, streams (`can_stream`,
+`stream`). "hf" (transformers, the engines in engines/) is the only one today.
+"""
 
 from __future__ import annotations
 
@@ -7,6 +13,7 @@ import time
 import warnings
 from dataclasses import dataclass
 
+from DecodingMethodsModels.errors import UserError
 from DecodingMethodsModels.pipeline.distributed import Process, RankError
 from DecodingMethodsModels.pipeline.outputs import PartialStore
 from DecodingMethodsModels.pipeline.plan import Work
@@ -92,6 +99,19 @@ class Decoder:
             bad = [positions[k] for k in err.rows] or positions
             batch = next(b for b, rows in enumerate(work.batches) if bad[0] in rows)
             raise RankError(nan_message(work, batch, self.model, err, bad)) from None
+
+
+BACKENDS: dict[str, type] = {"hf": Decoder}
+DEFAULT_BACKEND = "hf"
+
+
+def decoder_class(config) -> type:
+    """The decoder class of the run's backend (`config.backend`, "hf" where the configuration
+    names none); an unknown name is a UserError listing the known ones."""
+    name = getattr(config, "backend", None) or DEFAULT_BACKEND
+    if name not in BACKENDS:
+        raise UserError(f"unknown backend {name!r}; use one of: {', '.join(sorted(BACKENDS))}")
+    return BACKENDS[name]
 
 
 def decode_share(config, work: Work, process: Process, decoder: Decoder, bar) -> None:

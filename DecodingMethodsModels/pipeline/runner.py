@@ -23,6 +23,7 @@ from DecodingMethodsModels.pipeline.decode import (
     Decoder,
     decode_settings,
     decode_share,
+    decoder_class,
     resolve_penalties,
 )
 from DecodingMethodsModels.pipeline.distributed import (
@@ -100,6 +101,7 @@ def load_and_check(config, process: Process, todo: list[Work]) -> tuple[Decoder,
     )
     from DecodingMethodsModels.prompts.amulet import template_accepts_system
 
+    backend = decoder_class(config)  # an unknown backend fails before anything loads
     if not process.is_main:
         from transformers.utils import logging as hf_logging
 
@@ -142,7 +144,7 @@ def load_and_check(config, process: Process, todo: list[Work]) -> tuple[Decoder,
                             f"{config.guided_methods[0]}: run it without that flag")
         guide, guide_facts = load_guide(config, guide_device(config, process, device), model,
                                         eos_ids, pad_id, guided, retokenizer)
-    decoder = Decoder(model, tokenizer, prompts, settings, eos_ids, config.seed,
+    decoder = backend(model, tokenizer, prompts, settings, eos_ids, config.seed,
                       config.batch_size, config.continuous_batching, guide)
     return decoder, {**environment_facts(process, device, model), **guide_facts,
                      **generation_facts}
