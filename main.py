@@ -1,6 +1,7 @@
 """Generate personalised responses: python main.py --method amulet --pref_name creative ...
 
-Data parallel: torchrun --nproc_per_node N main.py ... (or accelerate launch); see README.
+Data parallel: torchrun --nproc_per_node N main.py ... (or accelerate launch);
+see DecodingMethodsModels/README.md.
 A user error (bad flags or inputs) is one line on stderr and exit code 2; a failure while
 running exits 1; an interruption (Ctrl-C, SIGTERM) keeps
 the finished batches, says how to resume and exits with 130.
@@ -13,8 +14,8 @@ import sys
 import warnings
 
 from config import config_from_args
-from DecodingMethodsModels.distributed import RankError, launched_process, launched_rank
 from DecodingMethodsModels.errors import UserError
+from DecodingMethodsModels.pipeline.distributed import RankError, launched_process, launched_rank
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -26,7 +27,7 @@ def main(argv: list[str] | None = None) -> int:
             warnings.simplefilter("ignore")  # every rank sees the same warnings: rank 0 says them
         try:
             config = config_from_args(argv)
-            from DecodingMethodsModels.runner import run
+            from DecodingMethodsModels.pipeline.runner import run
 
             run(config)
         except UserError as err:

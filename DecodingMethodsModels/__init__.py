@@ -1,43 +1,45 @@
 """Decoding methods of the Amulet reproduction: math, engine, loading, prompts and I/O.
 
-The public library API (README, "Use it as a library"), imported on first use so that the
-CLI's argument checks never wait for torch:
+The public library API (the package README, "Use it as a library"), imported on first use
+so that the CLI's argument checks never wait for torch:
 
 - `AmuletProcessor`, `LinearAlignmentProcessor`, `TwoPromptProcessor`: logits processors for
-  `model.generate(pref_ids, logits_processor=[...])` (processors.py);
+  `model.generate(pref_ids, logits_processor=[...])` (library/processors.py);
 - `amulet_generate`, `la_generate`, `pad_implicit_generate`: the engines as
   `model.generate(custom_generate=...)`;
-- `personalise`: answers to a list of questions for a preference, as strings (api.py);
+- `personalise`: answers to a list of questions for a preference, as strings (library/api.py);
 - `amulet_rule`, `la_rule`, `decode_two_prompts`: the pure rules and the engine themselves;
-- `ArgsProcessor`, `PadProcessor`: ARGS and PAD (explicit or implicit) as logits processors;
+- `ArgsProcessor`, `PadProcessor`: ARGS and PAD (explicit or implicit) as logits processors
+  (library/guided_processors.py);
   `decode_args`, `decode_pad`, `decode_pad_implicit` with `GuidedSettings`: their batched
-  engine (reward_guided.py); `check_same_tokenizer`: that a guide shares the tokenizer;
-  `attach_value_head`: PAD's value head on a loaded PersRM, as PAD.py applies it (value_head.py).
+  engine (engines/reward_guided.py); `check_same_tokenizer`: that a guide shares the tokenizer;
+  `attach_value_head`: PAD's value head on a loaded PersRM, as PAD.py applies it
+  (models/value_head.py).
   `Retokenizer`: PAD's second rule in `decode_pad`, for a PersRM of another tokenizer.
 """
 
 from importlib import import_module
 
 _PUBLIC = {
-    "AmuletProcessor": "processors",
-    "ArgsProcessor": "processors",
-    "PadProcessor": "processors",
-    "LinearAlignmentProcessor": "processors",
-    "TwoPromptProcessor": "processors",
-    "amulet_generate": "api",
-    "la_generate": "api",
-    "pad_implicit_generate": "api",
-    "personalise": "api",
-    "amulet_rule": "combine",
-    "la_rule": "combine",
-    "decode_two_prompts": "engine",
-    "GuidedSettings": "reward_guided",
-    "check_same_tokenizer": "reward_guided",
-    "decode_args": "reward_guided",
-    "decode_pad": "reward_guided",
-    "decode_pad_implicit": "reward_guided",
-    "attach_value_head": "value_head",
-    "Retokenizer": "pad_cross_tokenizer",
+    "AmuletProcessor": "library.processors",
+    "ArgsProcessor": "library.guided_processors",
+    "PadProcessor": "library.guided_processors",
+    "LinearAlignmentProcessor": "library.processors",
+    "TwoPromptProcessor": "library.processors",
+    "amulet_generate": "library.api",
+    "la_generate": "library.api",
+    "pad_implicit_generate": "library.api",
+    "personalise": "library.api",
+    "amulet_rule": "rules.combine",
+    "la_rule": "rules.combine",
+    "decode_two_prompts": "engines.two_prompt",
+    "GuidedSettings": "engines.guided_settings",
+    "check_same_tokenizer": "engines.guided_settings",
+    "decode_args": "engines.reward_guided",
+    "decode_pad": "engines.reward_guided",
+    "decode_pad_implicit": "engines.reward_guided",
+    "attach_value_head": "models.value_head",
+    "Retokenizer": "engines.retokenized_pad",
 }
 __all__ = sorted(_PUBLIC)
 

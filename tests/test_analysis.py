@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from DecodingMethodsModels.combine import amulet_ratio, linear_alignment
+from DecodingMethodsModels.rules.combine import amulet_ratio, linear_alignment
 from evals.judge.win_rate import TARGET_COLUMNS
 from evals.scoring.rm_table import AVG_COLUMNS
 from evals.study import analysis_cli as analysis
@@ -212,7 +212,7 @@ def test_analysis_end_to_end_produces_every_figure_and_the_report(tmp_path, tiny
             assert row["identical_count"] == 2, name
 
     from config import RunConfig
-    from DecodingMethodsModels.runner import run
+    from DecodingMethodsModels.pipeline.runner import run
 
     grid = tmp_path / "grid"
     run(RunConfig(method="pref,la,amulet", model_name=str(tiny_model_dirs["llama"]),

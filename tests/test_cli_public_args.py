@@ -18,10 +18,15 @@ def test_raw_prompt_style_decodes_the_untemplated_question(model, data, tmp_path
                                                            tmp_path_factory, tiny_model_dirs):
     from transformers import AutoTokenizer
 
-    from DecodingMethodsModels.decode import decode_response
-    from DecodingMethodsModels.loading import eos_token_ids, load_model, pad_token_id, resolve_model
-    from DecodingMethodsModels.reward_guided import GuidedSettings, decode_args
-    from DecodingMethodsModels.rg_loading import load_reward_model
+    from DecodingMethodsModels.engines.reward_guided import GuidedSettings, decode_args
+    from DecodingMethodsModels.models.guides import load_reward_model
+    from DecodingMethodsModels.models.loading import (
+        eos_token_ids,
+        load_model,
+        pad_token_id,
+        resolve_model,
+    )
+    from DecodingMethodsModels.pipeline.decode import decode_response
 
     reward_model = classifier_model(tmp_path_factory, tiny_model_dirs)
     out = tmp_path / "out"
@@ -60,7 +65,7 @@ def test_a_model_without_chat_template_loads_for_raw_prompts_only(tmp_path):
     from rm_helpers import build_tokenizer
 
     from DecodingMethodsModels.errors import UserError
-    from DecodingMethodsModels.loading import load_tokenizer, resolve_model
+    from DecodingMethodsModels.models.loading import load_tokenizer, resolve_model
 
     build_tokenizer(tmp_path, chat_template=False)
     source = resolve_model(str(tmp_path))

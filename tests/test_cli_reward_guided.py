@@ -22,7 +22,7 @@ from cli_helpers import (
     tree_state,
 )
 
-from DecodingMethodsModels.outputs import PartialStore
+from DecodingMethodsModels.pipeline.outputs import PartialStore
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
@@ -108,9 +108,14 @@ def engine_inputs(model_dir: Path, questions: list[str], pref_name: str = "creat
     CLI builds for `questions` (PAD's prompts for a principle set)."""
     from transformers import AutoTokenizer
 
-    from DecodingMethodsModels.loading import eos_token_ids, load_model, pad_token_id, resolve_model
-    from DecodingMethodsModels.pad_prompts import PRINCIPLE_SETS, encode_pad_prompt
-    from DecodingMethodsModels.prompts import encode_prompt, preference_sentence
+    from DecodingMethodsModels.models.loading import (
+        eos_token_ids,
+        load_model,
+        pad_token_id,
+        resolve_model,
+    )
+    from DecodingMethodsModels.prompts.amulet import encode_prompt, preference_sentence
+    from DecodingMethodsModels.prompts.pad import PRINCIPLE_SETS, encode_pad_prompt
 
     tokenizer = AutoTokenizer.from_pretrained(model_dir)
     model = load_model(resolve_model(str(model_dir)), "cpu", "float32")
@@ -126,7 +131,7 @@ def engine_inputs(model_dir: Path, questions: list[str], pref_name: str = "creat
 
 
 def responses_of(tokenizer, token_ids, eos) -> list[str]:
-    from DecodingMethodsModels.decode import decode_response
+    from DecodingMethodsModels.pipeline.decode import decode_response
 
     return [decode_response(tokenizer, ids, eos) for ids in token_ids]
 
@@ -134,8 +139,8 @@ def responses_of(tokenizer, token_ids, eos) -> list[str]:
 def test_args_writes_the_layout_and_sidecar_with_the_tokens_of_a_direct_call(
     model, data, reward_model, args_reference
 ):
-    from DecodingMethodsModels.reward_guided import GuidedSettings, decode_args
-    from DecodingMethodsModels.rg_loading import load_reward_model
+    from DecodingMethodsModels.engines.reward_guided import GuidedSettings, decode_args
+    from DecodingMethodsModels.models.guides import load_reward_model
 
     out, _ = args_reference
     final, directory = run_files(out, model, "args")
@@ -169,10 +174,10 @@ def test_args_writes_the_layout_and_sidecar_with_the_tokens_of_a_direct_call(
 def test_pad_on_psoups_with_pads_principles_equals_a_direct_decode_pad(
     model, persrm, psoups, tmp_path
 ):
-    from DecodingMethodsModels.eval_data import load_dataset
-    from DecodingMethodsModels.pad_prompts import preference_prompt
-    from DecodingMethodsModels.reward_guided import GuidedSettings, decode_pad
-    from DecodingMethodsModels.rg_loading import load_persrm
+    from DecodingMethodsModels.engines.reward_guided import GuidedSettings, decode_pad
+    from DecodingMethodsModels.models.guides import load_persrm
+    from DecodingMethodsModels.pipeline.eval_data import load_dataset
+    from DecodingMethodsModels.prompts.pad import preference_prompt
 
     limit = 6
     run_ok(cli_args(model, psoups, tmp_path, "--rm_name", str(persrm), "--pref_name", PAD_SET,
@@ -196,9 +201,9 @@ def test_pad_on_psoups_with_pads_principles_equals_a_direct_decode_pad(
 def test_implicit_pad_sampling_equals_decode_pad_implicit_with_the_batch_seed(
     model, data, tmp_path
 ):
-    from DecodingMethodsModels.decode import seed_for_batch
-    from DecodingMethodsModels.plan import batches_of
-    from DecodingMethodsModels.reward_guided import GuidedSettings, decode_pad_implicit
+    from DecodingMethodsModels.engines.reward_guided import GuidedSettings, decode_pad_implicit
+    from DecodingMethodsModels.pipeline.decode import seed_for_batch
+    from DecodingMethodsModels.pipeline.plan import batches_of
 
     limit, seed = 5, 7
     run_ok(cli_args(model, data, tmp_path, "--rm_name", "self", "--rm_weight", "1.5",
@@ -404,7 +409,7 @@ def test_two_ranks_share_the_batches_and_rank_0_writes_the_single_process_file(
 ):
     """Data parallel without a launcher: the rendezvous is replaced by a direct call, rank 1
     decodes its batches (1, 3, ...) first, then rank 0 its own and assembles them all."""
-    from DecodingMethodsModels import runner
+    from DecodingMethodsModels.pipeline import runner
 
     reference_dir, args = args_reference
     args = [str(tmp_path) if a == str(reference_dir) else a for a in args]

@@ -1,4 +1,4 @@
-"""Pure math of LA and Amulet (DecodingMethodsModels/combine.py) against formulas written out
+"""Pure math of LA and Amulet (DecodingMethodsModels/rules/combine.py) against formulas written out
 literally from the paper's Algorithm 1 and the docstrings."""
 
 from __future__ import annotations
@@ -8,7 +8,7 @@ import math
 import pytest
 import torch
 
-from DecodingMethodsModels.combine import (
+from DecodingMethodsModels.rules.combine import (
     amulet_closed_form,
     amulet_iterative,
     amulet_ratio,

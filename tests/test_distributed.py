@@ -27,9 +27,9 @@ from cli_helpers import (
     wait_for_batches,
 )
 
-from DecodingMethodsModels import distributed
-from DecodingMethodsModels.distributed import Process, launched_process, restrict_gpus
 from DecodingMethodsModels.errors import UserError
+from DecodingMethodsModels.pipeline import distributed
+from DecodingMethodsModels.pipeline.distributed import Process, launched_process, restrict_gpus
 
 
 def test_two_cpu_processes_write_the_single_process_file(model, data, reference, tmp_path):

@@ -269,7 +269,7 @@ class MetaModel:
 def test_combine_step_is_timed_on_the_models_device_between_synchronisations(monkeypatch):
     import torch
 
-    import DecodingMethodsModels.combine as combine
+    import DecodingMethodsModels.rules.combine as combine
     from evals.bench.efficiency_timing import combine_step_cost
 
     events: list = []

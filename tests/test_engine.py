@@ -1,6 +1,7 @@
-"""The two-prompt decode engine (DecodingMethodsModels/engine.py) on tiny random Llama, Qwen2
-and Mistral models, against independent references: transformers' own greedy `generate`, its
-classifier-free guidance, and a cache-free loop that re-encodes every sequence at every step.
+"""The two-prompt decode engine (DecodingMethodsModels/engines/two_prompt.py) on tiny random
+Llama, Qwen2 and Mistral models, against independent references: transformers' own greedy
+`generate`, its classifier-free guidance, and a cache-free loop that re-encodes every sequence
+at every step.
 The last tests repeat the key equalities on the real embedded SmolLM2-135M-Instruct."""
 
 from __future__ import annotations
@@ -8,14 +9,11 @@ from __future__ import annotations
 import pytest
 import torch
 
-from DecodingMethodsModels.combine import amulet_ratio, amulet_rule, la_rule
-from DecodingMethodsModels.engine import (
-    NonFiniteScoresError,
-    decode_two_prompts,
-    shared_prefix_length,
-)
-from DecodingMethodsModels.prompts import encode_prompt, preference_sentence
-from DecodingMethodsModels.sampling import SamplingSettings
+from DecodingMethodsModels.engines.core import NonFiniteScoresError, shared_prefix_length
+from DecodingMethodsModels.engines.two_prompt import decode_two_prompts
+from DecodingMethodsModels.prompts.amulet import encode_prompt, preference_sentence
+from DecodingMethodsModels.rules.combine import amulet_ratio, amulet_rule, la_rule
+from DecodingMethodsModels.rules.sampling import SamplingSettings
 
 FAMILIES = ("llama", "qwen2", "mistral")
 QUESTIONS = (
@@ -381,7 +379,7 @@ class _LayerOn:
 def test_dropping_rows_hands_each_cache_layer_an_index_on_its_own_device():
     from types import SimpleNamespace
 
-    from DecodingMethodsModels.engine import select_cache_rows
+    from DecodingMethodsModels.engines.core import select_cache_rows
 
     layers = [_LayerOn("cpu"), _LayerOn("meta")]  # as if sharded over two devices
     select_cache_rows(SimpleNamespace(layers=layers), torch.tensor([0, 2]))
@@ -392,7 +390,7 @@ def test_dropping_rows_hands_each_cache_layer_an_index_on_its_own_device():
 def test_dropping_rows_keeps_the_selected_rows_of_a_real_cache():
     from transformers import DynamicCache
 
-    from DecodingMethodsModels.engine import select_cache_rows
+    from DecodingMethodsModels.engines.core import select_cache_rows
 
     cache = DynamicCache()
     keys = torch.arange(4.0).view(4, 1, 1, 1).expand(4, 1, 2, 3).contiguous()
@@ -569,7 +567,7 @@ def many_prompts(tokenizer):
 def test_continuous_batching_gives_each_question_its_batch_one_tokens(
     models, many_prompts, family, batch_size
 ):
-    from DecodingMethodsModels.engine import stream_two_prompts
+    from DecodingMethodsModels.engines.two_prompt import stream_two_prompts
 
     model = models[family]
     pref, base = many_prompts
@@ -596,24 +594,25 @@ def test_continuous_batching_gives_each_question_its_batch_one_tokens(
 
 
 def test_continuous_batching_trims_the_columns_no_row_attends_to(models, many_prompts):
-    from DecodingMethodsModels import engine
+    from DecodingMethodsModels.engines import core
+    from DecodingMethodsModels.engines.two_prompt import stream_two_prompts
 
     first_column_used, widths = [], []
-    original = engine._trim
+    original = core.trim_columns
 
-    def recording(rows):
-        original(rows)
-        first_column_used.append(bool(rows.mask[:, 0].any()))
-        widths.append(rows.mask.shape[1] == rows.cache.layers[0].keys.shape[2])
+    def recording(cache, mask):
+        mask = original(cache, mask)
+        first_column_used.append(bool(mask[:, 0].any()))
+        widths.append(mask.shape[1] == cache.layers[0].keys.shape[2])
+        return mask
 
     pref, base = many_prompts
     eos_ids = varied_stops(decode(models["llama"], pref, base, amulet(), steps=16))
-    engine._trim = recording
+    core.trim_columns = recording
     try:
-        list(engine.stream_two_prompts(models["llama"], pref, base, amulet(), 16, eos_ids,
-                                       PAD, 2))
+        list(stream_two_prompts(models["llama"], pref, base, amulet(), 16, eos_ids, PAD, 2))
     finally:
-        engine._trim = original
+        core.trim_columns = original
     assert first_column_used and all(first_column_used) and all(widths)
 
 
@@ -621,7 +620,8 @@ def test_a_stream_encodes_the_shared_prefix_once_for_all_admissions(models, many
                                                                      monkeypatch):
     import functools
 
-    from DecodingMethodsModels.engine import shared_prefix_length, stream_two_prompts
+    from DecodingMethodsModels.engines.core import shared_prefix_length
+    from DecodingMethodsModels.engines.two_prompt import stream_two_prompts
 
     model = models["llama"]
     pref, base = many_prompts

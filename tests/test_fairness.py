@@ -18,7 +18,7 @@ from cli_helpers import (
 )
 from transformers import NoRepeatNGramLogitsProcessor, RepetitionPenaltyLogitsProcessor
 
-from DecodingMethodsModels.penalties import (
+from DecodingMethodsModels.rules.penalties import (
     Penalties,
     apply_penalties,
     ban_repeated_ngrams,

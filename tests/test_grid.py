@@ -8,7 +8,7 @@ import time
 import pytest
 from cli_helpers import main_in_process, run_main, tree_state, write_dataset
 
-import DecodingMethodsModels.loading as loading
+import DecodingMethodsModels.models.loading as loading
 
 METHODS, PREFS, DATASETS = ("base", "la"), ("creative", "concise"), ("alpha", "beta")
 

@@ -71,7 +71,7 @@ def test_rm_evals_fails_fast_with_one_line(tmp_path):
 
 @pytest.mark.parametrize("variable", ["HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE"])
 def test_an_offline_variable_is_honoured_without_any_connection(variable, monkeypatch):
-    from DecodingMethodsModels import hub
+    from DecodingMethodsModels.models import hub
 
     monkeypatch.setattr(hub, "_found_unreachable", None)
     monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
@@ -82,7 +82,7 @@ def test_an_offline_variable_is_honoured_without_any_connection(variable, monkey
 
 
 def test_a_proxy_is_what_the_check_connects_to(monkeypatch):
-    from DecodingMethodsModels import hub
+    from DecodingMethodsModels.models import hub
 
     monkeypatch.setenv("HTTPS_PROXY", "http://proxy.example:3128")
     assert hub.hub_address() == ("proxy.example", 3128)

@@ -12,7 +12,7 @@ from conftest import beam_generate as beam_run
 from conftest import same_run
 from transformers import LogitsProcessor, TextStreamer
 
-import DecodingMethodsModels.processors as processors
+import DecodingMethodsModels.library.processors as processors
 from DecodingMethodsModels import (
     AmuletProcessor,
     LinearAlignmentProcessor,
@@ -23,11 +23,11 @@ from DecodingMethodsModels import (
     la_rule,
     personalise,
 )
-from DecodingMethodsModels.engine import left_pad
+from DecodingMethodsModels.engines.core import left_pad
 from DecodingMethodsModels.errors import UserError
-from DecodingMethodsModels.methods import cut_at_eos
-from DecodingMethodsModels.processors import beam_sources
-from DecodingMethodsModels.prompts import encode_prompt, preference_sentence
+from DecodingMethodsModels.library.processors import beam_sources
+from DecodingMethodsModels.pipeline.methods import cut_at_eos
+from DecodingMethodsModels.prompts.amulet import encode_prompt, preference_sentence
 
 FAMILIES = ("llama", "qwen2")
 QUESTIONS = (

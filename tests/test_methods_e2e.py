@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from DecodingMethodsModels.prompts import (
+from DecodingMethodsModels.prompts.amulet import (
     build_messages,
     encode_prompt,
     preference_sentence,

@@ -18,15 +18,12 @@ from conftest import sharpened
 from test_reward_guided import FAMILIES, Zoo, early_stop_ids, settings
 from test_reward_guided import QUESTIONS as ENGINE_QUESTIONS
 
+from DecodingMethodsModels.engines.reference import reference_pad_retokenized
+from DecodingMethodsModels.engines.retokenized_pad import RetokenizedGuide, Retokenizer
+from DecodingMethodsModels.engines.reward_guided import decode_pad, stream_pad
 from DecodingMethodsModels.errors import UserError
-from DecodingMethodsModels.pad_cross_tokenizer import (
-    Retokenizer,
-    _RetokenizedGuide,
-    pad_retokenized_scores,
-)
-from DecodingMethodsModels.prompts import encode_prompt, preference_sentence
-from DecodingMethodsModels.reward_guided import decode_pad, stream_pad
-from DecodingMethodsModels.reward_guided_reference import reference_pad_retokenized
+from DecodingMethodsModels.prompts.amulet import encode_prompt, preference_sentence
+from DecodingMethodsModels.rules.guided import pad_retokenized_scores
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
@@ -133,8 +130,8 @@ def test_the_persrm_cache_follows_every_rewrite_of_the_re_encoding(tokenizer, pe
     config = dataclasses.replace(settings("pad"), pad_id=bridge.pad_id)
     sequences = [list(p) for p in prompts]
 
-    def start(row: int) -> _RetokenizedGuide:
-        return _RetokenizedGuide(persrm, bridge, [prompts[row]],
+    def start(row: int) -> RetokenizedGuide:
+        return RetokenizedGuide(persrm, bridge, [prompts[row]],
                                  [bridge.persrm_ids(prompts[row])], config, None)
 
     def check(guide, live):
@@ -256,10 +253,15 @@ def test_pad_with_a_persrm_of_another_tokenizer_writes_the_engines_tokens(
 ):
     from transformers import AutoTokenizer
 
-    from DecodingMethodsModels.decode import decode_response
-    from DecodingMethodsModels.loading import eos_token_ids, load_model, pad_token_id, resolve_model
-    from DecodingMethodsModels.reward_guided import GuidedSettings
-    from DecodingMethodsModels.rg_loading import load_persrm
+    from DecodingMethodsModels.engines.reward_guided import GuidedSettings
+    from DecodingMethodsModels.models.guides import load_persrm
+    from DecodingMethodsModels.models.loading import (
+        eos_token_ids,
+        load_model,
+        pad_token_id,
+        resolve_model,
+    )
+    from DecodingMethodsModels.pipeline.decode import decode_response
 
     limit = 4
     code, err = main_in_process(gen_args(cli_model, cli_data, tmp_path, "--rm_name",

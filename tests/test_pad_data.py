@@ -27,7 +27,7 @@ def test_psoups_copy_becomes_a_benchmark_file_main_py_can_load(tmp_path, capsys)
     written = json.loads((tmp_path / "psoups.json").read_text())
     assert written == [{"index": int(item["id"]), "question": item["prompt"]} for item in source]
     assert [r["index"] for r in written] == list(range(50))
-    from DecodingMethodsModels.eval_data import load_dataset
+    from DecodingMethodsModels.pipeline.eval_data import load_dataset
 
     dataset = load_dataset(tmp_path, "psoups")
     assert len(dataset.questions) == 50

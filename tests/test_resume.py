@@ -25,7 +25,7 @@ from cli_helpers import (
 )
 
 from DecodingMethodsModels.errors import UserError
-from DecodingMethodsModels.outputs import PartialStore
+from DecodingMethodsModels.pipeline.outputs import PartialStore
 
 N_BATCHES = len(QUESTIONS) // 2  # gen_args' batch size is 2
 
@@ -100,8 +100,8 @@ def test_batches_written_by_any_rank_of_an_earlier_job_are_reused(
 def partial_file_of(args: list[str], batches: list[int]) -> Path:
     """Write the partial file that `args` would leave after finishing `batches`."""
     from config import config_from_args
-    from DecodingMethodsModels.loading import resolve_model
-    from DecodingMethodsModels.plan import fingerprint, plan_runs
+    from DecodingMethodsModels.models.loading import resolve_model
+    from DecodingMethodsModels.pipeline.plan import fingerprint, plan_runs
 
     config = config_from_args(args)
     short = resolve_model(config.model_name).short_name

@@ -1,5 +1,5 @@
-"""The reward-guided engine (DecodingMethodsModels/reward_guided.py: ARGS, PAD, implicit PAD) on
-tiny random Llama and Qwen2 decoders, a tiny random Llama PersRM and a tiny random
+"""The reward-guided engine (DecodingMethodsModels/engines/reward_guided.py: ARGS, PAD, implicit
+PAD) on tiny random Llama and Qwen2 decoders, a tiny random Llama PersRM and a tiny random
 LlamaForSequenceClassification reward model, all with the SmolLM2 tokenizer, against
 independent references: the cache-free one-question-at-a-time definition
 (reward_guided_reference.py), transformers' greedy `generate`, and the two-prompt engine's
@@ -11,26 +11,25 @@ import pytest
 import torch
 from conftest import sharpened
 
-from DecodingMethodsModels.combine import la_rule
-from DecodingMethodsModels.engine import NonFiniteScoresError, decode_two_prompts
-from DecodingMethodsModels.errors import UserError
-from DecodingMethodsModels.prompts import encode_prompt, preference_sentence
-from DecodingMethodsModels.reward_guided import (
-    GuidedSettings,
-    _RewardGuide,
-    args_scores,
-    check_same_tokenizer,
-    choose_candidates,
-    decode_args,
-    decode_pad,
-    decode_pad_implicit,
-    pad_scores,
-)
-from DecodingMethodsModels.reward_guided_reference import (
+from DecodingMethodsModels.engines.core import NonFiniteScoresError
+from DecodingMethodsModels.engines.guides import RewardGuide
+from DecodingMethodsModels.engines.reference import (
     reference_args,
     reference_pad,
     reference_pad_implicit,
 )
+from DecodingMethodsModels.engines.reward_guided import (
+    GuidedSettings,
+    check_same_tokenizer,
+    decode_args,
+    decode_pad,
+    decode_pad_implicit,
+)
+from DecodingMethodsModels.engines.two_prompt import decode_two_prompts
+from DecodingMethodsModels.errors import UserError
+from DecodingMethodsModels.prompts.amulet import encode_prompt, preference_sentence
+from DecodingMethodsModels.rules.combine import la_rule
+from DecodingMethodsModels.rules.guided import args_scores, choose_candidates, pad_scores
 
 FAMILIES = ("llama", "qwen2")
 METHODS = ("args", "pad", "implicit")
@@ -354,7 +353,7 @@ def test_a_pad_id_candidate_is_rewarded_at_its_own_position(zoo, prompts):
     candidates = torch.tensor([[EOS, 11, 500]])  # the pad id first
     config = settings(topk=3)
     with torch.inference_mode():
-        got = _RewardGuide(rm, [prompt], config).values(candidates)[0]
+        got = RewardGuide(rm, [prompt], config).values(candidates)[0]
         sequences = torch.tensor([prompt + [c] for c in candidates[0].tolist()])
         hidden = rm.base_model(input_ids=sequences).last_hidden_state[:, -1]
         at_last = rm.score(hidden)[:, 0]

@@ -10,15 +10,15 @@ import torch
 from test_engine import MANY_QUESTIONS, fixed_batch_finish_order, varied_stops
 from test_reward_guided import FAMILIES, METHODS, Zoo, settings
 
-from DecodingMethodsModels import reward_guided
-from DecodingMethodsModels.prompts import encode_prompt, preference_sentence
-from DecodingMethodsModels.reward_guided import (
+from DecodingMethodsModels.engines import core
+from DecodingMethodsModels.engines.reward_guided import (
     decode_args,
     decode_pad,
     stream_args,
     stream_pad,
     stream_pad_implicit,
 )
+from DecodingMethodsModels.prompts.amulet import encode_prompt, preference_sentence
 
 STEPS = 16
 
@@ -137,7 +137,7 @@ def test_merged_caches_are_trimmed_to_the_columns_live_rows_attend_to(
     zoo, many_prompts, method, monkeypatch
 ):
     first_column_used, widths, models = [], [], set()
-    original, drop = reward_guided.trim_columns, reward_guided._CachedRows.drop
+    original, drop = core.trim_columns, core.CachedRows.drop
 
     def recording(cache, mask):
         mask = original(cache, mask)
@@ -150,8 +150,8 @@ def test_merged_caches_are_trimmed_to_the_columns_live_rows_attend_to(
         models.add(id(rows.model))
         drop(rows, index)
 
-    monkeypatch.setattr(reward_guided, "trim_columns", recording)
-    monkeypatch.setattr(reward_guided._CachedRows, "drop", dropping)
+    monkeypatch.setattr(core, "trim_columns", recording)
+    monkeypatch.setattr(core.CachedRows, "drop", dropping)
     list(stream(zoo, many_prompts, method, "llama", config, 2))
     assert first_column_used and all(first_column_used) and all(widths)
     assert len(models) == (1 if method == "implicit" else 2)  # the guide's cache is trimmed too
@@ -172,7 +172,7 @@ def test_a_stream_encodes_the_shared_prefix_once_for_all_admissions(zoo, many_pr
                                                                      monkeypatch):
     import functools
 
-    from DecodingMethodsModels.engine import shared_prefix_length
+    from DecodingMethodsModels.engines.core import shared_prefix_length
 
     model = zoo.decoder("llama", 0)
     pref, base = many_prompts

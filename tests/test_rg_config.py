@@ -1,25 +1,25 @@
-"""ARGS/PAD run configs (DecodingMethodsModels/rg_config.py) and PAD's preference prompts
-(DecodingMethodsModels/pad_prompts.py): no model needed."""
+"""ARGS/PAD run configs (DecodingMethodsModels/pipeline/guided_config.py) and PAD's preference
+prompts (DecodingMethodsModels/prompts/pad.py): no model needed."""
 
 from __future__ import annotations
 
 import pytest
 
 from DecodingMethodsModels.errors import UserError
-from DecodingMethodsModels.pad_prompts import (
+from DecodingMethodsModels.pipeline.guided_config import (
+    GuidedRunConfig,
+    load_run_configs,
+    parse_run_configs,
+    run_suffix,
+    run_suffixes,
+)
+from DecodingMethodsModels.prompts.pad import (
     PRINCIPLE_SETS,
     encode_pad_prompt,
     pad_messages,
     preference_prompt,
     principle_set_name,
     principles_text,
-)
-from DecodingMethodsModels.rg_config import (
-    GuidedRunConfig,
-    load_run_configs,
-    parse_run_configs,
-    run_suffix,
-    run_suffixes,
 )
 
 # The public codes' files, verbatim: ARGS's greedy_rm_1.5.jsonl, PAD's grid_search.config and
@@ -112,7 +112,7 @@ def test_lines_with_the_same_settings_still_get_distinct_suffixes():
 
 
 def test_settings_from_a_run_carry_its_values():
-    from DecodingMethodsModels.reward_guided import GuidedSettings
+    from DecodingMethodsModels.engines.reward_guided import GuidedSettings
 
     run = parse_run_configs('{"rm_weight": 0.6, "topk": 7, "mode": "topk", "sample_temp": 0.9}')[0]
     settings = GuidedSettings.from_run(run, 64, [2, 5], 2, ignore_eos=True)
@@ -185,7 +185,7 @@ def test_encoded_pad_prompt_is_the_templated_user_turn_and_assistant_header(smol
 def test_public_sample_temp_samples_every_topk_run_at_0_7(tmp_path):
     """ARGS's and PAD's collect_model_outs.py never pass a line's sample_temp on."""
     from config import RunConfig
-    from DecodingMethodsModels.guided_runs import guided_runs
+    from DecodingMethodsModels.pipeline.guided_config import guided_runs
 
     grid = tmp_path / "grid.config"
     grid.write_text('{"rm_weight": 1, "topk": 5, "mode": "topk", "sample_temp": 1.5}\n'

@@ -1,4 +1,4 @@
-"""Loading the guides (DecodingMethodsModels/rg_loading.py): a PersRM checkpoint that holds
+"""Loading the guides (DecodingMethodsModels/models/guides.py): a PersRM checkpoint that holds
 value-head tensors inside its main weights (ignored, as PAD.py ignores them; PAD's own value-head
 file: tests/test_value_head.py), and reward models, from tiny saved models."""
 
@@ -9,9 +9,9 @@ from pathlib import Path
 import pytest
 import torch
 
+from DecodingMethodsModels.engines.reward_guided import check_same_tokenizer
 from DecodingMethodsModels.errors import UserError
-from DecodingMethodsModels.reward_guided import check_same_tokenizer
-from DecodingMethodsModels.rg_loading import load_guide_tokenizer, load_persrm, load_reward_model
+from DecodingMethodsModels.models.guides import load_guide_tokenizer, load_persrm, load_reward_model
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 

@@ -14,27 +14,26 @@ from conftest import beam_generate as beam_run
 from conftest import same_run, sharpened
 from transformers import LogitsProcessor, TextStreamer
 
-import DecodingMethodsModels.processors as processors
+import DecodingMethodsModels.library.processors as processors
 from DecodingMethodsModels import (
     ArgsProcessor,
     LinearAlignmentProcessor,
     PadProcessor,
     pad_implicit_generate,
 )
-from DecodingMethodsModels.engine import left_pad
-from DecodingMethodsModels.errors import UserError
-from DecodingMethodsModels.methods import cut_at_eos
-from DecodingMethodsModels.processors import beam_sources
-from DecodingMethodsModels.prompts import encode_prompt, preference_sentence
-from DecodingMethodsModels.reward_guided import (
+from DecodingMethodsModels.engines.core import left_pad
+from DecodingMethodsModels.engines.reference import _rewards
+from DecodingMethodsModels.engines.reward_guided import (
     GuidedSettings,
-    args_scores,
     decode_args,
     decode_pad,
     decode_pad_implicit,
-    pad_scores,
 )
-from DecodingMethodsModels.reward_guided_reference import _rewards
+from DecodingMethodsModels.errors import UserError
+from DecodingMethodsModels.library.processors import beam_sources
+from DecodingMethodsModels.pipeline.methods import cut_at_eos
+from DecodingMethodsModels.prompts.amulet import encode_prompt, preference_sentence
+from DecodingMethodsModels.rules.guided import args_scores, pad_scores
 
 FAMILIES = ("llama", "qwen2")
 METHODS = ("args", "pad", "implicit")

@@ -8,9 +8,9 @@ from types import SimpleNamespace
 import pytest
 
 from config import RunConfig
-from DecodingMethodsModels.encode import encode_questions
-from DecodingMethodsModels.eval_data import Dataset, Question
-from DecodingMethodsModels.plan import PlannedRun, fingerprint
+from DecodingMethodsModels.pipeline.encode import encode_questions
+from DecodingMethodsModels.pipeline.eval_data import Dataset, Question
+from DecodingMethodsModels.pipeline.plan import PlannedRun, fingerprint
 
 
 def planned(method: str = "amulet") -> PlannedRun:
@@ -71,7 +71,7 @@ def test_truncation_cuts_the_question_once_for_both_prompts(smol_tokenizer_dir):
 
 
 def test_a_symlinked_gguf_file_is_found_under_its_target_name(tmp_path):
-    from DecodingMethodsModels.loading import embedded_gguf_path, resolve_model
+    from DecodingMethodsModels.models.loading import embedded_gguf_path, resolve_model
 
     link = tmp_path / "my-model.gguf"
     link.symlink_to(embedded_gguf_path())

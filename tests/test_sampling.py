@@ -1,4 +1,4 @@
-"""Token choice (DecodingMethodsModels/sampling.py): the warping equals transformers' warpers,
+"""Token choice (DecodingMethodsModels/rules/sampling.py): the warping equals transformers' warpers,
 sampling draws from the warped softmax, and unusable rows never reach torch.multinomial."""
 
 from __future__ import annotations
@@ -7,7 +7,7 @@ import pytest
 import torch
 from transformers import TemperatureLogitsWarper, TopKLogitsWarper, TopPLogitsWarper
 
-from DecodingMethodsModels.sampling import (
+from DecodingMethodsModels.rules.sampling import (
     SamplingSettings,
     choose_tokens,
     unusable_rows,

@@ -1,4 +1,4 @@
-"""PAD's value head on the PersRM (DecodingMethodsModels/value_head.py): a tiny random Llama
+"""PAD's value head on the PersRM (DecodingMethodsModels/models/value_head.py): a tiny random Llama
 PersRM saved with a random, non-identity `value_head.safetensors` decodes through
 `lm_head(W h + b)` in the engine (batched and streamed), in PadProcessor and through the CLI,
 against a cache-free reference that computes those logits by hand from output_hidden_states;
@@ -16,19 +16,14 @@ import torch
 from conftest import sharpened
 
 from DecodingMethodsModels import PadProcessor, attach_value_head
-from DecodingMethodsModels.engine import left_pad
+from DecodingMethodsModels.engines.core import collect, left_pad
+from DecodingMethodsModels.engines.reference import reference_pad
+from DecodingMethodsModels.engines.reward_guided import GuidedSettings, decode_pad, stream_pad
 from DecodingMethodsModels.errors import UserError
-from DecodingMethodsModels.methods import cut_at_eos
-from DecodingMethodsModels.prompts import encode_prompt, preference_sentence
-from DecodingMethodsModels.reward_guided import (
-    GuidedSettings,
-    _collect,
-    decode_pad,
-    stream_pad,
-)
-from DecodingMethodsModels.reward_guided_reference import reference_pad
-from DecodingMethodsModels.rg_loading import load_persrm
-from DecodingMethodsModels.value_head import file_sha256
+from DecodingMethodsModels.models.guides import load_persrm
+from DecodingMethodsModels.models.value_head import file_sha256
+from DecodingMethodsModels.pipeline.methods import cut_at_eos
+from DecodingMethodsModels.prompts.amulet import encode_prompt, preference_sentence
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
@@ -157,7 +152,7 @@ def test_engine_batched_and_streamed_equal_the_by_hand_reference(
         decoder, plain_dir, headed_dir, prompts, by_hand_tokens):
     persrm = load_persrm(str(headed_dir), "cpu", "float32")
     assert decode_pad(decoder, persrm, prompts, settings()).token_ids == by_hand_tokens
-    streamed = _collect(stream_pad(decoder, persrm, prompts, settings(), batch_size=2),
+    streamed = collect(stream_pad(decoder, persrm, prompts, settings(), batch_size=2),
                         len(prompts))
     assert streamed.token_ids == by_hand_tokens
     plain = decode_pad(decoder, plain_model(plain_dir), prompts, settings()).token_ids
@@ -198,7 +193,7 @@ def test_the_bin_form_loads_and_safetensors_comes_first(tmp_path, plain_dir, hea
     with_safetensors = load_persrm(str(headed_dir), "cpu", "float32")
     with torch.inference_mode():
         assert torch.equal(persrm(input_ids=ids).logits, with_safetensors(input_ids=ids).logits)
-    from DecodingMethodsModels.value_head import value_head_facts
+    from DecodingMethodsModels.models.value_head import value_head_facts
 
     assert value_head_facts(persrm) == {"file": "value_head.bin", "sha256": file_sha256(path)}
     save_head(directory, torch.eye(HIDDEN), torch.zeros(HIDDEN))  # both: safetensors wins
@@ -265,7 +260,7 @@ def test_a_hub_persrms_value_head_is_found_in_the_hub_cache(tmp_path, monkeypatc
     be absent is skipped, and an unknown one is skipped with a warning."""
     import huggingface_hub.constants
 
-    from DecodingMethodsModels.value_head import find_value_head
+    from DecodingMethodsModels.models.value_head import find_value_head
 
     monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_CACHE", str(tmp_path))
     repo = tmp_path / "models--someone--persrm"

@@ -102,7 +102,7 @@ def load(args):
     """Tokenizer, model and a short description of both; the model stays in eval mode."""
     import torch
 
-    from DecodingMethodsModels.loading import (
+    from DecodingMethodsModels.models.loading import (
         check_fetchable,
         load_model,
         load_tokenizer,
@@ -121,14 +121,14 @@ def load(args):
 
 
 def build_workload(args, tokenizer, model, questions) -> Workload:
-    from DecodingMethodsModels.loading import eos_token_ids, pad_token_id
-    from DecodingMethodsModels.methods import DecodeSettings
-    from DecodingMethodsModels.prompts import (
+    from DecodingMethodsModels.models.loading import eos_token_ids, pad_token_id
+    from DecodingMethodsModels.pipeline.methods import DecodeSettings
+    from DecodingMethodsModels.pipeline.runner import batches_of
+    from DecodingMethodsModels.prompts.amulet import (
         encode_prompt,
         preference_sentence,
         template_accepts_system,
     )
-    from DecodingMethodsModels.runner import batches_of
 
     system_role = template_accepts_system(tokenizer)
     preference = preference_sentence(args.pref_name)
@@ -152,7 +152,7 @@ def build_workload(args, tokenizer, model, questions) -> Workload:
 
 
 def questions_of(args, limit: int):
-    from DecodingMethodsModels.eval_data import load_dataset
+    from DecodingMethodsModels.pipeline.eval_data import load_dataset
 
     return load_dataset(Path(args.data_dir), args.eval_data, limit).questions
 
@@ -169,8 +169,8 @@ def case_settings(case: Case, settings):
 
 def case_runner(case: Case, args, model) -> Callable:
     """A function (pref_ids, base_ids, settings) -> generated ids per question."""
-    from DecodingMethodsModels.combine import amulet_ratio
-    from DecodingMethodsModels.methods import METHOD_RUNNERS
+    from DecodingMethodsModels.pipeline.methods import METHOD_RUNNERS
+    from DecodingMethodsModels.rules.combine import amulet_ratio
 
     if case.method == "hf_cfg":
         scale = 1.0 + amulet_ratio(args.iteration_num, args.alpha, args.player_lambda, args.eta)
@@ -196,8 +196,8 @@ def hf_cfg(model, pref_ids, base_ids, settings, scale: float) -> list[list[int]]
     import torch
     from transformers import GenerationConfig
 
-    from DecodingMethodsModels.engine import left_pad, model_input_device
-    from DecodingMethodsModels.methods import cut_at_eos
+    from DecodingMethodsModels.engines.core import left_pad, model_input_device
+    from DecodingMethodsModels.pipeline.methods import cut_at_eos
 
     device = model_input_device(model)
     ids, mask = left_pad(pref_ids, settings.pad_id)
@@ -237,7 +237,7 @@ def stream_case(case: Case, args, model, work: Workload, settings,
                 batches: list[list[int]]) -> list[list[int]]:
     """The questions of `batches`, in their order, as one continuous-batching stream of at most
     --batch_size questions in flight (what the runner does for greedy la and amulet)."""
-    from DecodingMethodsModels.methods import stream_method
+    from DecodingMethodsModels.pipeline.methods import stream_method
 
     order = [i for rows in batches for i in rows]
     found = dict(stream_method(case.method, model, [work.pref_ids[i] for i in order],

@@ -93,7 +93,7 @@ def measure_memory(cases: list[Case], args, model, source, work: Workload,
 def saved_copy(model, args) -> Path:
     import tempfile
 
-    from DecodingMethodsModels.loading import load_tokenizer, resolve_model
+    from DecodingMethodsModels.models.loading import load_tokenizer, resolve_model
 
     directory = Path(tempfile.mkdtemp(prefix="efficiency_model_"))
     model.save_pretrained(directory)

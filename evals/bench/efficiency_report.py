@@ -8,7 +8,7 @@ import os
 import platform
 from pathlib import Path
 
-from DecodingMethodsModels.provenance import git_dirty, software_facts
+from DecodingMethodsModels.pipeline.provenance import git_dirty, software_facts
 
 QUICK_TARGETS_NOTE = (
     "Targets not judged in --quick mode: 2 questions, 4 new tokens and one run are too little "

@@ -117,8 +117,8 @@ def combine_step_cost(args, model, work: Workload, repeats: int = 20,
     read."""
     import torch
 
-    from DecodingMethodsModels.combine import amulet_rule
-    from DecodingMethodsModels.engine import model_input_device
+    from DecodingMethodsModels.engines.core import model_input_device
+    from DecodingMethodsModels.rules.combine import amulet_rule
 
     device = model_input_device(model)
     synchronize = synchronizer(device)

@@ -50,8 +50,9 @@ def paths(model, pref: list[list[int]], base: list[list[int]], steps: int, pad_i
     """Name -> a function decoding the workload once and returning each row's new tokens."""
 
     from DecodingMethodsModels import AmuletProcessor, amulet_generate, amulet_rule
-    from DecodingMethodsModels.combine import amulet_ratio
-    from DecodingMethodsModels.engine import decode_two_prompts, left_pad
+    from DecodingMethodsModels.engines.core import left_pad
+    from DecodingMethodsModels.engines.two_prompt import decode_two_prompts
+    from DecodingMethodsModels.rules.combine import amulet_ratio
 
     pref_ids, pref_mask = left_pad(pref, pad_id)
     base_ids, base_mask = left_pad(base, pad_id)
@@ -104,7 +105,7 @@ def guided_paths(model, guides: dict, pref: list[list[int]], base: list[list[int
         decode_pad,
         decode_pad_implicit,
     )
-    from DecodingMethodsModels.engine import left_pad
+    from DecodingMethodsModels.engines.core import left_pad
 
     pref_ids, pref_mask = left_pad(pref, pad_id)
     base_ids, base_mask = left_pad(base, pad_id)
@@ -200,7 +201,7 @@ def measure(model, guides: dict, pref, base, steps: int, pad_id: int, repeats: i
 
 def stand_in_guides(model, source) -> dict:
     """rg_bench's stand-in reward model and PersRM, on the model's device and in its dtype."""
-    from DecodingMethodsModels.engine import model_input_device
+    from DecodingMethodsModels.engines.core import model_input_device
     from evals.bench.rg_bench import stand_in_guides as load_guides
 
     guides = load_guides(source, ["pad", "args"])
@@ -244,15 +245,15 @@ def main(argv: list[str] | None = None) -> int:
     from transformers.utils import logging
 
     from DecodingMethodsModels.errors import UserError
-    from DecodingMethodsModels.eval_data import load_dataset
-    from DecodingMethodsModels.loading import (
+    from DecodingMethodsModels.models.loading import (
         eos_token_ids,
         load_model,
         load_tokenizer,
         pad_token_id,
         resolve_model,
     )
-    from DecodingMethodsModels.prompts import (
+    from DecodingMethodsModels.pipeline.eval_data import load_dataset
+    from DecodingMethodsModels.prompts.amulet import (
         encode_prompt,
         preference_sentence,
         template_accepts_system,

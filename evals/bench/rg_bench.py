@@ -1,6 +1,6 @@
 """Decode-time cost of reward-guided decoding: the cached, batched engine
-(DecodingMethodsModels/reward_guided.py) against its cache-free one-question-at-a-time
-reference (reward_guided_reference.py) and against plain greedy `generate` on the preference
+(DecodingMethodsModels/engines/reward_guided.py) against its cache-free one-question-at-a-time
+reference (engines/reference.py) and against plain greedy `generate` on the preference
 prompt (pref), on one model and one question set.
 
     python evals/rg_bench.py --eval_data UltraFeedback_truthful_qa --limit 8 --batch_size 8 \
@@ -52,17 +52,17 @@ def timed_tokens(fn: Callable[[], list[list[int]]]) -> dict:
 
 def case_runner(case: str, model, guides: dict, pref_ids, base_ids, settings, batch_size: int):
     """A function () -> generated ids per question for one case over all its questions."""
-    from DecodingMethodsModels.methods import DecodeSettings, generate_on
-    from DecodingMethodsModels.reward_guided import (
-        decode_args,
-        decode_pad,
-        decode_pad_implicit,
-    )
-    from DecodingMethodsModels.reward_guided_reference import (
+    from DecodingMethodsModels.engines.reference import (
         reference_args,
         reference_pad,
         reference_pad_implicit,
     )
+    from DecodingMethodsModels.engines.reward_guided import (
+        decode_args,
+        decode_pad,
+        decode_pad_implicit,
+    )
+    from DecodingMethodsModels.pipeline.methods import DecodeSettings, generate_on
 
     def batched(decode):
         def run():
@@ -96,7 +96,7 @@ def stand_in_guides(source, cases: list[str]) -> dict:
     import torch
     from transformers import AutoModelForSequenceClassification
 
-    from DecodingMethodsModels.loading import conversion_cache, load_model
+    from DecodingMethodsModels.models.loading import conversion_cache, load_model
 
     guides = {}
     if any(c.startswith("pad") for c in cases):
@@ -115,13 +115,13 @@ def measure(model, tokenizer, questions: list[str], cases: list[str], guides: di
             weight: float = 0.8, naive_limit: int | None = None,
             pref_name: str = "creative") -> dict[str, dict]:
     """tokens/s of each case on `questions` (greedy, k = `topk`, weight w), with a warm-up."""
-    from DecodingMethodsModels.loading import eos_token_ids, pad_token_id
-    from DecodingMethodsModels.prompts import (
+    from DecodingMethodsModels.engines.reward_guided import GuidedSettings
+    from DecodingMethodsModels.models.loading import eos_token_ids, pad_token_id
+    from DecodingMethodsModels.prompts.amulet import (
         encode_prompt,
         preference_sentence,
         template_accepts_system,
     )
-    from DecodingMethodsModels.reward_guided import GuidedSettings
 
     system_role = template_accepts_system(tokenizer)
     sentence = preference_sentence(pref_name)
@@ -210,8 +210,8 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     import torch
 
-    from DecodingMethodsModels.eval_data import load_dataset
-    from DecodingMethodsModels.loading import load_model, load_tokenizer, resolve_model
+    from DecodingMethodsModels.models.loading import load_model, load_tokenizer, resolve_model
+    from DecodingMethodsModels.pipeline.eval_data import load_dataset
 
     args = build_parser().parse_args(argv)
     cases = list(CASES) if args.cases == "all" else [c for c in args.cases.split(",") if c]

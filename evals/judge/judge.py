@@ -11,7 +11,7 @@ import json
 import re
 from dataclasses import asdict, dataclass
 
-from DecodingMethodsModels.prompts import preference_sentence
+from DecodingMethodsModels.prompts.amulet import preference_sentence
 from evals.errors import EvalError
 
 PROMPT_VERSION = "amulet-iclr2025-v1"

@@ -13,7 +13,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from DecodingMethodsModels.errors import UserError
-from DecodingMethodsModels.loading import EMBEDDED_MODEL, ModelSource, resolve_model
+from DecodingMethodsModels.models.loading import EMBEDDED_MODEL, ModelSource, resolve_model
 from evals.errors import EvalError
 from evals.judge.judge import PROMPT_VERSION, LocalJudgePreset
 from evals.judge.judge_client import ask_until_parsed
@@ -45,7 +45,7 @@ def judge_name(name: str) -> str:
 def local_preset(name: str, max_tokens: int, seed: int, device: str, dtype: str,
                  prompt_version: str = PROMPT_VERSION) -> LocalJudgePreset:
     """The cache-key preset of a local judge, resolved without loading any weights."""
-    from DecodingMethodsModels.loading import resolve_device, resolve_dtype
+    from DecodingMethodsModels.models.loading import resolve_device, resolve_dtype
 
     try:
         torch_dtype = resolve_dtype(dtype, resolve_device(device))
@@ -82,8 +82,8 @@ class LocalJudge:
 
     def __init__(self, model, tokenizer, preset: LocalJudgePreset, max_invalid_retries: int,
                  protocol: JudgeProtocol = AMULET):
-        from DecodingMethodsModels.loading import eos_token_ids, pad_token_id
-        from DecodingMethodsModels.prompts import template_accepts_system
+        from DecodingMethodsModels.models.loading import eos_token_ids, pad_token_id
+        from DecodingMethodsModels.prompts.amulet import template_accepts_system
 
         self.model = model
         self.tokenizer = tokenizer
@@ -118,7 +118,7 @@ class LocalJudge:
         import torch
         from transformers import GenerationConfig
 
-        from DecodingMethodsModels.methods import cut_at_eos, neutral_generation_config
+        from DecodingMethodsModels.pipeline.methods import cut_at_eos, neutral_generation_config
 
         prompt = self.prompt_ids(messages)
         if self.context is not None and len(prompt) + self.preset.max_tokens > self.context:
@@ -150,7 +150,7 @@ def load_local_judge(name: str, device: str, preset: LocalJudgePreset,
                      max_invalid_retries: int, trust_remote_code: bool = False,
                      protocol: JudgeProtocol = AMULET) -> LocalJudge:
     """Load ``name`` (embedded model, .gguf, directory or hub id) as a judge."""
-    from DecodingMethodsModels.loading import load_model, load_tokenizer, resolve_device
+    from DecodingMethodsModels.models.loading import load_model, load_tokenizer, resolve_device
 
     source = _source(name)
     try:

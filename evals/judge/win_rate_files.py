@@ -15,7 +15,7 @@ from pathlib import Path
 
 import numpy as np
 
-from DecodingMethodsModels.provenance import git_commit
+from DecodingMethodsModels.pipeline.provenance import git_commit
 from evals.jsonl_store import write_text_atomic
 from evals.judge.win_rate_rows import (
     BT_COLUMNS,

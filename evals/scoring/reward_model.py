@@ -68,7 +68,7 @@ def check_fetchable(name: str) -> None:
     after a minute of retries (a local directory is left to the loaders)."""
     from pathlib import Path
 
-    from DecodingMethodsModels.hub import offline_and_not_cached
+    from DecodingMethodsModels.models.hub import offline_and_not_cached
 
     missing = None if Path(name).expanduser().exists() else offline_and_not_cached(name)
     if missing:
@@ -82,7 +82,7 @@ def read_config_dict(name: str, trust_remote_code: bool) -> dict:
     try:
         config, _ = PretrainedConfig.get_config_dict(name)
     except (OSError, ValueError) as exc:
-        from DecodingMethodsModels.hub import offline_reason
+        from DecodingMethodsModels.models.hub import offline_reason
 
         reason = offline_reason()
         offline = f"; offline: {reason}" if reason else ""

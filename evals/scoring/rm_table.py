@@ -70,7 +70,7 @@ def _sidecar(config, responses, method: str) -> dict:
 def _is_local_model(name: str) -> bool:
     """Whether a tokenizer can be had without the hub: the embedded model, a GGUF file, a
     directory."""
-    from DecodingMethodsModels.loading import EMBEDDED_MODEL
+    from DecodingMethodsModels.models.loading import EMBEDDED_MODEL
 
     return name == EMBEDDED_MODEL or name.endswith(".gguf") or Path(name).expanduser().is_dir()
 
@@ -81,7 +81,7 @@ def _length_tokenizer(name: str):
     from transformers import AutoTokenizer
 
     from DecodingMethodsModels.errors import UserError
-    from DecodingMethodsModels.loading import EMBEDDED_MODEL, load_tokenizer, resolve_model
+    from DecodingMethodsModels.models.loading import EMBEDDED_MODEL, load_tokenizer, resolve_model
 
     try:
         if name == EMBEDDED_MODEL or name.endswith(".gguf"):

@@ -63,7 +63,7 @@ def sweep_command(args) -> int:
             first_pref = config.pref_names[0] or config.pref_name
             base = replace(config, method="base", pref_name=first_pref,
                            output_dir=str(out / "responses" / "base"))
-            from DecodingMethodsModels.runner import run
+            from DecodingMethodsModels.pipeline.runner import run
 
             run(base)
             roots.append(out / "responses" / "base")

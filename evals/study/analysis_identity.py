@@ -16,7 +16,7 @@ from types import SimpleNamespace
 
 import torch
 
-from DecodingMethodsModels.combine import linear_alignment
+from DecodingMethodsModels.rules.combine import linear_alignment
 
 
 def implicit_pad_scores(pref_logprobs: torch.Tensor, base_logprobs: torch.Tensor,
@@ -55,8 +55,8 @@ def measure_identity(args) -> dict:
     iteration_num, alpha, player_lambda, eta, pad_top_k (a list), device, dtype,
     threads.
     """
-    from DecodingMethodsModels.combine import amulet_ratio
-    from DecodingMethodsModels.methods import METHOD_RUNNERS, two_prompt
+    from DecodingMethodsModels.pipeline.methods import METHOD_RUNNERS, two_prompt
+    from DecodingMethodsModels.rules.combine import amulet_ratio
     from evals.bench import efficiency_cases as efficiency
 
     k = amulet_ratio(args.iteration_num, args.alpha, args.player_lambda, args.eta)

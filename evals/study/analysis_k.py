@@ -16,7 +16,7 @@ from __future__ import annotations
 import math
 from pathlib import Path
 
-from DecodingMethodsModels.combine import amulet_ratio
+from DecodingMethodsModels.rules.combine import amulet_ratio
 
 DEFAULTS = {"T": 60, "eta": 10.0, "alpha": 2.0, "lambda": 2.0}
 SWEEPS = {  # the paper's sweeps, the other three at their defaults

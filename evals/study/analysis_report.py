@@ -76,7 +76,7 @@ def _excerpt(text: str) -> str:
 
 def side_by_side_sweep(data: dict, questions: int) -> str:
     """The first ``questions`` questions, each with every point's response (base first)."""
-    from DecodingMethodsModels.outputs import read_json
+    from DecodingMethodsModels.pipeline.outputs import read_json
 
     texts, asked = {}, {}
     for point in data["points"]:

@@ -5,9 +5,9 @@ Amulet is LA with ``r = k(T, alpha, lambda, eta)``; transformers' classifier-fre
 the same mixture at ``guidance_scale = 1 + r``, and PAD's reward with the decoding model as its
 own reward model at ``w = 1 + r`` (restricted to PAD's top-k).
 
-A sweep runs ``run(config)`` (DecodingMethodsModels.runner) once per strength value, each into
-its own output directory ``{out}/responses/{axis}={value}/``, or reads any existing response
-files: a point is one ``{method}.json`` with its sidecar ``{method}.meta.json``, whose
+A sweep runs ``run(config)`` (DecodingMethodsModels.pipeline.runner) once per strength value,
+each into its own output directory ``{out}/responses/{axis}={value}/``, or reads any existing
+response files: a point is one ``{method}.json`` with its sidecar ``{method}.meta.json``, whose
 fingerprint gives the ratio (la: reinforce_ratio, amulet: its amulet_ratio, pref: 0). base
 responses, which see no preference, are drawn as a reference line.
 """
@@ -60,7 +60,7 @@ class Axis:
 
 def _amulet_ratio_with(field: str) -> Callable[[float, object], float]:
     def ratio(value: float, config) -> float:
-        from DecodingMethodsModels.combine import amulet_ratio
+        from DecodingMethodsModels.rules.combine import amulet_ratio
 
         params = {"iterations": config.iteration_num, "alpha": config.alpha,
                   "player_lambda": config.player_lambda, "eta": config.eta, field: value}
@@ -100,7 +100,7 @@ def run_sweep(base_config, axis: Axis, values: Sequence[float], out: Path) -> li
 
     Finished points are skipped (the runner resumes), so an interrupted sweep continues.
     """
-    from DecodingMethodsModels.runner import run
+    from DecodingMethodsModels.pipeline.runner import run
 
     dirs = []
     for value in values:
@@ -201,7 +201,7 @@ def share_mentioning(texts: Sequence[str], word: str) -> float:
 def token_counter(model_name: str) -> Callable[[str], int]:
     """Length in the model's tokens of a stored response (re-encoded, no special tokens)."""
     from DecodingMethodsModels.errors import UserError
-    from DecodingMethodsModels.loading import load_tokenizer, resolve_model
+    from DecodingMethodsModels.models.loading import load_tokenizer, resolve_model
 
     try:
         tokenizer = load_tokenizer(resolve_model(model_name))
@@ -213,7 +213,7 @@ def token_counter(model_name: str) -> Callable[[str], int]:
 
 def sweep_data(points: list[Point], axis_name: str, tokenizer_name: str | None = None) -> dict:
     """The indicators of every point, grouped by preference, as the JSON behind the figure."""
-    from DecodingMethodsModels.outputs import read_json
+    from DecodingMethodsModels.pipeline.outputs import read_json
 
     counters: dict[str, Callable[[str], int]] = {}
     rows = []

@@ -5,9 +5,9 @@ from __future__ import annotations
 
 import warnings
 
-from .errors import UserError
-from .eval_data import Dataset
-from .plan import Work
+from DecodingMethodsModels.errors import UserError
+from DecodingMethodsModels.pipeline.eval_data import Dataset
+from DecodingMethodsModels.pipeline.plan import Work
 
 
 def encode_questions(tokenizer, dataset: Dataset, preference: str, system_role: bool,
@@ -21,8 +21,8 @@ def encode_questions(tokenizer, dataset: Dataset, preference: str, system_role: 
     LA and Amulet then contrast two prompts about the same question. `--prompt_style raw`
     (args only) is public ARGS's prompt: the question text tokenised with the tokenizer's
     special tokens, no chat template, no system or preference text, for both prompts."""
-    from .pad_prompts import encode_pad_prompt
-    from .prompts import encode_prompt
+    from DecodingMethodsModels.prompts.amulet import encode_prompt
+    from DecodingMethodsModels.prompts.pad import encode_pad_prompt
 
     def encode(question: str) -> tuple[list[int], list[int]]:
         if config.prompt_style == "raw":
@@ -91,7 +91,7 @@ def configured_context(source, trust_remote_code: bool) -> int | None:
     (None if the configuration cannot be read that way: then it is taken from the model)."""
     from transformers import AutoConfig
 
-    from .loading import conversion_cache
+    from DecodingMethodsModels.models.loading import conversion_cache
 
     where = source.path
     if source.gguf_file:

@@ -7,16 +7,17 @@ greedy. No torch here: configs are checked before any weights load.
 
 from __future__ import annotations
 
+import functools
 import json
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
-from .errors import UserError
+from DecodingMethodsModels.errors import UserError
+from DecodingMethodsModels.rules.defaults import DEFAULT_SAMPLE_TEMP
 
 KEYS = ("rm_weight", "topk", "mode", "sample_temp")
 MODE_ALIASES = {"greedy": "greedy", "greedy_large": "greedy", "topk": "topk"}
-DEFAULT_SAMPLE_TEMP = 0.7  # the public codes' default temperature
 
 
 @dataclass(frozen=True)
@@ -112,3 +113,71 @@ def run_suffixes(runs: list[GuidedRunConfig]) -> list[str]:
         seen.add(suffix)
         suffixes.append(suffix)
     return suffixes
+
+
+SELF = "self"  # --rm_name for implicit PAD
+DEFAULT_RM_WEIGHT = {"args": 1.5, "pad": 0.8}  # ARGS's greedy_rm_1.5, PAD's P-Soups weight
+
+
+def guided_runs(config, method: str) -> list[tuple[str, GuidedRunConfig]]:
+    """(file stem, settings) of every run of `method` ("args" or "pad") the command asks for.
+
+    ARGS's and PAD's collect_model_outs.py read a line's sample_temp but never pass it on, so
+    they sample at 0.7 whatever it says; `--public_sample_temp` does the same here."""
+    if config.run_config is not None:
+        runs = [_public_temp(config, run) for run in load_run_configs(config.run_config)]
+        return [(f"{method}_{suffix}", run) for suffix, run in zip(run_suffixes(runs), runs,
+                                                                     strict=True)]
+    weight = DEFAULT_RM_WEIGHT[method] if config.rm_weight is None else config.rm_weight
+    temp = config.sample_temp if config.mode == "topk" else None
+    run = GuidedRunConfig(float(weight), config.topk, config.mode, temp, line=0)
+    return [(method, _public_temp(config, run))]
+
+
+def _public_temp(config, run: GuidedRunConfig) -> GuidedRunConfig:
+    if config.public_sample_temp and run.mode == "topk":
+        return replace(run, sample_temp=DEFAULT_SAMPLE_TEMP)
+    return run
+
+
+def guided_parameters(config, run: GuidedRunConfig, rm_dtype: str | None) -> dict:
+    """What changes the tokens of a reward-guided run, for its fingerprint: the guide and its
+    resolved dtype (none for `self`), the sha256 of a PersRM's value-head file when it has one,
+    w, k, the mode, the temperature and seed when sampling, and whether EOS stops it. Not the
+    guide's device nor --rm_batch_size."""
+    params = {"rm_name": config.rm_name, "rm_weight": run.rm_weight, "topk": run.topk,
+              "mode": run.mode, "ignore_eos": config.ignore_eos}
+    if run.mode == "topk":
+        params.update(sample_temp=run.sample_temp, seed=config.seed)
+    if config.rm_name != SELF:
+        params["rm_dtype"] = rm_dtype
+        if config.guided_methods == ["pad"]:
+            digest = value_head_sha256(config.rm_name)
+            if digest is not None:  # absent without a head: those runs' fingerprints stay
+                params["rm_value_head_sha256"] = digest
+    return params
+
+
+def value_head_sha256(rm_name: str) -> str | None:
+    """The sha256 of the value-head file PAD.py would apply to the PersRM `rm_name`, or None."""
+    from DecodingMethodsModels.models.loading import resolve_model
+    from DecodingMethodsModels.models.value_head import find_value_head
+
+    source = resolve_model(rm_name)
+    path = None if source.gguf_file else find_value_head(source.path)
+    if path is None:
+        return None
+    stat = path.stat()
+    return _file_sha256(str(path.resolve()), stat.st_mtime_ns, stat.st_size)
+
+
+@functools.cache
+def _file_sha256(path: str, mtime_ns: int, size: int) -> str:
+    """Hashed once per version of a file: every run of a grid asks for the same one."""
+    from DecodingMethodsModels.models.value_head import file_sha256
+
+    return file_sha256(Path(path))
+
+
+def guide_dtype(config) -> str:
+    return config.dtype if config.rm_dtype is None else config.rm_dtype

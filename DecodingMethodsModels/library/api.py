@@ -23,16 +23,23 @@ from transformers import (
 )
 from transformers.generation.utils import GenerateDecoderOnlyOutput
 
-from .combine import CombineRule, amulet_rule, la_rule
-from .decode import decode_response
-from .engine import decode_two_prompts, model_input_device
-from .errors import UserError
-from .loading import eos_token_ids, pad_token_id
-from .penalties import Penalties
-from .processors import PAD_WEIGHT, PAPER, TOPK
-from .prompts import PREFERENCE_NAMES, encode_prompt, preference_sentence, template_accepts_system
-from .reward_guided import GuidedSettings, decode_pad_implicit
-from .sampling import SamplingSettings
+from DecodingMethodsModels.engines.core import model_input_device
+from DecodingMethodsModels.engines.reward_guided import GuidedSettings, decode_pad_implicit
+from DecodingMethodsModels.engines.two_prompt import decode_two_prompts
+from DecodingMethodsModels.errors import UserError
+from DecodingMethodsModels.library.guided_processors import PAD_WEIGHT, TOPK
+from DecodingMethodsModels.library.processors import PAPER
+from DecodingMethodsModels.models.loading import eos_token_ids, pad_token_id
+from DecodingMethodsModels.pipeline.decode import decode_response
+from DecodingMethodsModels.prompts.amulet import (
+    PREFERENCE_NAMES,
+    encode_prompt,
+    preference_sentence,
+    template_accepts_system,
+)
+from DecodingMethodsModels.rules.combine import CombineRule, amulet_rule, la_rule
+from DecodingMethodsModels.rules.penalties import Penalties
+from DecodingMethodsModels.rules.sampling import SamplingSettings
 
 # Method name -> the settings its rule takes, with the paper's values.
 METHOD_SETTINGS: dict[str, dict] = {

@@ -12,13 +12,13 @@ import logging
 
 import torch
 
-from .engine import model_input_device
-from .pad_cross_tokenizer import pad_retokenized_scores
-from .reward_guided import (
-    GuidedSettings,
+from DecodingMethodsModels.engines.core import model_input_device
+from DecodingMethodsModels.engines.reward_guided import GuidedSettings
+from DecodingMethodsModels.rules.guided import (
     ScoreRule,
     args_scores,
     choose_candidates,
+    pad_retokenized_scores,
     pad_scores,
 )
 

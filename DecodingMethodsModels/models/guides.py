@@ -9,8 +9,14 @@ from __future__ import annotations
 
 import warnings
 
-from .errors import UserError
-from .loading import ModelSource, _refused, _unreachable, resolve_dtype, resolve_model
+from DecodingMethodsModels.errors import UserError
+from DecodingMethodsModels.models.loading import (
+    ModelSource,
+    _refused,
+    _unreachable,
+    resolve_dtype,
+    resolve_model,
+)
 
 
 def _from_pretrained(auto_class, source: ModelSource, **kwargs):
@@ -39,7 +45,7 @@ def load_persrm(name: str, device: str, dtype: str, trust_remote_code: bool = Fa
     """
     from transformers import AutoModelForCausalLM
 
-    from .value_head import VALUE_HEAD_FILES, attach_value_head
+    from DecodingMethodsModels.models.value_head import VALUE_HEAD_FILES, attach_value_head
 
     source = resolve_model(name)
     model, info = _from_pretrained(

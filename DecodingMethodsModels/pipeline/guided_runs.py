@@ -1,5 +1,5 @@
 """ARGS and PAD in the CLI: the runs a command asks for, their guide model, and one batch of
-one run decoded by the reward-guided engine (reward_guided.py).
+one run decoded by the reward-guided engine (engines/reward_guided.py).
 
 A run's settings (w, k, mode, sample_temp) come from the flags, or one line each from a
 `--config` JSON-lines file; a grid's runs are written to `{method}_{settings}.json` so that
@@ -12,99 +12,30 @@ Nothing here imports torch at import time: the planner uses it before any model 
 
 from __future__ import annotations
 
-import functools
-from dataclasses import dataclass, replace
-from pathlib import Path
+from dataclasses import dataclass
 
-from .errors import UserError
-from .rg_config import DEFAULT_SAMPLE_TEMP, GuidedRunConfig, load_run_configs, run_suffixes
-
-SELF = "self"  # --rm_name for implicit PAD
-DEFAULT_RM_WEIGHT = {"args": 1.5, "pad": 0.8}  # ARGS's greedy_rm_1.5, PAD's P-Soups weight
-
-
-def guided_runs(config, method: str) -> list[tuple[str, GuidedRunConfig]]:
-    """(file stem, settings) of every run of `method` ("args" or "pad") the command asks for.
-
-    ARGS's and PAD's collect_model_outs.py read a line's sample_temp but never pass it on, so
-    they sample at 0.7 whatever it says; `--public_sample_temp` does the same here."""
-    if config.run_config is not None:
-        runs = [_public_temp(config, run) for run in load_run_configs(config.run_config)]
-        return [(f"{method}_{suffix}", run) for suffix, run in zip(run_suffixes(runs), runs,
-                                                                     strict=True)]
-    weight = DEFAULT_RM_WEIGHT[method] if config.rm_weight is None else config.rm_weight
-    temp = config.sample_temp if config.mode == "topk" else None
-    run = GuidedRunConfig(float(weight), config.topk, config.mode, temp, line=0)
-    return [(method, _public_temp(config, run))]
-
-
-def _public_temp(config, run: GuidedRunConfig) -> GuidedRunConfig:
-    if config.public_sample_temp and run.mode == "topk":
-        return replace(run, sample_temp=DEFAULT_SAMPLE_TEMP)
-    return run
-
-
-def guided_parameters(config, run: GuidedRunConfig, rm_dtype: str | None) -> dict:
-    """What changes the tokens of a reward-guided run, for its fingerprint: the guide and its
-    resolved dtype (none for `self`), the sha256 of a PersRM's value-head file when it has one,
-    w, k, the mode, the temperature and seed when sampling, and whether EOS stops it. Not the
-    guide's device nor --rm_batch_size."""
-    params = {"rm_name": config.rm_name, "rm_weight": run.rm_weight, "topk": run.topk,
-              "mode": run.mode, "ignore_eos": config.ignore_eos}
-    if run.mode == "topk":
-        params.update(sample_temp=run.sample_temp, seed=config.seed)
-    if config.rm_name != SELF:
-        params["rm_dtype"] = rm_dtype
-        if config.guided_methods == ["pad"]:
-            digest = value_head_sha256(config.rm_name)
-            if digest is not None:  # absent without a head: those runs' fingerprints stay
-                params["rm_value_head_sha256"] = digest
-    return params
-
-
-def value_head_sha256(rm_name: str) -> str | None:
-    """The sha256 of the value-head file PAD.py would apply to the PersRM `rm_name`, or None."""
-    from .loading import resolve_model
-    from .value_head import find_value_head
-
-    source = resolve_model(rm_name)
-    path = None if source.gguf_file else find_value_head(source.path)
-    if path is None:
-        return None
-    stat = path.stat()
-    return _file_sha256(str(path.resolve()), stat.st_mtime_ns, stat.st_size)
-
-
-@functools.cache
-def _file_sha256(path: str, mtime_ns: int, size: int) -> str:
-    """Hashed once per version of a file: every run of a grid asks for the same one."""
-    from .value_head import file_sha256
-
-    return file_sha256(Path(path))
+from DecodingMethodsModels.errors import UserError
+from DecodingMethodsModels.pipeline.guided_config import SELF, GuidedRunConfig, guide_dtype
 
 
 def guide_device(config, process, decoding_device: str) -> str:
     """Where the guide lives: --rm_device (spread over GPUs by rank like --device), or the
     decoding model's device."""
-    from .distributed import rank_device
-    from .loading import resolve_device
+    from DecodingMethodsModels.models.loading import resolve_device
+    from DecodingMethodsModels.pipeline.distributed import rank_device
 
     if config.rm_device is None:
         return decoding_device
     return rank_device(resolve_device(config.rm_device), process, False)
 
 
-def guide_dtype(config) -> str:
-    return config.dtype if config.rm_dtype is None else config.rm_dtype
-
-
 def check_guide_tokenizer(config, tokenizer):
     """The guide's tokenizer against the decoding model's, on the tokenizers alone before any
     weight loads. ARGS's reward model must map every token to the same id; a PersRM that does
-    not takes PAD's second rule: returns its pad_cross_tokenizer.Retokenizer (else None)."""
-    from .errors import UserError
-    from .reward_guided import check_same_tokenizer
-    from .rg_loading import load_guide_tokenizer
+    not takes PAD's second rule: returns its retokenized_pad.Retokenizer (else None)."""
+    from DecodingMethodsModels.engines.reward_guided import check_same_tokenizer
+    from DecodingMethodsModels.errors import UserError
+    from DecodingMethodsModels.models.guides import load_guide_tokenizer
 
     if config.rm_name == SELF:
         return None
@@ -115,7 +46,7 @@ def check_guide_tokenizer(config, tokenizer):
     try:
         check_same_tokenizer(tokenizer, guide_tokenizer, "PersRM")
     except UserError:
-        from .pad_cross_tokenizer import Retokenizer
+        from DecodingMethodsModels.engines.retokenized_pad import Retokenizer
 
         return Retokenizer(tokenizer, guide_tokenizer)
     return None
@@ -123,8 +54,8 @@ def check_guide_tokenizer(config, tokenizer):
 
 def guide_context(config) -> int | None:
     """The guide's context length from its configuration (None: unknown, or `self`)."""
-    from .encode import configured_context
-    from .loading import resolve_model
+    from DecodingMethodsModels.models.loading import resolve_model
+    from DecodingMethodsModels.pipeline.encode import configured_context
 
     if config.rm_name == SELF:
         return None
@@ -146,7 +77,7 @@ class Guide:
     retokenizer: object | None = None  # PAD's second rule: a PersRM of another tokenizer
 
     def settings(self, run: GuidedRunConfig):
-        from .reward_guided import GuidedSettings
+        from DecodingMethodsModels.engines.reward_guided import GuidedSettings
 
         return GuidedSettings.from_run(run, self.max_new_tokens, self.eos_ids, self.pad_id,
                                        ignore_eos=self.ignore_eos,
@@ -154,7 +85,10 @@ class Guide:
 
     def check(self, runs: list[GuidedRunConfig]) -> None:
         """Every run's k against the vocabulary, and the guide's kind, before decoding."""
-        from .reward_guided import check_reward_model, vocabulary_size
+        from DecodingMethodsModels.engines.guided_settings import (
+            check_reward_model,
+            vocabulary_size,
+        )
 
         vocab = vocabulary_size(self.model)
         for run in runs:
@@ -175,8 +109,12 @@ class Guide:
         """One batch: the generated ids per question, the ending EOS included."""
         import torch
 
-        from .engine import model_input_device
-        from .reward_guided import decode_args, decode_pad, decode_pad_implicit
+        from DecodingMethodsModels.engines.core import model_input_device
+        from DecodingMethodsModels.engines.reward_guided import (
+            decode_args,
+            decode_pad,
+            decode_pad_implicit,
+        )
 
         settings = self.settings(run)
         generator = None
@@ -196,7 +134,11 @@ class Guide:
         """Greedy runs over many questions, at most `batch_size` in flight (a question joins
         as soon as a slot frees): yields (question number, generated ids) as each finishes.
         The tokens are those of one batch per question."""
-        from .reward_guided import stream_args, stream_pad, stream_pad_implicit
+        from DecodingMethodsModels.engines.reward_guided import (
+            stream_args,
+            stream_pad,
+            stream_pad_implicit,
+        )
 
         settings = self.settings(run)
         if self.method == "args":
@@ -211,7 +153,7 @@ def load_guide(config, device: str, model, eos_ids: list[int], pad_id: int,
                runs: list[GuidedRunConfig], retokenizer=None) -> tuple[Guide, dict]:
     """The guide of the command's reward-guided method, loaded and checked; facts for the
     sidecar. `retokenizer`: check_guide_tokenizer's, for a PersRM of another tokenizer."""
-    from .rg_loading import load_persrm, load_reward_model
+    from DecodingMethodsModels.models.guides import load_persrm, load_reward_model
 
     method = config.guided_methods[0]
     dtype = guide_dtype(config)
@@ -228,7 +170,7 @@ def load_guide(config, device: str, model, eos_ids: list[int], pad_id: int,
     if guide_model is not None:
         facts.update(rm_device=device, rm_dtype=str(guide_model.dtype).removeprefix("torch."))
     if guide_model is not None and method == "pad":
-        from .value_head import value_head_facts
+        from DecodingMethodsModels.models.value_head import value_head_facts
 
         facts["value_head"] = value_head_facts(guide_model)  # None: the plain LM head
     return guide, {"guide": facts}

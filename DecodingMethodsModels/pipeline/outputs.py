@@ -21,7 +21,7 @@ import tempfile
 from collections.abc import Iterable
 from pathlib import Path
 
-from .errors import UserError
+from DecodingMethodsModels.errors import UserError
 
 
 def preference_slug(pref_name: str | None, pref_text: str | None) -> str:

@@ -6,10 +6,10 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
-from .distributed import Process
-from .errors import UserError
-from .outputs import PartialStore, final_records, write_json_atomic
-from .plan import PlannedRun, Work
+from DecodingMethodsModels.errors import UserError
+from DecodingMethodsModels.pipeline.distributed import Process
+from DecodingMethodsModels.pipeline.outputs import PartialStore, final_records, write_json_atomic
+from DecodingMethodsModels.pipeline.plan import PlannedRun, Work
 
 POLL_SECONDS = 0.5  # how often rank 0 looks for the other ranks' batches
 

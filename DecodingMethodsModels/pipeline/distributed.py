@@ -25,7 +25,7 @@ from dataclasses import dataclass
 from datetime import timedelta
 from pathlib import Path
 
-from .errors import UserError
+from DecodingMethodsModels.errors import UserError
 
 # Every rank loads the model before the one barrier; loading an 8B model from a cold disk or
 # the hub can take many minutes on one rank more than on another.

@@ -1,5 +1,11 @@
-"""Stage 3 of a run: the settings every method decodes with, and the loop that turns this
-rank's batches of a run into records appended to its partial file."""
+"""Stage 3 of a run: the settings every method decodes with, the backend that decodes, and
+the loop that turns this rank's batches of a run into records appended to its partial file.
+
+`BACKENDS` is the one place where "which backend decodes" is chosen: a backend name maps to a
+decoder class built like `Decoder` (model, tokenizer, prompts, settings, ...) that turns one
+batch of one run into records (`__call__`, `records`) and, where it can, streams (`can_stream`,
+`stream`). "hf" (transformers, the engines in engines/) is the only one today.
+"""
 
 from __future__ import annotations
 
@@ -7,9 +13,10 @@ import time
 import warnings
 from dataclasses import dataclass
 
-from .distributed import Process, RankError
-from .outputs import PartialStore
-from .plan import Work
+from DecodingMethodsModels.errors import UserError
+from DecodingMethodsModels.pipeline.distributed import Process, RankError
+from DecodingMethodsModels.pipeline.outputs import PartialStore
+from DecodingMethodsModels.pipeline.plan import Work
 
 
 def now() -> float:
@@ -37,8 +44,8 @@ class Decoder:
 
     def __call__(self, work: Work, batch: int) -> tuple[list[dict], int]:
         """(records of the batch, generated tokens)."""
-        from .engine import NonFiniteScoresError
-        from .methods import METHOD_RUNNERS
+        from DecodingMethodsModels.engines.core import NonFiniteScoresError
+        from DecodingMethodsModels.pipeline.methods import METHOD_RUNNERS
 
         rows = work.batches[batch]
         pref_ids, base_ids = self.prompts[(work.run.preference, work.run.dataset.name)]
@@ -64,7 +71,7 @@ class Decoder:
         ]
 
     def can_stream(self, work: Work) -> bool:
-        from .methods import STREAMING_METHODS
+        from DecodingMethodsModels.pipeline.methods import STREAMING_METHODS
 
         if not self.continuous_batching:
             return False
@@ -75,8 +82,8 @@ class Decoder:
     def stream(self, work: Work, positions: list[int]):
         """(position, generated ids) of each question at `positions` as it finishes, with
         continuous batching over all of them."""
-        from .engine import NonFiniteScoresError
-        from .methods import stream_method
+        from DecodingMethodsModels.engines.core import NonFiniteScoresError
+        from DecodingMethodsModels.pipeline.methods import stream_method
 
         pref_ids, base_ids = self.prompts[(work.run.preference, work.run.dataset.name)]
         pref_rows, base_rows = [pref_ids[i] for i in positions], [base_ids[i] for i in positions]
@@ -92,6 +99,19 @@ class Decoder:
             bad = [positions[k] for k in err.rows] or positions
             batch = next(b for b, rows in enumerate(work.batches) if bad[0] in rows)
             raise RankError(nan_message(work, batch, self.model, err, bad)) from None
+
+
+BACKENDS: dict[str, type] = {"hf": Decoder}
+DEFAULT_BACKEND = "hf"
+
+
+def decoder_class(config) -> type:
+    """The decoder class of the run's backend (`config.backend`, "hf" where the configuration
+    names none); an unknown name is a UserError listing the known ones."""
+    name = getattr(config, "backend", None) or DEFAULT_BACKEND
+    if name not in BACKENDS:
+        raise UserError(f"unknown backend {name!r}; use one of: {', '.join(sorted(BACKENDS))}")
+    return BACKENDS[name]
 
 
 def decode_share(config, work: Work, process: Process, decoder: Decoder, bar) -> None:
@@ -142,8 +162,8 @@ def resolve_penalties(config, model):
     with --use_model_generation_config its repetition penalty and n-gram ban fill what the
     command line left unset, for every method alike.
     """
-    from .methods import checkpoint_generation_settings
-    from .penalties import Penalties
+    from DecodingMethodsModels.pipeline.methods import checkpoint_generation_settings
+    from DecodingMethodsModels.rules.penalties import Penalties
 
     own = checkpoint_generation_settings(model)
     adopt = config.use_model_generation_config
@@ -184,9 +204,9 @@ def nan_message(work: Work, batch: int, model, err: Exception,
 
 
 def decode_settings(config, eos_ids: list[int], pad_id: int, penalties=None):
-    from .methods import DecodeSettings
-    from .penalties import Penalties
-    from .sampling import SamplingSettings
+    from DecodingMethodsModels.pipeline.methods import DecodeSettings
+    from DecodingMethodsModels.rules.penalties import Penalties
+    from DecodingMethodsModels.rules.sampling import SamplingSettings
 
     sampling = SamplingSettings(config.do_sample, config.temperature, config.top_k, config.top_p)
     return DecodeSettings(

@@ -7,7 +7,7 @@ import json
 from dataclasses import dataclass
 from pathlib import Path
 
-from .errors import UserError
+from DecodingMethodsModels.errors import UserError
 
 BENCHMARKS = (
     "HelpSteer_train",

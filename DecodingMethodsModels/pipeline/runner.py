@@ -17,9 +17,16 @@ import sys
 from collections.abc import Callable
 from pathlib import Path
 
-from .assemble import assemble_ready, wait_for_ranks
-from .decode import Decoder, decode_settings, decode_share, resolve_penalties
-from .distributed import (
+from DecodingMethodsModels.errors import UserError
+from DecodingMethodsModels.pipeline.assemble import assemble_ready, wait_for_ranks
+from DecodingMethodsModels.pipeline.decode import (
+    Decoder,
+    decode_settings,
+    decode_share,
+    decoder_class,
+    resolve_penalties,
+)
+from DecodingMethodsModels.pipeline.distributed import (
     Process,
     join,
     launched_process,
@@ -28,12 +35,22 @@ from .distributed import (
     rank_device,
     restrict_gpus,
 )
-from .encode import configured_context, encode_all, model_context
-from .errors import UserError
-from .guided_runs import check_guide_tokenizer, guide_context, guide_device, load_guide
-from .outputs import check_writable
-from .plan import Work, batches_of, check_model_source, plan_runs, select_todo
-from .provenance import software_facts
+from DecodingMethodsModels.pipeline.encode import configured_context, encode_all, model_context
+from DecodingMethodsModels.pipeline.guided_runs import (
+    check_guide_tokenizer,
+    guide_context,
+    guide_device,
+    load_guide,
+)
+from DecodingMethodsModels.pipeline.outputs import check_writable
+from DecodingMethodsModels.pipeline.plan import (
+    Work,
+    batches_of,
+    check_model_source,
+    plan_runs,
+    select_todo,
+)
+from DecodingMethodsModels.pipeline.provenance import software_facts
 
 
 def run(config) -> list[Path]:
@@ -57,7 +74,7 @@ def run(config) -> list[Path]:
 def plan_work(config, process: Process) -> list[Work]:
     """Validate what needs no model (output directory, model name, datasets, partial files)
     and list the runs left to do."""
-    from .loading import check_fetchable, resolve_model
+    from DecodingMethodsModels.models.loading import check_fetchable, resolve_model
 
     check_writable(config.output_dir)
     source = resolve_model(config.model_name)
@@ -74,7 +91,7 @@ def plan_work(config, process: Process) -> list[Work]:
 def load_and_check(config, process: Process, todo: list[Work]) -> tuple[Decoder, dict]:
     """Tokenizer, every prompt checked against the context, then the model; fixes each run's
     batches and this rank's share of them."""
-    from .loading import (
+    from DecodingMethodsModels.models.loading import (
         eos_token_ids,
         load_model,
         load_tokenizer,
@@ -82,8 +99,9 @@ def load_and_check(config, process: Process, todo: list[Work]) -> tuple[Decoder,
         resolve_device,
         resolve_model,
     )
-    from .prompts import template_accepts_system
+    from DecodingMethodsModels.prompts.amulet import template_accepts_system
 
+    backend = decoder_class(config)  # an unknown backend fails before anything loads
     if not process.is_main:
         from transformers.utils import logging as hf_logging
 
@@ -126,7 +144,7 @@ def load_and_check(config, process: Process, todo: list[Work]) -> tuple[Decoder,
                             f"{config.guided_methods[0]}: run it without that flag")
         guide, guide_facts = load_guide(config, guide_device(config, process, device), model,
                                         eos_ids, pad_id, guided, retokenizer)
-    decoder = Decoder(model, tokenizer, prompts, settings, eos_ids, config.seed,
+    decoder = backend(model, tokenizer, prompts, settings, eos_ids, config.seed,
                       config.batch_size, config.continuous_batching, guide)
     return decoder, {**environment_facts(process, device, model), **guide_facts,
                      **generation_facts}

@@ -8,9 +8,16 @@ import hashlib
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .errors import UserError
-from .eval_data import Dataset, Question, load_dataset
-from .outputs import (
+from DecodingMethodsModels.errors import UserError
+from DecodingMethodsModels.pipeline.eval_data import Dataset, Question, load_dataset
+from DecodingMethodsModels.pipeline.guided_config import (
+    SELF,
+    GuidedRunConfig,
+    guide_dtype,
+    guided_parameters,
+    guided_runs,
+)
+from DecodingMethodsModels.pipeline.outputs import (
     PartialStore,
     changed_settings,
     describe_changes,
@@ -18,9 +25,8 @@ from .outputs import (
     read_json,
     run_dir,
 )
-from .pad_prompts import PRINCIPLE_SETS, preference_prompt
-from .prompts import SYSTEM_PROMPT, preference_sentence
-from .rg_config import GuidedRunConfig
+from DecodingMethodsModels.prompts.amulet import SYSTEM_PROMPT, preference_sentence
+from DecodingMethodsModels.prompts.pad import PRINCIPLE_SETS, preference_prompt
 
 FINGERPRINT_VERSION = 2
 
@@ -103,8 +109,7 @@ class Hardware:
 
 
 def resolved_hardware(config) -> Hardware:
-    from .guided_runs import SELF, guide_dtype
-    from .loading import resolve_device, resolve_dtype
+    from DecodingMethodsModels.models.loading import resolve_device, resolve_dtype
 
     device = "cuda" if config.multi_gpu else resolve_device(config.device)
     dtype = str(resolve_dtype(config.dtype, device)).removeprefix("torch.")
@@ -122,7 +127,7 @@ def method_parameters(config, method: str) -> dict:
     if method == "la":
         return {"reinforce_ratio": config.reinforce_ratio}
     if method == "amulet":
-        from .combine import amulet_ratio
+        from DecodingMethodsModels.rules.combine import amulet_ratio
 
         return {
             "iteration_num": config.iteration_num, "alpha": config.alpha,
@@ -144,8 +149,6 @@ def fingerprint(config, run: PlannedRun, model_short_name: str,
     Keys that only some runs have (PAD's principle set, the settings of ARGS and PAD) are
     added only to those, so the fingerprints of other runs stay as they were.
     """
-    from .guided_runs import guided_parameters
-
     hardware = hardware or resolved_hardware(config)
     sampling = (
         {"temperature": config.temperature, "top_p": config.top_p, "top_k": config.top_k,
@@ -183,8 +186,6 @@ def fingerprint(config, run: PlannedRun, model_short_name: str,
 def plan_runs(config, model_short_name: str) -> list[PlannedRun]:
     """Every (preference, dataset, method) of the grid, in that nesting, ARGS and PAD once per
     line of their --config; datasets validated."""
-    from .guided_runs import guided_runs
-
     data_dir = Path(config.data_dir)
     datasets = [load_dataset(data_dir, name, config.limit) for name in config.datasets]
     runs = []

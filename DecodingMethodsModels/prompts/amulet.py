@@ -1,4 +1,5 @@
-"""The experiment's prompts, verbatim as the paper builds them (README: Prompts), tokenised."""
+"""The experiment's prompts, verbatim as the paper builds them, tokenised (the package
+README: Prompts)."""
 
 from __future__ import annotations
 

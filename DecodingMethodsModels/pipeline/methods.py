@@ -14,16 +14,11 @@ from dataclasses import dataclass, field
 import torch
 from transformers import GenerationConfig, LogitsProcessor, LogitsProcessorList
 
-from .combine import CombineRule, amulet_rule, la_rule
-from .engine import (
-    NonFiniteScoresError,
-    decode_two_prompts,
-    left_pad,
-    model_input_device,
-    stream_two_prompts,
-)
-from .penalties import Penalties, apply_penalties
-from .sampling import SamplingSettings, unusable_rows, warp_scores
+from DecodingMethodsModels.engines.core import NonFiniteScoresError, left_pad, model_input_device
+from DecodingMethodsModels.engines.two_prompt import decode_two_prompts, stream_two_prompts
+from DecodingMethodsModels.rules.combine import CombineRule, amulet_rule, la_rule
+from DecodingMethodsModels.rules.penalties import Penalties, apply_penalties
+from DecodingMethodsModels.rules.sampling import SamplingSettings, unusable_rows, warp_scores
 
 
 @dataclass(frozen=True)

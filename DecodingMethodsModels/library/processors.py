@@ -2,7 +2,7 @@
 
 `generate` runs the preference prompt as usual; the processor runs the second (base) prompt
 through the same model with a KV cache of its own, one new token per step after a prefill, and
-returns `combine(log p_pref, log p_base)` from the project's pure rules (combine.py), both
+returns `combine(log p_pref, log p_base)` from the project's pure rules (rules/combine.py), both
 log-softmaxed in fp32 here. Whatever `generate` does with those scores afterwards is its own:
 temperature, top-k and top-p warpers (which it applies after user processors), sampling, beam
 search, stopping criteria, streamers.
@@ -13,35 +13,27 @@ call whose tokens it extends (`beam_sources`) and reorders the base cache to mat
 question share a base prompt, so only the cache moves.
 
 This costs one extra forward of one token per row per step, like transformers' own
-`guidance_scale` CFG; the stacked engine (engine.decode_two_prompts, also reachable through
-`model.generate(custom_generate=...)`, see api.py) does both prompts in one forward.
+`guidance_scale` CFG; the stacked engine (engines/two_prompt.decode_two_prompts, also reachable
+through `model.generate(custom_generate=...)`, see api.py) does both prompts in one forward.
 
-The reward-guided methods (ARGS and PAD, reward_guided.py) follow the same pattern: their
-guide model keeps a cache of its own that follows `generate`'s rows (`ArgsProcessor`,
-`PadProcessor`), and the scores come from the engine's pure rules over the top-k candidates.
+The reward-guided methods (ARGS and PAD) follow the same pattern in guided_processors.py.
 """
 
 from __future__ import annotations
 
-import math
-
 import torch
 from transformers import DynamicCache, LogitsProcessor
 
-from .combine import CombineRule, amulet_rule, la_rule
-from .engine import NonFiniteScoresError, _forward_kwargs, model_input_device, select_cache_rows
-from .errors import UserError
-from .methods import DecodeSettings
-from .reward_guided import (
-    args_scores,
-    check_reward_model,
-    pad_scores,
-    read_lm_logits,
-    read_reward,
-    vocabulary_size,
+from DecodingMethodsModels.engines.core import (
+    NonFiniteScoresError,
+    forward_kwargs,
+    model_input_device,
+    read_logits,
+    select_cache_rows,
 )
-from .sampling import unusable_rows
-from .value_head import warn_if_not_applied
+from DecodingMethodsModels.pipeline.methods import DecodeSettings
+from DecodingMethodsModels.rules.combine import CombineRule, amulet_rule, la_rule
+from DecodingMethodsModels.rules.sampling import unusable_rows
 
 # The paper's settings, as the CLI's defaults, for every entry point of the API.
 PAPER = DecodeSettings(max_new_tokens=1, eos_ids=[], pad_id=0)
@@ -78,10 +70,10 @@ def whole_groups(rows: torch.Tensor, copies: int) -> bool:
     return bool((groups == groups[:, :1]).all())
 
 
-def _as_batch(ids, attention_mask) -> tuple[torch.Tensor, torch.Tensor]:
+def as_batch(ids, attention_mask) -> tuple[torch.Tensor, torch.Tensor]:
     """Prompt ids (Q, L) and mask (Q, L) from a tensor (mask defaults to ones) or id lists."""
     if not torch.is_tensor(ids):
-        from .engine import left_pad
+        from DecodingMethodsModels.engines.core import left_pad
 
         if attention_mask is not None:
             raise ValueError("pass an attention mask only with a tensor of prompt ids")
@@ -95,13 +87,13 @@ def _as_batch(ids, attention_mask) -> tuple[torch.Tensor, torch.Tensor]:
     return ids.long(), mask.long()
 
 
-class _FollowingCache(LogitsProcessor):
+class FollowingCache(LogitsProcessor):
     """A second model's KV cache over the rows of one `generate` call, following its beams.
 
     `extra_ids` (Q, L) with `extra_attention_mask` (left padding), or a list of Q id lists, is
     what the second model reads before the generated tokens, for each of the Q questions of the
     `generate` call in the same order. `read(model, extra_kwargs, **inputs)` is the model's
-    output at the last position (reward_guided's `read_lm_logits` or `read_reward`).
+    output at the last position (reward_guided's `read_logits` or `read_reward`).
     One processor serves one `generate` call at a time; a new call (another prompt or length)
     starts afresh, so it can be reused.
     """
@@ -109,8 +101,8 @@ class _FollowingCache(LogitsProcessor):
     def __init__(self, model, extra_ids, extra_attention_mask, read):
         self.model = model
         self._read = read
-        self.extra_ids, self.extra_mask = _as_batch(extra_ids, extra_attention_mask)
-        self._forward_extra = _forward_kwargs(model) if read is read_lm_logits else {}
+        self.extra_ids, self.extra_mask = as_batch(extra_ids, extra_attention_mask)
+        self._forward_extra = forward_kwargs(model) if read is read_logits else {}
         self._reset()
 
     def _reset(self) -> None:
@@ -190,7 +182,7 @@ class _FollowingCache(LogitsProcessor):
         return out
 
 
-class TwoPromptProcessor(_FollowingCache):
+class TwoPromptProcessor(FollowingCache):
     """Scores of `generate`'s prompt combined with those of a second prompt, rule given.
 
     `extra_ids` (Q, L) with `extra_attention_mask` (left padding), or a list of Q id lists, is
@@ -200,7 +192,7 @@ class TwoPromptProcessor(_FollowingCache):
     """
 
     def __init__(self, model, extra_ids, rule: CombineRule, extra_attention_mask=None):
-        super().__init__(model, extra_ids, extra_attention_mask, read_lm_logits)
+        super().__init__(model, extra_ids, extra_attention_mask, read_logits)
         self.rule = rule
 
     def __call__(self, input_ids: torch.LongTensor, scores: torch.Tensor) -> torch.Tensor:
@@ -209,10 +201,10 @@ class TwoPromptProcessor(_FollowingCache):
         own = torch.log_softmax(scores.float(), dim=-1)  # (R, V)
         with torch.no_grad():
             extra = torch.log_softmax(self._extra_output(input_ids), dim=-1)
-        return _checked(self.rule(own, extra.to(own.device)))
+        return checked_scores(self.rule(own, extra.to(own.device)))
 
 
-def _checked(scores: torch.Tensor) -> torch.Tensor:
+def checked_scores(scores: torch.Tensor) -> torch.Tensor:
     bad = unusable_rows(scores)
     if bool(bad.any()):
         rows = bad.nonzero().flatten().tolist()
@@ -245,153 +237,3 @@ class AmuletProcessor(TwoPromptProcessor):
                  solver: str = PAPER.amulet_solver):
         rule = amulet_rule(iterations, alpha, player_lambda, eta, solver)
         super().__init__(model, base_ids, rule, base_attention_mask)
-
-
-# ----- reward-guided decoding: ARGS and PAD (reward_guided.py's rules) ------------------------
-
-ARGS_WEIGHT, PAD_WEIGHT, TOPK = 1.5, 0.8, 10  # ARGS's paper setting; PAD's usual P-Soups w
-
-
-def _check_guidance(weight: float, topk: int) -> None:
-    if not math.isfinite(weight):
-        raise UserError(f"the reward weight must be a finite number, got {weight}")
-    if not isinstance(topk, int) or isinstance(topk, bool) or topk < 1:
-        raise UserError(f"topk must be a whole number of at least 1, got {topk!r}")
-
-
-def _over_candidates(scores: torch.Tensor, topk: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """The top-k (values, ids) of generate's fp32 scores (R, V), with k checked against V."""
-    if topk > scores.shape[-1]:
-        raise UserError(f"topk {topk} is larger than the vocabulary ({scores.shape[-1]} tokens)")
-    return torch.topk(scores, topk, dim=-1)  # (R, k) each
-
-
-def _candidates_only(like: torch.Tensor, candidates: torch.Tensor,
-                     candidate_scores: torch.Tensor) -> torch.Tensor:
-    """(R, V) scores: the candidates' scores at their ids, -inf everywhere else."""
-    out = torch.full_like(like, float("-inf"))
-    return _checked(out.scatter_(1, candidates, candidate_scores.to(out.dtype)))
-
-
-class PadProcessor(_FollowingCache):
-    """PAD inside `generate`: `score_k = z_k + w (log_softmax_k(u_k) - log_softmax_k(z_k))`.
-
-    z = `generate`'s scores of the decoding model, candidates = their top-k ids, u = the
-    PersRM's LM-head logits after it read `persrm_ids` (Q, L, left padding with
-    `persrm_attention_mask`, or a list of Q id lists) and the tokens generated so far; both
-    log-softmaxes run over the k candidates only (reward_guided.pad_scores). Every other token
-    gets -inf. Up to a per-row constant, score_k = (1 - w) z_k + w u_k.
-
-    - PAD: `persrm` is the PersRM (a causal LM of the same tokenizer) and `persrm_ids` are the
-      ids `generate` reads, so both read the same sequence.
-    - implicit PAD: `persrm` is the decoding model itself, `persrm_ids` the preference prompts,
-      and `generate` reads the base prompts; over the whole vocabulary (k = V) this is Linear
-      Alignment with ratio w - 1.
-
-    PAD's value head: load the PersRM with `attach_value_head` applied (value_head.py), or a
-    warning says that its checkpoint's head is left out.
-
-    The PersRM keeps a KV cache of its own (one token per row per step) that follows beam
-    search's reordering. Greedy `generate` gives reward_guided.decode_pad's tokens (mode
-    "greedy"); with `do_sample=True, temperature=0.7` it draws as mode "topk" does.
-    """
-
-    def __init__(self, persrm, persrm_ids, persrm_attention_mask=None,
-                 weight: float = PAD_WEIGHT, topk: int = TOPK):
-        _check_guidance(weight, topk)
-        self.persrm_vocab = vocabulary_size(persrm)  # a UserError without an LM head
-        warn_if_not_applied(persrm)
-        super().__init__(persrm, persrm_ids, persrm_attention_mask, read_lm_logits)
-        self.weight, self.topk = weight, topk
-
-    def __call__(self, input_ids: torch.LongTensor, scores: torch.Tensor) -> torch.Tensor:
-        z = scores.float()
-        if self.persrm_vocab < z.shape[-1]:
-            raise UserError(
-                f"the PersRM scores {self.persrm_vocab} token ids but the decoding model writes "
-                f"{z.shape[-1]}: they must share one tokenizer")
-        candidate_logits, candidates = _over_candidates(z, self.topk)
-        with torch.no_grad():
-            u = self._extra_output(input_ids)  # (R, V') fp32
-        guide = u.gather(1, candidates.to(u.device)).to(z.device)  # (R, k)
-        return _candidates_only(z, candidates, pad_scores(candidate_logits, guide, self.weight))
-
-
-class ArgsProcessor(_FollowingCache):
-    """ARGS inside `generate`: `score_k = z_k + w r_k` over the top-k candidates of z.
-
-    z = `generate`'s scores of the decoding model; r_k = the reward model's scalar (a
-    one-label sequence classifier of the same tokenizer) on [`reward_ids` of the question,
-    tokens generated so far, candidate k], read at the candidate (reward_guided.args_scores).
-    `reward_ids` (Q, L, left padding with `reward_attention_mask`, or a list of Q id lists)
-    are usually the ids `generate` reads. Every other token gets -inf.
-
-    The reward model keeps a KV cache of k rows per `generate` row, [prompt, tokens so far,
-    candidate j], as the engine does: each step the row of the candidate `generate` took
-    (following beam search's reordering) is copied k times and the new k candidates are read
-    in one forward. A step where some row took no candidate of its source row (a finished
-    row's padding, a -inf token taken by beam search) re-reads the last token of every row
-    instead, on [prompt, tokens so far]. Greedy `generate` gives reward_guided.decode_args's
-    tokens (mode "greedy"); with `do_sample=True, temperature=0.7` it draws as mode "topk" does.
-    """
-
-    def __init__(self, reward_model, reward_ids, reward_attention_mask=None,
-                 weight: float = ARGS_WEIGHT, topk: int = TOPK):
-        _check_guidance(weight, topk)
-        check_reward_model(reward_model, 0)  # a one-label classifier; its vocabulary: later
-        self.reward_vocab = reward_model.get_input_embeddings().weight.shape[0]
-        super().__init__(reward_model, reward_ids, reward_attention_mask, read_reward)
-        self.weight, self.topk = weight, topk
-
-    def __call__(self, input_ids: torch.LongTensor, scores: torch.Tensor) -> torch.Tensor:
-        z = scores.float()
-        if self.reward_vocab < z.shape[-1]:
-            raise UserError(
-                f"the reward model reads {self.reward_vocab} token ids but the decoding model "
-                f"writes {z.shape[-1]}: they must share one tokenizer")
-        candidate_logits, candidates = _over_candidates(z, self.topk)
-        with torch.no_grad():
-            self._extra_output(input_ids)  # [prompt, tokens so far] in the cache
-            rewards = self._candidate_rewards(candidates)
-        return _candidates_only(z, candidates,
-                                args_scores(candidate_logits, rewards.to(z.device), self.weight))
-
-    def _reset(self) -> None:
-        super()._reset()
-        self.candidates: torch.Tensor | None = None  # (R, k) ids read after the cached rows
-        self.chosen_rows: torch.Tensor | None = None  # (R,) cache rows of generate's rows
-
-    def _advance(self, sources: torch.Tensor, last: torch.Tensor) -> None:
-        """Each row continues with one of its source row's candidates, whose cache row already
-        holds it: remember that row. Otherwise (a finished row's pad, a -inf token taken by beam
-        search) read the last tokens afresh on [prompt, tokens so far]."""
-        k = self.candidates.shape[1]
-        sources = sources.to(last.device)
-        hit = self.candidates[sources] == last  # (R, k)
-        if bool(hit.any(dim=-1).all()):
-            self.chosen_rows = sources * k + hit.int().argmax(dim=-1)
-            return None
-        select_cache_rows(self.cache, sources * k)
-        self.cache.crop(-1)  # drop the candidate
-        self.chosen_rows = None
-        return super()._advance(None, last)
-
-    def _candidate_rewards(self, candidates: torch.Tensor) -> torch.Tensor:
-        """Rewards of [prompt, tokens so far, candidate], (R, k) ids -> (R, k). Afterwards cache
-        row r k + j holds [prompt, tokens so far of row r, candidate j]."""
-        rows, k = candidates.shape
-        device = self.mask.device
-        if self.chosen_rows is None:  # the cache holds R rows of [prompt, tokens so far]
-            self.cache.batch_repeat_interleave(k)
-        else:  # one copy: every chosen row k times in a row
-            select_cache_rows(self.cache, self.chosen_rows.repeat_interleave(k))
-        mask = torch.cat([self.mask, self.mask.new_ones((rows, 1))], dim=1)
-        candidates = candidates.to(device)
-        rewards = self._read(
-            self.model, self._forward_extra, input_ids=candidates.reshape(-1, 1),
-            attention_mask=mask.repeat_interleave(k, dim=0),
-            position_ids=self.next_position.repeat_interleave(k).unsqueeze(-1),
-            past_key_values=self.cache, use_cache=True,
-        )  # (R k,)
-        self.candidates = candidates
-        return rewards.view(rows, k)

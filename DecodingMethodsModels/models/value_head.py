@@ -1,4 +1,4 @@
-"""PAD's value head on the PersRM (README: Reward-guided decoding).
+"""PAD's value head on the PersRM (the package README: Reward-guided decoding).
 
 PAD.py loads its PersRM through LLaMA-Factory with `add_dpovaluehead=True`: the causal LM's
 logits become `lm_head(W h + b)`, with h the last hidden state (after the final norm: what the
@@ -22,7 +22,7 @@ from pathlib import Path
 
 import torch
 
-from .errors import UserError
+from DecodingMethodsModels.errors import UserError
 
 VALUE_HEAD_FILES = ("value_head.safetensors", "value_head.bin")  # LLaMA-Factory's names, in order
 WEIGHT_KEY, BIAS_KEY = "v_head.summary.weight", "v_head.summary.bias"
@@ -60,7 +60,7 @@ class ValueHeadedLMHead(torch.nn.Module):
 
 
 def _offline() -> bool:
-    from .hub import offline_reason
+    from DecodingMethodsModels.models.hub import offline_reason
 
     return offline_reason() is not None
 
