@@ -28,6 +28,7 @@ DEFAULT_DATA = "demo"
 # the project's data/ (demo.json, and where data/fetch_benchmarks.py puts the benchmarks),
 # whatever directory main.py is started from
 DEFAULT_DATA_DIR = str(Path(__file__).resolve().parent / "data")
+BACKENDS = ("hf", "vllm")
 BENCHMARKS = (
     "HelpSteer_train",
     "UltraFeedback_truthful_qa",
@@ -85,6 +86,11 @@ class RunConfig:
     rm_device: str | None = None  # None: the decoding model's device
     rm_dtype: str | None = None  # None: --dtype
     rm_batch_size: int | None = None
+    # the decoding backend: "hf" (transformers, the reference) or "vllm" (backends/)
+    backend: str = "hf"
+    vllm_max_num_seqs: int = 16  # rows vLLM runs at once (la, amulet, implicit PAD: 2 each)
+    vllm_tensor_parallel_size: int = 1
+    vllm_kv_cache_gb: float | None = None  # None: 1 GiB on CPU, vLLM's own share of a GPU
 
     def __post_init__(self) -> None:
         for method in self.methods:
@@ -134,6 +140,7 @@ class RunConfig:
             raise UserError("--reference_prompts rebuilds the Amulet paper's prompts; PAD's "
                             "principle sets have their own prompt: drop one of the two")
         self._check_guided()
+        self._check_backend()
 
     def _check_guided(self) -> None:
         """Flags of ARGS and PAD, and the --config file, checked before any model loads."""
@@ -183,6 +190,18 @@ class RunConfig:
             from DecodingMethodsModels.rg_config import load_run_configs
 
             load_run_configs(self.run_config)  # a bad line is an error now, naming the line
+
+    def _check_backend(self) -> None:
+        """--backend vllm: what it cannot run, in one line, before anything loads."""
+        if self.backend not in BACKENDS:
+            raise UserError(_unknown("backend", self.backend, BACKENDS))
+        if self.backend == "hf":
+            return
+        from DecodingMethodsModels.backends import vllm_refusal
+
+        reason = vllm_refusal(self)
+        if reason is not None:
+            raise UserError(reason)
 
     @property
     def guided_methods(self) -> list[str]:
@@ -344,6 +363,17 @@ def build_parser() -> argparse.ArgumentParser:
                     help="rows per reward-model forward in args (None: batch_size x topk)")
 
     hw = parser.add_argument_group("hardware")
+    hw.add_argument("--backend", default="hf", choices=BACKENDS,
+                    help="hf: transformers (the reference); vllm: base, pref, la, amulet and "
+                    "implicit PAD on vLLM (pip install -r requirements-vllm.txt)")
+    hw.add_argument("--vllm_max_num_seqs", type=int, default=16,
+                    help="with --backend vllm: rows at once (even; two per question for la, "
+                    "amulet, implicit PAD)")
+    hw.add_argument("--vllm_tensor_parallel_size", type=int, default=1,
+                    help="with --backend vllm: GPUs one model is split over")
+    hw.add_argument("--vllm_kv_cache_gb", type=float, default=None,
+                    help="with --backend vllm: KV cache size (None: 1 GiB on CPU, vLLM's "
+                    "default share of a GPU)")
     hw.add_argument("--batch_size", type=int, default=8,
                     help="questions decoded at once (la and amulet run 2 rows per question)")
     hw.add_argument("--no_continuous_batching", dest="continuous_batching",

@@ -45,7 +45,10 @@ class Decoder:
         pref_rows, base_rows = [pref_ids[i] for i in rows], [base_ids[i] for i in rows]
         seed = seed_for_batch(self.seed, batch)
         try:
-            if work.run.guided is not None:
+            if getattr(self.model, "is_vllm", False):
+                outputs = self.model.decode(work.run, pref_rows, base_rows, self.settings,
+                                            self.question_seeds(work, rows))
+            elif work.run.guided is not None:
                 outputs = self.guide.decode(work.run.guided, pref_rows, base_rows, seed)
             else:
                 outputs = METHOD_RUNNERS[work.run.method](self.model, pref_rows, base_rows,
@@ -53,6 +56,12 @@ class Decoder:
         except NonFiniteScoresError as err:
             raise RankError(nan_message(work, batch, self.model, err)) from None
         return self.records(work, rows, outputs), sum(len(ids) for ids in outputs)
+
+    def question_seeds(self, work: Work, rows: list[int]) -> list[int]:
+        """vLLM draws per question, from the run's seed and the question's index."""
+        from .backends.vllm_model import question_seeds
+
+        return question_seeds(self.seed, [work.run.dataset.questions[i].index for i in rows])
 
     def records(self, work: Work, rows: list[int], outputs: list[list[int]]) -> list[dict]:
         questions = work.run.dataset.questions
@@ -68,6 +77,8 @@ class Decoder:
 
         if not self.continuous_batching:
             return False
+        if getattr(self.model, "is_vllm", False):  # sampled draws are per question there
+            return True
         if work.run.guided is not None:  # a sampled run draws for its whole batch at once
             return work.run.guided.mode == "greedy"
         return work.run.method in STREAMING_METHODS and not self.settings.sampling.do_sample
@@ -80,7 +91,10 @@ class Decoder:
 
         pref_ids, base_ids = self.prompts[(work.run.preference, work.run.dataset.name)]
         pref_rows, base_rows = [pref_ids[i] for i in positions], [base_ids[i] for i in positions]
-        if work.run.guided is not None:
+        if getattr(self.model, "is_vllm", False):
+            stream = self.model.stream(work.run, pref_rows, base_rows, self.settings,
+                                       self.question_seeds(work, positions))
+        elif work.run.guided is not None:
             stream = self.guide.stream(work.run.guided, pref_rows, base_rows, self.batch_size)
         else:
             stream = stream_method(work.run.method, self.model, pref_rows, base_rows,

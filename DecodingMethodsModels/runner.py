@@ -104,7 +104,14 @@ def load_and_check(config, process: Process, todo: list[Work]) -> tuple[Decoder,
     # every prompt is encoded and checked before anything is written or any weight loaded
     context = configured_context(source, config.trust_remote_code)
     prompts = encode_all(todo, tokenizer, system_role, _smaller(context, guide_limit), config)
-    model = load_model(source, device, config.dtype, config.multi_gpu, config.trust_remote_code)
+    if config.backend == "vllm":
+        from .backends.vllm_model import load_vllm_model
+
+        longest = max(len(ids) for pair in prompts.values() for rows in pair for ids in rows)
+        model = load_vllm_model(source, tokenizer, config, device, longest, context)
+    else:
+        model = load_model(source, device, config.dtype, config.multi_gpu,
+                           config.trust_remote_code)
     if context is None and model_context(model.config) is not None:
         prompts = encode_all(todo, tokenizer, system_role,
                              _smaller(model_context(model.config), guide_limit), config)
@@ -124,12 +131,17 @@ def load_and_check(config, process: Process, todo: list[Work]) -> tuple[Decoder,
             raise UserError(f"the checkpoint's repetition penalty or n-gram ban "
                             f"(--use_model_generation_config) cannot be applied by --method "
                             f"{config.guided_methods[0]}: run it without that flag")
-        guide, guide_facts = load_guide(config, guide_device(config, process, device), model,
-                                        eos_ids, pad_id, guided, retokenizer)
+        if config.backend == "vllm":  # implicit PAD: the model guides itself, inside vLLM
+            model.check_topk(guided)
+            guide_facts = {"guide": {"rm_name": config.rm_name}}
+        else:
+            guide, guide_facts = load_guide(config, guide_device(config, process, device),
+                                            model, eos_ids, pad_id, guided, retokenizer)
     decoder = Decoder(model, tokenizer, prompts, settings, eos_ids, config.seed,
                       config.batch_size, config.continuous_batching, guide)
+    backend_facts = model.facts() if config.backend == "vllm" else {}
     return decoder, {**environment_facts(process, device, model), **guide_facts,
-                     **generation_facts}
+                     **generation_facts, **backend_facts}
 
 
 def _smaller(a: int | None, b: int | None) -> int | None:

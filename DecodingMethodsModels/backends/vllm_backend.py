@@ -14,8 +14,6 @@ import hashlib
 from dataclasses import dataclass
 from pathlib import Path
 
-from ..errors import UserError
-
 PAIRED = ("la", "amulet")
 SINGLE = ("base", "pref")
 
@@ -126,14 +124,11 @@ def refusal(config) -> str | None:
             None, 0) or config.use_model_generation_config:
         return ("repetition penalties and n-gram bans are not supported with --backend vllm; "
                 "use --backend hf")
-    if config.vllm_max_num_seqs % 2:
-        return f"--vllm_max_num_seqs must be even (pairs of rows), got {config.vllm_max_num_seqs}"
+    if config.vllm_max_num_seqs < 2 or config.vllm_max_num_seqs % 2:
+        return (f"--vllm_max_num_seqs must be even and at least 2 (pairs of rows), got "
+                f"{config.vllm_max_num_seqs}")
+    if config.vllm_tensor_parallel_size < 1:
+        return f"--vllm_tensor_parallel_size must be >= 1, got {config.vllm_tensor_parallel_size}"
+    if config.vllm_kv_cache_gb is not None and not config.vllm_kv_cache_gb > 0:
+        return f"--vllm_kv_cache_gb must be > 0, got {config.vllm_kv_cache_gb}"
     return None
-
-
-def check_installed() -> None:
-    import importlib.util
-
-    if importlib.util.find_spec("vllm") is None:
-        raise UserError("--backend vllm needs vLLM: pip install -r requirements-vllm.txt "
-                        "(see DecodingMethodsModels/backends/README.md)")
