@@ -33,6 +33,7 @@ class EngineSettings:
     max_model_len: int = 1024
     max_num_seqs: int = 16  # rows, so 8 pairs
     enable_chunked_prefill: bool = False
+    max_num_batched_tokens: int | None = None  # None: room for two whole prompts
     enforce_eager: bool = True
     tensor_parallel_size: int = 1
     kv_cache_memory_bytes: int | None = 256 * 2**20
@@ -54,7 +55,8 @@ def build_engine(settings: EngineSettings):
         model=settings.model, tokenizer=settings.model, dtype=settings.dtype,
         max_model_len=settings.max_model_len, max_num_seqs=settings.max_num_seqs,
         enable_chunked_prefill=settings.enable_chunked_prefill,
-        max_num_batched_tokens=max(settings.max_model_len * 2, 2048),
+        max_num_batched_tokens=settings.max_num_batched_tokens or max(
+            settings.max_model_len * 2, 2048),
         enforce_eager=settings.enforce_eager, generation_config="vllm",
         tensor_parallel_size=settings.tensor_parallel_size,
         kv_cache_memory_bytes=settings.kv_cache_memory_bytes, seed=settings.seed,
@@ -86,6 +88,7 @@ class Driver:
         self.engine = engine
         self.max_rows = max_num_seqs
         self.retries = retries
+        self.reruns = 0  # pairs decoded again because they fell out of step
 
     def run(self, jobs: list[Job]) -> Iterator[tuple[int, list[int]]]:
         from .vllm_pairing import NONFINITE, OUT_OF_STEP
@@ -125,6 +128,7 @@ class Driver:
                         f"{attempt + 1} tries: lower --vllm_max_num_seqs or raise "
                         f"--vllm_kv_cache_gb (preemption), and keep chunked prefill off")
                 else:
+                    self.reruns += 1
                     waiting.appendleft((k, attempt + 1))
                 OUT_OF_STEP.discard(key)
 
