@@ -236,6 +236,9 @@ class RunConfig:
         if "num_beams" in given and "beam" not in self.methods:
             notes.append("num_beams only affects --method beam")
         notes += self._ineffective_guided_flags(given)
+        vllm_flags = {f for f in given if f.startswith("vllm_")}
+        if vllm_flags and self.backend != "vllm":
+            notes.append(f"{', '.join(sorted(vllm_flags))} only affect --backend vllm")
         if "amulet" in self.methods and self.alpha > self.player_lambda:
             notes.append(
                 f"alpha {self.alpha} > player_lambda {self.player_lambda}: Amulet's ratio k "

@@ -64,3 +64,9 @@ def test_fingerprint_records_a_non_hf_backend_only(vllm_present):
     vllm = fingerprint(RunConfig(device="cpu", backend="vllm"), planned(), "m")
     assert vllm["backend"] == "vllm"
     assert {k: v for k, v in vllm.items() if k != "backend"} == hf
+
+
+def test_vllm_flags_without_the_backend_warn():
+    config = RunConfig(vllm_max_num_seqs=8)
+    assert "vllm_max_num_seqs only affect --backend vllm" in config.ineffective_flags(
+        {"vllm_max_num_seqs"})
