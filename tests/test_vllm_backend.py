@@ -136,3 +136,15 @@ def test_sampling_reproducible_across_batch_sizes(embedded, method):
                          settings_for(model, tokenizer),
                          guided=IMPLICIT_PAD if method == "pad" else None)
     assert greedy != wide  # and it is sampling
+
+
+@pytest.mark.parametrize("method", ["la", "pad_implicit"])
+def test_library_personalise_on_vllm_same_as_hf(embedded_model, method):
+    from DecodingMethodsModels import personalise
+
+    model, tokenizer = embedded_model
+    asked = questions(4)
+    hf = personalise(model, tokenizer, asked, method=method, max_new_tokens=STEPS)
+    on_vllm = personalise(model, tokenizer, asked, method=method, max_new_tokens=STEPS,
+                          backend="vllm")
+    assert on_vllm == hf

@@ -70,3 +70,18 @@ def test_vllm_flags_without_the_backend_warn():
     config = RunConfig(vllm_max_num_seqs=8)
     assert "vllm_max_num_seqs only affect --backend vllm" in config.ineffective_flags(
         {"vllm_max_num_seqs"})
+
+
+def test_library_backend_vllm_refused_without_vllm(monkeypatch, smol_tokenizer_dir):
+    from transformers import AutoTokenizer
+
+    from DecodingMethodsModels import personalise
+
+    tokenizer = AutoTokenizer.from_pretrained(smol_tokenizer_dir)
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec",
+                        lambda name, *a: None if name == "vllm" else real(name, *a))
+    with pytest.raises(UserError, match="backend='vllm' needs vLLM"):
+        personalise(None, tokenizer, ["Why?"], method="la", backend="vllm")
+    with pytest.raises(UserError, match="unknown backend 'tgi'"):
+        personalise(None, tokenizer, ["Why?"], method="la", backend="tgi")

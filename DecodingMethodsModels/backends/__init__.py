@@ -18,3 +18,13 @@ def vllm_refusal(config) -> str | None:
         reason = ("--backend vllm needs vLLM, which is not installed: pip install -r "
                   "requirements-vllm.txt (DecodingMethodsModels/backends/README.md)")
     return reason
+
+
+def vllm_refusal_of_library() -> str | None:
+    """Why the library's backend="vllm" cannot run here, or None."""
+    import importlib.util
+
+    if importlib.util.find_spec("vllm") is None:
+        return ("backend='vllm' needs vLLM, which is not installed: pip install -r "
+                "requirements-vllm.txt (DecodingMethodsModels/backends/README.md)")
+    return None
