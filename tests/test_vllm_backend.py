@@ -8,7 +8,14 @@ from __future__ import annotations
 import json
 
 import pytest
-from vllm_helpers import build_sharp_model, hf_tokens, prompts, require_vllm, vllm_tokens
+from vllm_helpers import (
+    build_sharp_model,
+    hf_tokens,
+    kept,
+    prompts,
+    require_vllm,
+    vllm_tokens,
+)
 
 require_vllm()
 
@@ -39,9 +46,9 @@ def settings_for(model, tokenizer, **extra) -> DecodeSettings:
 def engine_for(folder, max_num_seqs: int = 16, **extra):
     from DecodingMethodsModels.backends.vllm_driver import EngineSettings, build_engine
 
-    return build_engine(EngineSettings(model=str(folder), max_model_len=512,
-                                       max_num_seqs=max_num_seqs,
-                                       kv_cache_memory_bytes=128 * 2**20, **extra))
+    return kept(build_engine(EngineSettings(model=str(folder), max_model_len=512,
+                                            max_num_seqs=max_num_seqs,
+                                            kv_cache_memory_bytes=128 * 2**20, **extra)))
 
 
 @pytest.fixture(scope="module")

@@ -5,9 +5,18 @@ again, giving the hf backend's tokens, or stop with a one-line error naming the 
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import pytest
 import torch
-from vllm_helpers import build_sharp_model, hf_tokens, prompts, require_vllm, vllm_tokens
+from vllm_helpers import (
+    build_sharp_model,
+    hf_tokens,
+    kept,
+    prompts,
+    require_vllm,
+    vllm_tokens,
+)
 
 require_vllm()
 
@@ -131,11 +140,11 @@ def case(tiny):
     return pref, base, settings, hf_tokens(model, "la", pref, base, settings)
 
 
-def build(folder, **extra):
+def build(folder, max_model_len=512, **extra):
     from DecodingMethodsModels.backends.vllm_driver import EngineSettings, build_engine
 
-    return build_engine(EngineSettings(model=str(folder), max_model_len=512, max_num_seqs=16,
-                                       **extra))
+    return kept(build_engine(EngineSettings(model=str(folder), max_model_len=max_model_len,
+                                            max_num_seqs=16, **extra)))
 
 
 @pytest.fixture(scope="module")
@@ -161,20 +170,46 @@ def test_no_retries_left_is_one_line_error_naming_the_setting(plain_engine, case
     assert "\n" not in str(err.value)
 
 
-def test_chunked_prefill_and_small_kv_cache_never_give_a_wrong_token(tiny, case):
-    """Chunked prefill over a small token budget splits prompts across steps and a KV cache
-    of a few blocks preempts rows: pairs fall out of step. Each question either comes back
-    with the hf backend's tokens, or the run stops with the one-line error."""
+def test_chunked_prefill_breaks_pairs_and_reruns_restore_them(tiny, case):
+    """Chunked prefill over a token budget that holds one pair's prompts, not eight, splits
+    pairs across steps: they are caught, and decoded again alone give the hf backend's
+    tokens."""
     from DecodingMethodsModels.backends.vllm_driver import Driver
 
     pref, base, settings, want = case
-    engine = build(tiny[2], enable_chunked_prefill=True, max_num_batched_tokens=96,
-                   kv_cache_memory_bytes=600 * 1024)
-    driver = Driver(engine, 16, retries=8)
-    try:
-        got = vllm_tokens(driver, "la", pref, base, settings)
-    except UserError as err:
-        assert "--vllm_max_num_seqs" in str(err)
-        return
-    assert got == want
-    assert driver.reruns > 0  # the scheduler did break pairs, and they were caught
+    engine = build(tiny[2], max_model_len=160, enable_chunked_prefill=True,
+                   max_num_batched_tokens=192)
+    driver = Driver(engine, 16)
+    assert vllm_tokens(driver, "la", pref, base, settings) == want
+    assert driver.reruns > 0  # the scheduler did break pairs, and none slipped by
+
+
+def test_preemption_breaks_pairs_and_reruns_restore_them(tiny, case):
+    """A KV cache of five 128-token blocks (vLLM's CPU block size): the prompts of two pairs
+    fit, their answers do not, so vLLM preempts rows as they grow (or schedules one row of a
+    pair for lack of a block); the broken pairs are caught and, decoded again alone (at most
+    four blocks), give the hf backend's tokens."""
+    from DecodingMethodsModels.backends.vllm_driver import Driver
+
+    pref, base, settings, _ = case
+    longer = replace(settings, max_new_tokens=50)
+    want = hf_tokens(tiny[0], "la", pref, base, longer)
+    assert max(len(p) for p in pref) + 50 <= 256 and max(len(p) for p in pref) <= 128
+    engine = build(tiny[2], max_model_len=256, kv_cache_memory_bytes=640 * 1700)
+    driver = Driver(engine, 16)
+    assert vllm_tokens(driver, "la", pref, base, longer) == want
+    assert driver.reruns > 0
+
+
+def test_pair_that_cannot_fit_one_step_is_a_one_line_error(tiny, case):
+    """A token budget smaller than a pair's two prompts splits every pair: after the retries,
+    one line says what to change."""
+    from DecodingMethodsModels.backends.vllm_driver import Driver
+
+    pref, base, settings, _ = case
+    assert max(len(p) for p in pref) + settings.max_new_tokens < 160
+    engine = build(tiny[2], max_model_len=160, enable_chunked_prefill=True,
+                   max_num_batched_tokens=96)
+    with pytest.raises(UserError, match="--vllm_max_num_seqs") as err:
+        vllm_tokens(Driver(engine, 16, retries=2), "la", pref, base, settings)
+    assert "\n" not in str(err.value)

@@ -10,6 +10,14 @@ from pathlib import Path
 import pytest
 
 MISSING = importlib.util.find_spec("vllm") is None
+# Engines live until the process ends: one garbage-collected in-process engine tears down
+# vLLM's process-wide parallel groups under the others.
+ENGINES: list = []
+
+
+def kept(engine):
+    ENGINES.append(engine)
+    return engine
 
 
 def require_vllm() -> None:

@@ -99,7 +99,7 @@ class Driver:
         halves: dict[int, dict[str, object]] = {}  # job -> finished outputs by role
         rows = 0
         while waiting or live:
-            while waiting and rows + self._rows(jobs[waiting[0][0]]) <= self.max_rows:
+            while waiting and self._admits(rows, jobs[waiting[0][0]], waiting[0][1]):
                 k, attempt = waiting.popleft()
                 rows += self._add(jobs[k], pair_key(run_number, k, attempt), k, attempt, live)
             for out in self.engine.step():
@@ -132,9 +132,12 @@ class Driver:
                     waiting.appendleft((k, attempt + 1))
                 OUT_OF_STEP.discard(key)
 
-    @staticmethod
-    def _rows(job: Job) -> int:
-        return 1 if job.base is None else 2
+    def _admits(self, rows: int, job: Job, attempt: int) -> bool:
+        """Room for the job's rows; a pair decoded again runs alone (the whole token budget
+        and KV cache for it), so what broke it before cannot recur."""
+        if attempt > 0:
+            return rows == 0
+        return rows + (1 if job.base is None else 2) <= self.max_rows
 
     def _add(self, job: Job, key: str, k: int, attempt: int, live: dict) -> int:
         run = next(_ids)
