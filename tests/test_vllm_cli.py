@@ -59,7 +59,8 @@ def test_vllm_run_writes_hf_files_resumes_and_extends(setup, hf_out, tmp_path):
         assert records(tmp_path, method) == records(hf_out, method)[:3], method
         sidecar = meta(tmp_path, method)
         assert sidecar["fingerprint"]["backend"] == "vllm"
-        assert sidecar["backend"]["name"] == "vllm" and sidecar["backend"]["vllm_version"]
+        backend = sidecar["environment"]["backend"]
+        assert backend["name"] == "vllm" and backend["vllm_version"]
         assert "backend" not in meta(hf_out, method)["fingerprint"]
     assert len({r["response"] for r in records(tmp_path, "la")}) > 1
 
