@@ -24,6 +24,7 @@ driver's process (VLLM_ENABLE_V1_MULTIPROCESSING=0), which the driver sets.
 from __future__ import annotations
 
 import hashlib
+import json
 from dataclasses import asdict, dataclass
 
 import torch
@@ -76,29 +77,38 @@ def _rule_of(spec: PairSpec):
     return amulet_rule(p["iterations"], p["alpha"], p["player_lambda"], p["eta"], p["solver"])
 
 
-def choose_pair_token(spec: PairSpec, pref_logits: torch.Tensor, base_logits: torch.Tensor,
-                      step: int) -> int | None:
-    """The token of one pair at one step from its two rows' raw logits (V,), or None when
-    the scores are unusable."""
-    generator = None if spec.sampling is None else step_generator(spec.seed, step)
-    if spec.rule == "pad":
-        z, u = base_logits.float().unsqueeze(0), pref_logits.float().unsqueeze(0)
-        candidate_logits, candidates = torch.topk(z, spec.params["topk"], dim=-1)
+def choose_pair_tokens(spec: PairSpec, pref_logits: torch.Tensor, base_logits: torch.Tensor,
+                       generators: list) -> list[int | None]:
+    """The tokens of n pairs of one rule and settings at one step from their rows' raw
+    logits (n, V) each; None where the scores are unusable. `generators[i]` draws pair i's
+    token when sampling (one per question and step: a draw does not depend on the batch)."""
+    if spec.rule == "pad":  # z from the base rows, u from the preference rows
+        z, u = base_logits.float(), pref_logits.float()
+        candidate_logits, candidates = torch.topk(z, spec.params["topk"], dim=-1)  # (n, k)
         scores = pad_scores(candidate_logits, u.gather(1, candidates), spec.params["weight"])
-        if bool(unusable_rows(scores).any()):
-            return None
-        mode = "greedy" if spec.sampling is None else "topk"
         temp = 1.0 if spec.sampling is None else spec.sampling["temperature"]
-        choice = choose_candidates(scores, mode, temp, generator)
-        return int(candidates[0, int(choice[0])])
-    pref = torch.log_softmax(pref_logits.float().unsqueeze(0), dim=-1)
-    base = torch.log_softmax(base_logits.float().unsqueeze(0), dim=-1)
-    scores = _rule_of(spec)(pref, base)
-    if bool(unusable_rows(scores).any()):
-        return None
-    settings = SamplingSettings() if spec.sampling is None else SamplingSettings(
-        do_sample=True, **spec.sampling)
-    return int(choose_tokens(scores, settings, generator)[0])
+        mode = "greedy" if spec.sampling is None else "topk"
+        pick = lambda rows, gen: choose_candidates(rows, mode, temp, gen)  # noqa: E731
+    else:
+        pref = torch.log_softmax(pref_logits.float(), dim=-1)
+        base = torch.log_softmax(base_logits.float(), dim=-1)
+        scores, candidates = _rule_of(spec)(pref, base), None  # (n, V)
+        settings = SamplingSettings() if spec.sampling is None else SamplingSettings(
+            do_sample=True, **spec.sampling)
+        pick = lambda rows, gen: choose_tokens(rows, settings, gen)  # noqa: E731
+    if spec.sampling is None:
+        choice = pick(scores, None)
+    else:
+        choice = torch.cat([pick(scores[i:i + 1], g) for i, g in enumerate(generators)])
+    if candidates is not None:
+        choice = candidates.gather(1, choice.unsqueeze(-1)).squeeze(-1)
+    bad = unusable_rows(scores).tolist()
+    return [None if b else int(t) for b, t in zip(bad, choice.tolist(), strict=True)]
+
+
+def _group(spec: PairSpec) -> str:
+    """Pairs that one call of the rule can serve together: same rule, settings, sampling."""
+    return json.dumps([spec.rule, spec.params, spec.sampling], sort_keys=True)
 
 
 class PairedRuleProcessor(LogitsProcessor):
@@ -155,26 +165,42 @@ class PairedRuleProcessor(LogitsProcessor):
         for index, (spec, _output) in self.rows.items():
             if index < logits.shape[0]:
                 pairs.setdefault(spec.pair, {})[spec.role] = index
+        tokens = self._pair_tokens(pairs, logits)  # all read before any row is forced
+        rows, forced = [], []
         for key, roles in pairs.items():
-            token = self._pair_token(key, roles, logits)
             for index in roles.values():
-                spec = self.rows[index][0]
-                forced = spec.sentinel if token is None else token
-                logits[index].fill_(float("-inf"))
-                logits[index, forced] = 0.0
+                rows.append(index)
+                token = tokens.get(key)
+                forced.append(self.rows[index][0].sentinel if token is None else token)
+        if not rows:
+            return logits
+        index = torch.tensor(rows, device=logits.device)
+        logits[index] = float("-inf")
+        logits[index, torch.tensor(forced, device=logits.device)] = 0.0
         return logits
 
-    def _pair_token(self, key: str, roles: dict[str, int], logits: torch.Tensor) -> int | None:
-        """The pair's token this step, or None (recorded) when it cannot be combined."""
-        if len(roles) != 2:
-            OUT_OF_STEP.add(key)
-            return None
-        (spec, pref_out), (_, base_out) = self.rows[roles["pref"]], self.rows[roles["base"]]
-        if len(pref_out) != len(base_out):
-            OUT_OF_STEP.add(key)
-            return None
-        token = choose_pair_token(spec, logits[roles["pref"]], logits[roles["base"]],
-                                  len(pref_out))
-        if token is None:
-            NONFINITE.add(key)
-        return token
+    def _pair_tokens(self, pairs: dict[str, dict[str, int]],
+                     logits: torch.Tensor) -> dict[str, int | None]:
+        """Each pair's token this step; None (recorded) where it cannot be combined."""
+        tokens: dict[str, int | None] = {}
+        ready: dict[str, list[tuple[str, dict[str, int], PairSpec, int]]] = {}
+        for key, roles in pairs.items():
+            if len(roles) != 2 or len(self.rows[roles["pref"]][1]) != len(
+                    self.rows[roles["base"]][1]):
+                OUT_OF_STEP.add(key)
+                tokens[key] = None
+                continue
+            spec = self.rows[roles["pref"]][0]
+            step = len(self.rows[roles["pref"]][1])
+            ready.setdefault(_group(spec), []).append((key, roles, spec, step))
+        for group in ready.values():
+            pref = logits[torch.tensor([roles["pref"] for _, roles, _, _ in group])]
+            base = logits[torch.tensor([roles["base"] for _, roles, _, _ in group])]
+            generators = [None if spec.sampling is None else step_generator(spec.seed, step)
+                          for _, _, spec, step in group]
+            chosen = choose_pair_tokens(group[0][2], pref, base, generators)
+            for (key, _, _, _), token in zip(group, chosen, strict=True):
+                tokens[key] = token
+                if token is None:
+                    NONFINITE.add(key)
+        return tokens
