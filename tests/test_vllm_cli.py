@@ -83,3 +83,11 @@ def test_vllm_implicit_pad_same_file_as_hf(setup, hf_out, tmp_path):
     run(setup, tmp_path, "--limit", "6", "--rm_name", "self", backend="vllm", method="pad")
     assert records(tmp_path, "pad") == records(hf_out, "pad")
     assert meta(tmp_path, "pad")["fingerprint"]["backend"] == "vllm"
+
+
+def test_vllm_batch_by_batch_same_file_as_hf(setup, hf_out, tmp_path):
+    """--no_continuous_batching: each batch of --batch_size questions is one driver call."""
+    run(setup, tmp_path, "--limit", "6", "--no_continuous_batching", backend="vllm",
+        method="la,base")
+    assert records(tmp_path, "la") == records(hf_out, "la")
+    assert records(tmp_path, "base") == records(hf_out, "base")
