@@ -111,6 +111,10 @@ class LateBase:
         else:
             self.engine.add_request(request_id, prompt, params)
 
+    def abort_request(self, request_ids):
+        self.held = [h for h in self.held if h[0] not in request_ids]
+        self.engine.abort_request(request_ids)
+
     def step(self):
         outputs = self.engine.step()
         for held in self.held:
@@ -164,10 +168,12 @@ def test_late_partner_detected_and_rerun(plain_engine, case):
 def test_no_retries_left_is_one_line_error_naming_the_setting(plain_engine, case):
     from DecodingMethodsModels.backends.vllm_driver import Driver
 
-    pref, base, settings, _ = case
+    pref, base, settings, want = case
     with pytest.raises(UserError, match="--vllm_max_num_seqs") as err:
         vllm_tokens(Driver(LateBase(plain_engine), 16, retries=0), "la", pref, base, settings)
     assert "\n" not in str(err.value)
+    # the requests still running were aborted: the engine decodes the next call cleanly
+    assert vllm_tokens(Driver(plain_engine, 16), "la", pref, base, settings) == want
 
 
 def test_chunked_prefill_breaks_pairs_and_reruns_restore_them(tiny, case):

@@ -91,46 +91,55 @@ class Driver:
         self.reruns = 0  # pairs decoded again because they fell out of step
 
     def run(self, jobs: list[Job]) -> Iterator[tuple[int, list[int]]]:
-        from .vllm_pairing import NONFINITE, OUT_OF_STEP
-
         run_number = next(_runs)
         waiting = deque((k, 0) for k in range(len(jobs)))
         live: dict[str, tuple[int, int, str]] = {}  # request id -> (job, attempt, role)
         halves: dict[int, dict[str, object]] = {}  # job -> finished outputs by role
-        rows = 0
-        while waiting or live:
-            while waiting and self._admits(rows, jobs[waiting[0][0]], waiting[0][1]):
-                k, attempt = waiting.popleft()
-                rows += self._add(jobs[k], pair_key(run_number, k, attempt), k, attempt, live)
-            for out in self.engine.step():
-                if not out.finished:
-                    continue
-                k, attempt, role = live.pop(out.request_id)
-                rows -= 1
-                if jobs[k].base is None:
-                    yield k, list(out.outputs[0].token_ids)
-                    continue
-                done = halves.setdefault(k, {})
-                done[role] = out.outputs[0]
-                if len(done) < 2:
-                    continue
-                del halves[k]
-                key = pair_key(run_number, k, attempt)
-                ok = (key not in OUT_OF_STEP and key not in NONFINITE
-                      and list(done["pref"].token_ids) == list(done["base"].token_ids))
-                if ok:
-                    yield k, list(done["pref"].token_ids)
-                elif key in NONFINITE:
-                    raise NonFinitePair(k)
-                elif attempt >= self.retries:
-                    raise UserError(
-                        f"vLLM could not keep question {k}'s two requests in step in "
-                        f"{attempt + 1} tries: lower --vllm_max_num_seqs or raise "
-                        f"--vllm_kv_cache_gb (preemption), and keep chunked prefill off")
-                else:
-                    self.reruns += 1
-                    waiting.appendleft((k, attempt + 1))
-                OUT_OF_STEP.discard(key)
+        try:
+            while waiting or live:
+                while waiting and self._admits(len(live), jobs[waiting[0][0]], waiting[0][1]):
+                    k, attempt = waiting.popleft()
+                    self._add(jobs[k], pair_key(run_number, k, attempt), k, attempt, live)
+                for out in self.engine.step():
+                    if not out.finished or out.request_id not in live:
+                        continue
+                    k, attempt, role = live.pop(out.request_id)
+                    if jobs[k].base is None:
+                        yield k, list(out.outputs[0].token_ids)
+                        continue
+                    done = halves.setdefault(k, {})
+                    done[role] = out.outputs[0]
+                    if len(done) < 2:
+                        continue
+                    del halves[k]
+                    ids = self._accepted(pair_key(run_number, k, attempt), k, attempt, done)
+                    if ids is None:
+                        self.reruns += 1
+                        waiting.appendleft((k, attempt + 1))
+                    else:
+                        yield k, ids
+        finally:  # an error or an abandoned stream leaves nothing running in the engine
+            if live:
+                self.engine.abort_request(list(live))
+
+    def _accepted(self, key: str, k: int, attempt: int, done: dict) -> list[int] | None:
+        """A finished pair's tokens, or None to decode it again; raises when it cannot be."""
+        from .vllm_pairing import NONFINITE, OUT_OF_STEP
+
+        broken = key in OUT_OF_STEP
+        OUT_OF_STEP.discard(key)
+        if key in NONFINITE:
+            NONFINITE.discard(key)
+            raise NonFinitePair(k)
+        pref, base = list(done["pref"].token_ids), list(done["base"].token_ids)
+        if not broken and pref == base:
+            return pref
+        if attempt >= self.retries:
+            raise UserError(
+                f"vLLM could not keep question {k}'s two requests in step in {attempt + 1} "
+                "tries: lower --vllm_max_num_seqs or raise --vllm_kv_cache_gb (preemption), "
+                "and keep chunked prefill off")
+        return None
 
     def _admits(self, rows: int, job: Job, attempt: int) -> bool:
         """Room for the job's rows; a pair decoded again runs alone (the whole token budget
@@ -139,20 +148,19 @@ class Driver:
             return rows == 0
         return rows + (1 if job.base is None else 2) <= self.max_rows
 
-    def _add(self, job: Job, key: str, k: int, attempt: int, live: dict) -> int:
+    def _add(self, job: Job, key: str, k: int, attempt: int, live: dict) -> None:
         run = next(_ids)
         if job.base is None:
             rid = f"q{k}-{run}"
             self.engine.add_request(rid, {"prompt_token_ids": job.prompt}, job.params)
             live[rid] = (k, attempt, "single")
-            return 1
+            return
         for role, prompt, params in (("pref", job.prompt, job.params),
                                      ("base", job.base, job.base_params)):
             rid = f"{key}-{role}-{run}"
             self.engine.add_request(rid, {"prompt_token_ids": prompt},
                                     with_pair_key(params, key))
             live[rid] = (k, attempt, role)
-        return 2
 
 
 class NonFinitePair(RuntimeError):
