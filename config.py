@@ -11,6 +11,7 @@ from dataclasses import asdict, dataclass, fields
 
 from DecodingMethodsModels.errors import UserError
 from DecodingMethodsModels.pipeline.cli_options import (
+    BACKENDS,
     BENCHMARKS,
     DEFAULT_DATA,
     DEFAULT_DATA_DIR,
@@ -78,6 +79,11 @@ class RunConfig:
     rm_device: str | None = None  # None: the decoding model's device
     rm_dtype: str | None = None  # None: --dtype
     rm_batch_size: int | None = None
+    # the decoding backend: "hf" (transformers, the reference) or "vllm" (backends/)
+    backend: str = "hf"
+    vllm_max_num_seqs: int = 16  # rows vLLM runs at once (la, amulet, implicit PAD: 2 each)
+    vllm_tensor_parallel_size: int = 1
+    vllm_kv_cache_gb: float | None = None  # None: 1 GiB on CPU, vLLM's own share of a GPU
 
     def __post_init__(self) -> None:
         for method in self.methods:
@@ -132,6 +138,7 @@ class RunConfig:
             raise UserError("--reference_prompts rebuilds the Amulet paper's prompts; PAD's "
                             "principle sets have their own prompt: drop one of the two")
         self._check_guided()
+        self._check_backend()
 
     def _check_guided(self) -> None:
         """Flags of ARGS and PAD, and the --config file, checked before any model loads."""
@@ -182,6 +189,18 @@ class RunConfig:
 
             load_run_configs(self.run_config)  # a bad line is an error now, naming the line
 
+    def _check_backend(self) -> None:
+        """--backend vllm: what it cannot run, in one line, before anything loads."""
+        if self.backend not in BACKENDS:
+            raise UserError(_unknown("backend", self.backend, BACKENDS))
+        if self.backend == "hf":
+            return
+        from DecodingMethodsModels.backends import vllm_refusal
+
+        reason = vllm_refusal(self)
+        if reason is not None:
+            raise UserError(reason)
+
     @property
     def guided_methods(self) -> list[str]:
         return [m for m in self.methods if m in GUIDED_METHODS]
@@ -215,6 +234,9 @@ class RunConfig:
         if "num_beams" in given and "beam" not in self.methods:
             notes.append("num_beams only affects --method beam")
         notes += self._ineffective_guided_flags(given)
+        vllm_flags = {f for f in given if f.startswith("vllm_")}
+        if vllm_flags and self.backend != "vllm":
+            notes.append(f"{', '.join(sorted(vllm_flags))} only affect --backend vllm")
         if "amulet" in self.methods and self.alpha > self.player_lambda:
             notes.append(
                 f"alpha {self.alpha} > player_lambda {self.player_lambda}: Amulet's ratio k "

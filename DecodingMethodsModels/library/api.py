@@ -96,6 +96,7 @@ def personalise(
     top_k: int | None = None,
     top_p: float = 1.0,
     seed: int = 0,
+    backend: str = "hf",
     **settings,
 ) -> list[str]:
     """Answers to `questions` personalised for `preference`, one string per question.
@@ -108,6 +109,10 @@ def personalise(
     take the paper's values. Prompts are the CLI's (prompts.encode_prompt, with and without the
     preference); questions go through the engine in batches of `batch_size`; decoding stops at
     any of the model's EOS ids.
+
+    `backend="vllm"` decodes on vLLM (backends/README.md): `model` is then the loaded model
+    (saved once to a temporary float32 folder) or a Hugging Face folder's path; greedy answers
+    are the hf backend's, a sampled answer depends on `seed` and its question's position only.
     """
     if isinstance(questions, str):
         raise UserError("questions must be a list of strings, not one string")
@@ -118,6 +123,10 @@ def personalise(
     rule = None if guided else method_rule(method, **settings)
     sentence = preference_text(preference)
     system_role = template_accepts_system(tokenizer)
+    if backend != "hf":
+        return _personalise_vllm(model, tokenizer, questions, sentence, system_role, method,
+                                 values, backend, max_new_tokens, do_sample, temperature,
+                                 top_k, top_p, seed)
     eos_ids = eos_token_ids(model, tokenizer)
     pad_id = pad_token_id(tokenizer, eos_ids)
     sampling = SamplingSettings(do_sample, temperature, top_k, top_p)
@@ -140,6 +149,26 @@ def personalise(
                                         sampling, generator)
         texts += [decode_response(tokenizer, ids, eos_ids) for ids in result.token_ids]
     return texts
+
+
+def _personalise_vllm(model, tokenizer, questions, sentence, system_role, method, values,
+                      backend, max_new_tokens, do_sample, temperature, top_k, top_p, seed):
+    if backend != "vllm":
+        raise UserError(f"unknown backend {backend!r}; use 'hf' or 'vllm'")
+    from DecodingMethodsModels.backends import vllm_refusal_of_library
+
+    reason = vllm_refusal_of_library()
+    if reason is not None:
+        raise UserError(reason)
+    from DecodingMethodsModels.library.vllm_api import personalise_vllm
+
+    pref = [encode_prompt(tokenizer, q, sentence, system_role) for q in questions]
+    base = [encode_prompt(tokenizer, q, "", system_role) for q in questions]
+    sampling = SamplingSettings(do_sample, temperature, top_k, top_p)
+    name = "pad" if method == "pad_implicit" else method
+    ids, eos_ids = personalise_vllm(model, tokenizer, pref, base, name, values,
+                                    max_new_tokens=max_new_tokens, sampling=sampling, seed=seed)
+    return [decode_response(tokenizer, row, eos_ids) for row in ids]
 
 
 # ----- the engine as generate(custom_generate=...) --------------------------------------------

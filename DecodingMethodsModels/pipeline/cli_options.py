@@ -20,6 +20,7 @@ SOLVERS = ("closed_form", "iterative")
 GUIDED_MODES = ("greedy", "topk")
 PROMPT_STYLES = ("chat", "raw")  # raw: public ARGS's untemplated question (args only)
 DTYPES = ("auto", "float32", "bfloat16", "float16")
+BACKENDS = ("hf", "vllm")  # hf: transformers and the engines (the reference); vllm: backends/
 DEFAULT_MODEL = "SmolLM2-135M-Instruct"
 DEFAULT_DATA = "demo"
 # the project's data/ (demo.json, and where data/fetch_benchmarks.py puts the benchmarks),
@@ -157,6 +158,17 @@ def _add_reward_guided(parser: argparse.ArgumentParser) -> None:
 
 def _add_hardware(parser: argparse.ArgumentParser) -> None:
     hw = parser.add_argument_group("hardware")
+    hw.add_argument("--backend", default="hf", choices=BACKENDS,
+                    help="hf: transformers (the reference); vllm: base, pref, la, amulet and "
+                    "implicit PAD on vLLM (pip install -r requirements-vllm.txt)")
+    hw.add_argument("--vllm_max_num_seqs", type=int, default=16,
+                    help="with --backend vllm: rows at once (even; two per question for la, "
+                    "amulet, implicit PAD)")
+    hw.add_argument("--vllm_tensor_parallel_size", type=int, default=1,
+                    help="with --backend vllm: GPUs one model is split over")
+    hw.add_argument("--vllm_kv_cache_gb", type=float, default=None,
+                    help="with --backend vllm: KV cache size (None: 1 GiB on CPU, vLLM's "
+                    "default share of a GPU)")
     hw.add_argument("--batch_size", type=int, default=8,
                     help="questions decoded at once (la and amulet run 2 rows per question)")
     hw.add_argument("--no_continuous_batching", dest="continuous_batching",

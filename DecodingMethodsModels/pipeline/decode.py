@@ -4,7 +4,7 @@ the loop that turns this rank's batches of a run into records appended to its pa
 `BACKENDS` is the one place where "which backend decodes" is chosen: a backend name maps to a
 decoder class built like `Decoder` (model, tokenizer, prompts, settings, ...) that turns one
 batch of one run into records (`__call__`, `records`) and, where it can, streams (`can_stream`,
-`stream`). "hf" (transformers, the engines in engines/) is the only one today.
+`stream`): "hf" (transformers, the engines in engines/; the reference) and "vllm" (backends/).
 """
 
 from __future__ import annotations
@@ -101,7 +101,50 @@ class Decoder:
             raise RankError(nan_message(work, batch, self.model, err, bad)) from None
 
 
-BACKENDS: dict[str, type] = {"hf": Decoder}
+class VllmDecoder(Decoder):
+    """The vLLM backend (backends/): `model` is a backends.vllm_model.VllmModel, which decodes
+    base, pref, la, amulet and implicit PAD inside vLLM with the rules of rules/. It draws a
+    sampled token per question (seeded by the run's seed and the question's index), so every
+    run streams, sampled or not."""
+
+    def question_seeds(self, work: Work, rows: list[int]) -> list[int]:
+        from DecodingMethodsModels.backends.vllm_model import question_seeds
+
+        return question_seeds(self.seed, [work.run.dataset.questions[i].index for i in rows])
+
+    def __call__(self, work: Work, batch: int) -> tuple[list[dict], int]:
+        rows = work.batches[batch]
+        pref_ids, base_ids = self.prompts[(work.run.preference, work.run.dataset.name)]
+        pref_rows, base_rows = [pref_ids[i] for i in rows], [base_ids[i] for i in rows]
+        from DecodingMethodsModels.engines.core import NonFiniteScoresError
+
+        try:
+            outputs = self.model.decode(work.run, pref_rows, base_rows, self.settings,
+                                        self.question_seeds(work, rows))
+        except NonFiniteScoresError as err:
+            raise RankError(nan_message(work, batch, self.model, err)) from None
+        return self.records(work, rows, outputs), sum(len(ids) for ids in outputs)
+
+    def can_stream(self, work: Work) -> bool:
+        return self.continuous_batching
+
+    def stream(self, work: Work, positions: list[int]):
+        from DecodingMethodsModels.engines.core import NonFiniteScoresError
+
+        pref_ids, base_ids = self.prompts[(work.run.preference, work.run.dataset.name)]
+        pref_rows, base_rows = [pref_ids[i] for i in positions], [base_ids[i] for i in positions]
+        stream = self.model.stream(work.run, pref_rows, base_rows, self.settings,
+                                   self.question_seeds(work, positions))
+        try:
+            for k, ids in stream:
+                yield positions[k], ids
+        except NonFiniteScoresError as err:
+            bad = [positions[k] for k in err.rows] or positions
+            batch = next(b for b, rows in enumerate(work.batches) if bad[0] in rows)
+            raise RankError(nan_message(work, batch, self.model, err, bad)) from None
+
+
+BACKENDS: dict[str, type] = {"hf": Decoder, "vllm": VllmDecoder}
 DEFAULT_BACKEND = "hf"
 
 

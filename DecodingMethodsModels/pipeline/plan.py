@@ -146,8 +146,8 @@ def fingerprint(config, run: PlannedRun, model_short_name: str,
 
     The device type and dtype are recorded as resolved (`--dtype auto` is float32 on a CPU and
     bfloat16 on CUDA); the seed only when sampling, since greedy and beam runs ignore it.
-    Keys that only some runs have (PAD's principle set, the settings of ARGS and PAD) are
-    added only to those, so the fingerprints of other runs stay as they were.
+    Keys that only some runs have (PAD's principle set, the settings of ARGS and PAD, a backend
+    other than hf) are added only to those, so the fingerprints of other runs stay as they were.
     """
     hardware = hardware or resolved_hardware(config)
     sampling = (
@@ -180,6 +180,7 @@ def fingerprint(config, run: PlannedRun, model_short_name: str,
         **method_parameters(config, run.method),
         **({"pad_principles": run.pad_set} if run.pad_set else {}),
         **(guided_parameters(config, run.guided, hardware.rm_dtype) if run.guided else {}),
+        **({"backend": config.backend} if config.backend != "hf" else {}),
     }
 
 

@@ -93,7 +93,6 @@ def load_and_check(config, process: Process, todo: list[Work]) -> tuple[Decoder,
     batches and this rank's share of them."""
     from DecodingMethodsModels.models.loading import (
         eos_token_ids,
-        load_model,
         load_tokenizer,
         pad_token_id,
         resolve_device,
@@ -122,7 +121,7 @@ def load_and_check(config, process: Process, todo: list[Work]) -> tuple[Decoder,
     # every prompt is encoded and checked before anything is written or any weight loaded
     context = configured_context(source, config.trust_remote_code)
     prompts = encode_all(todo, tokenizer, system_role, _smaller(context, guide_limit), config)
-    model = load_model(source, device, config.dtype, config.multi_gpu, config.trust_remote_code)
+    model = decoding_model(config, source, tokenizer, device, prompts, context)
     if context is None and model_context(model.config) is not None:
         prompts = encode_all(todo, tokenizer, system_role,
                              _smaller(model_context(model.config), guide_limit), config)
@@ -142,12 +141,35 @@ def load_and_check(config, process: Process, todo: list[Work]) -> tuple[Decoder,
             raise UserError(f"the checkpoint's repetition penalty or n-gram ban "
                             f"(--use_model_generation_config) cannot be applied by --method "
                             f"{config.guided_methods[0]}: run it without that flag")
-        guide, guide_facts = load_guide(config, guide_device(config, process, device), model,
-                                        eos_ids, pad_id, guided, retokenizer)
+        guide, guide_facts = guide_of(config, process, device, model, eos_ids, pad_id, guided,
+                                      retokenizer)
     decoder = backend(model, tokenizer, prompts, settings, eos_ids, config.seed,
                       config.batch_size, config.continuous_batching, guide)
+    backend_facts = model.facts() if config.backend == "vllm" else {}
     return decoder, {**environment_facts(process, device, model), **guide_facts,
-                     **generation_facts}
+                     **generation_facts, **backend_facts}
+
+
+def decoding_model(config, source, tokenizer, device, prompts: dict, context: int | None):
+    """The decoding model: transformers weights (--backend hf), or a vLLM engine over them."""
+    if config.backend == "vllm":
+        from DecodingMethodsModels.backends.vllm_model import load_vllm_model
+
+        longest = max(len(ids) for pair in prompts.values() for rows in pair for ids in rows)
+        return load_vllm_model(source, tokenizer, config, device, longest, context)
+    from DecodingMethodsModels.models.loading import load_model
+
+    return load_model(source, device, config.dtype, config.multi_gpu, config.trust_remote_code)
+
+
+def guide_of(config, process, device, model, eos_ids, pad_id, guided, retokenizer):
+    """(guide, its sidecar facts) of ARGS's or PAD's runs. On vLLM only implicit PAD runs (the
+    model guides itself inside vLLM): no guide is loaded."""
+    if config.backend == "vllm":
+        model.check_topk(guided)
+        return None, {"guide": {"rm_name": config.rm_name}}
+    return load_guide(config, guide_device(config, process, device), model, eos_ids, pad_id,
+                      guided, retokenizer)
 
 
 def _smaller(a: int | None, b: int | None) -> int | None:

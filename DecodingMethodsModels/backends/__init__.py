@@ -1,0 +1,30 @@
+"""Decoding backends other than transformers (the hf backend, the reference).
+
+vllm: base, pref, la, amulet and implicit PAD on vLLM (README.md beside this file). Nothing
+here imports vLLM or torch at import time: the CLI checks a command before anything loads.
+"""
+
+from __future__ import annotations
+
+
+def vllm_refusal(config) -> str | None:
+    """Why `config` cannot run with --backend vllm (one line), or None."""
+    import importlib.util
+
+    from DecodingMethodsModels.backends.vllm_backend import refusal
+
+    reason = refusal(config)
+    if reason is None and importlib.util.find_spec("vllm") is None:
+        reason = ("--backend vllm needs vLLM, which is not installed: pip install -r "
+                  "requirements-vllm.txt (DecodingMethodsModels/backends/README.md)")
+    return reason
+
+
+def vllm_refusal_of_library() -> str | None:
+    """Why the library's backend="vllm" cannot run here, or None."""
+    import importlib.util
+
+    if importlib.util.find_spec("vllm") is None:
+        return ("backend='vllm' needs vLLM, which is not installed: pip install -r "
+                "requirements-vllm.txt (DecodingMethodsModels/backends/README.md)")
+    return None
