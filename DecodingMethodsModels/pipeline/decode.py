@@ -45,21 +45,27 @@ class Decoder:
     def __call__(self, work: Work, batch: int) -> tuple[list[dict], int]:
         """(records of the batch, generated tokens)."""
         from DecodingMethodsModels.engines.core import NonFiniteScoresError
-        from DecodingMethodsModels.pipeline.methods import METHOD_RUNNERS
 
         rows = work.batches[batch]
-        pref_ids, base_ids = self.prompts[(work.run.preference, work.run.dataset.name)]
-        pref_rows, base_rows = [pref_ids[i] for i in rows], [base_ids[i] for i in rows]
-        seed = seed_for_batch(self.seed, batch)
         try:
-            if work.run.guided is not None:
-                outputs = self.guide.decode(work.run.guided, pref_rows, base_rows, seed)
-            else:
-                outputs = METHOD_RUNNERS[work.run.method](self.model, pref_rows, base_rows,
-                                                          self.settings, seed)
+            outputs = self.decode_rows(work, rows, seed_for_batch(self.seed, batch))
         except NonFiniteScoresError as err:
             raise RankError(nan_message(work, batch, self.model, err)) from None
         return self.records(work, rows, outputs), sum(len(ids) for ids in outputs)
+
+    def prompt_rows(self, work: Work, rows: list[int]) -> tuple[list, list]:
+        pref_ids, base_ids = self.prompts[(work.run.preference, work.run.dataset.name)]
+        return [pref_ids[i] for i in rows], [base_ids[i] for i in rows]
+
+    def decode_rows(self, work: Work, rows: list[int], seed: int) -> list[list[int]]:
+        """Generated ids of the questions at `rows`, as one batch seeded by `seed`."""
+        from DecodingMethodsModels.pipeline.methods import METHOD_RUNNERS
+
+        pref_rows, base_rows = self.prompt_rows(work, rows)
+        if work.run.guided is not None:
+            return self.guide.decode(work.run.guided, pref_rows, base_rows, seed)
+        return METHOD_RUNNERS[work.run.method](self.model, pref_rows, base_rows, self.settings,
+                                               seed)
 
     def records(self, work: Work, rows: list[int], outputs: list[list[int]]) -> list[dict]:
         questions = work.run.dataset.questions
@@ -83,22 +89,24 @@ class Decoder:
         """(position, generated ids) of each question at `positions` as it finishes, with
         continuous batching over all of them."""
         from DecodingMethodsModels.engines.core import NonFiniteScoresError
-        from DecodingMethodsModels.pipeline.methods import stream_method
 
-        pref_ids, base_ids = self.prompts[(work.run.preference, work.run.dataset.name)]
-        pref_rows, base_rows = [pref_ids[i] for i in positions], [base_ids[i] for i in positions]
-        if work.run.guided is not None:
-            stream = self.guide.stream(work.run.guided, pref_rows, base_rows, self.batch_size)
-        else:
-            stream = stream_method(work.run.method, self.model, pref_rows, base_rows,
-                                   self.settings, self.batch_size)
         try:
-            for k, ids in stream:
+            for k, ids in self.stream_rows(work, positions):
                 yield positions[k], ids
         except NonFiniteScoresError as err:
             bad = [positions[k] for k in err.rows] or positions
             batch = next(b for b, rows in enumerate(work.batches) if bad[0] in rows)
             raise RankError(nan_message(work, batch, self.model, err, bad)) from None
+
+    def stream_rows(self, work: Work, positions: list[int]):
+        """(k, generated ids) of the k-th question of `positions` as it finishes."""
+        from DecodingMethodsModels.pipeline.methods import stream_method
+
+        pref_rows, base_rows = self.prompt_rows(work, positions)
+        if work.run.guided is not None:
+            return self.guide.stream(work.run.guided, pref_rows, base_rows, self.batch_size)
+        return stream_method(work.run.method, self.model, pref_rows, base_rows, self.settings,
+                             self.batch_size)
 
 
 class VllmDecoder(Decoder):
@@ -112,36 +120,18 @@ class VllmDecoder(Decoder):
 
         return question_seeds(self.seed, [work.run.dataset.questions[i].index for i in rows])
 
-    def __call__(self, work: Work, batch: int) -> tuple[list[dict], int]:
-        rows = work.batches[batch]
-        pref_ids, base_ids = self.prompts[(work.run.preference, work.run.dataset.name)]
-        pref_rows, base_rows = [pref_ids[i] for i in rows], [base_ids[i] for i in rows]
-        from DecodingMethodsModels.engines.core import NonFiniteScoresError
-
-        try:
-            outputs = self.model.decode(work.run, pref_rows, base_rows, self.settings,
-                                        self.question_seeds(work, rows))
-        except NonFiniteScoresError as err:
-            raise RankError(nan_message(work, batch, self.model, err)) from None
-        return self.records(work, rows, outputs), sum(len(ids) for ids in outputs)
+    def decode_rows(self, work: Work, rows: list[int], seed: int) -> list[list[int]]:
+        pref_rows, base_rows = self.prompt_rows(work, rows)
+        return self.model.decode(work.run, pref_rows, base_rows, self.settings,
+                                 self.question_seeds(work, rows))
 
     def can_stream(self, work: Work) -> bool:
         return self.continuous_batching
 
-    def stream(self, work: Work, positions: list[int]):
-        from DecodingMethodsModels.engines.core import NonFiniteScoresError
-
-        pref_ids, base_ids = self.prompts[(work.run.preference, work.run.dataset.name)]
-        pref_rows, base_rows = [pref_ids[i] for i in positions], [base_ids[i] for i in positions]
-        stream = self.model.stream(work.run, pref_rows, base_rows, self.settings,
-                                   self.question_seeds(work, positions))
-        try:
-            for k, ids in stream:
-                yield positions[k], ids
-        except NonFiniteScoresError as err:
-            bad = [positions[k] for k in err.rows] or positions
-            batch = next(b for b, rows in enumerate(work.batches) if bad[0] in rows)
-            raise RankError(nan_message(work, batch, self.model, err, bad)) from None
+    def stream_rows(self, work: Work, positions: list[int]):
+        pref_rows, base_rows = self.prompt_rows(work, positions)
+        return self.model.stream(work.run, pref_rows, base_rows, self.settings,
+                                 self.question_seeds(work, positions))
 
 
 BACKENDS: dict[str, type] = {"hf": Decoder, "vllm": VllmDecoder}
