@@ -22,6 +22,15 @@ target: amulet / pref tokens/s >= 0.65):
         --eval_data UltraFeedback_truthful_qa --dataset_questions 64 --batch_size 8 \
         --max_new_tokens 128 --out benchmarks/efficiency_dataset.json
 
+The runs part (efficiency_runs) times whole `main.py` processes, hf and vLLM, pref and amulet,
+on the same --dataset_questions questions, as a user runs them (start-up left out through the
+sidecar's decode seconds, tokens counted from the written responses), and judges the vLLM
+targets; vLLM rows read "not measured: vLLM not installed" without vLLM:
+
+    python evals/efficiency.py --only runs --eval_data UltraFeedback_truthful_qa \
+        --dataset_questions 64 --batch_size 8 --max_new_tokens 128 \
+        --out benchmarks/efficiency_runs.json
+
 Greedy decoding throughout. Tokens are generated tokens per question, the ending EOS
 included and padding excluded; tokens/s is their sum over wall-clock seconds.
 
