@@ -22,6 +22,15 @@ target: amulet / pref tokens/s >= 0.65):
         --eval_data UltraFeedback_truthful_qa --dataset_questions 64 --batch_size 8 \
         --max_new_tokens 128 --out benchmarks/efficiency_dataset.json
 
+The runs part (efficiency_runs) times whole `main.py` processes, hf and vLLM, pref and amulet,
+on the same --dataset_questions questions, as a user runs them (start-up left out through the
+sidecar's decode seconds, tokens counted from the written responses), and judges the vLLM
+targets; vLLM rows read "not measured: vLLM not installed" without vLLM:
+
+    python evals/efficiency.py --only runs --eval_data UltraFeedback_truthful_qa \
+        --dataset_questions 64 --batch_size 8 --max_new_tokens 128 \
+        --out benchmarks/efficiency_runs.json
+
 Greedy decoding throughout. Tokens are generated tokens per question, the ending EOS
 included and padding excluded; tokens/s is their sum over wall-clock seconds.
 
@@ -61,6 +70,7 @@ from evals.bench.efficiency_report import (
     markdown,
     notes_for,
 )
+from evals.bench.efficiency_runs import runs_only, runs_part, runs_targets
 from evals.bench.efficiency_timing import (
     EMPTY_TIMING,
     batch_sweep,
@@ -73,7 +83,7 @@ from evals.errors import EvalError, exit_code
 ROOT = Path(__file__).resolve().parents[2]
 
 DEFAULT_MODEL = "SmolLM2-135M-Instruct"
-PARTS = ("methods", "memory", "cost", "sweep", "beam", "cfg", "library", "dataset")
+PARTS = ("methods", "memory", "cost", "sweep", "beam", "cfg", "library", "dataset", "runs")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -125,9 +135,11 @@ def build_parser() -> argparse.ArgumentParser:
     data = parser.add_argument_group("dataset throughput")
     data.add_argument("--dataset_questions", type=int, default=64,
                       help="the first N questions of --eval_data, decoded whole by pref and "
-                      "amulet at --batch_size")
+                      "amulet at --batch_size (the dataset part, and the runs part's --limit)")
     data.add_argument("--dataset_repeats", type=int, default=1,
                       help="timed runs per dataset case (median)")
+    data.add_argument("--run_backends", default="hf,vllm",
+                      help="backends of the runs part (whole main.py runs of pref and amulet)")
 
     hw = parser.add_argument_group("hardware")
     hw.add_argument("--device", default="auto")
@@ -164,6 +176,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     for mode in args.cfg_modes:
         if mode not in ("batched", "per_prompt"):
             raise EvalError(f"unknown --cfg_modes entry {mode!r}; use batched and/or per_prompt")
+    args.run_backends = [b for b in args.run_backends.split(",") if b]
+    if not args.run_backends or set(args.run_backends) - {"hf", "vllm"}:
+        raise EvalError(f"--run_backends must be a comma list of hf and vllm, got "
+                        f"{','.join(args.run_backends)!r}")
     args.skip = {s for s in args.skip.split(",") if s}
     only = {s for s in args.only.split(",") if s}
     for flag, parts in (("--skip", args.skip), ("--only", only)):
@@ -172,6 +188,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
             raise EvalError(f"unknown {flag} part(s) {sorted(unknown)}; use {', '.join(PARTS)}")
     if only:
         args.skip |= set(PARTS) - only
+    elif args.quick:  # whole main.py processes: only when asked for (--only runs)
+        args.skip.add("runs")
     if args.sweep_questions is None and args.sweep_batch_sizes:
         args.sweep_questions = max(args.sweep_batch_sizes)
     return args
@@ -221,12 +239,24 @@ def other_parts(args, tokenizer, model, source, work) -> tuple:
     return cost, combine, sweep, library, dataset
 
 
+def write(report: dict, text: str, out_path: Path) -> None:
+    out_path.write_text(json.dumps(report, indent=2) + "\n")
+    out_path.with_suffix(".md").write_text(text)
+    print(text)
+    say(f"wrote {out_path} and {out_path.with_suffix('.md')}")
+
+
 def run(args) -> dict:
     import torch
 
     out_path = Path(args.out)
     out_path.parent.mkdir(parents=True, exist_ok=True)
     questions = questions_of(args, args.limit)  # validated before any weights load
+    if set(PARTS) - args.skip == {"runs"}:  # whole runs alone: no model loaded here
+        questions_of(args, args.dataset_questions)
+        report = runs_only(args)
+        write(report, report.pop("markdown"), out_path)
+        return report
     started = load_average()
     tokenizer, model, source, device = load(args)
     work = build_workload(args, tokenizer, model, questions)
@@ -242,6 +272,7 @@ def run(args) -> dict:
         memory = measure_memory(probe, args, model, source, work, mode)
         methods = method_rows(cases, results, memory)
         cost, combine, sweep, library, dataset = other_parts(args, tokenizer, model, source, work)
+    runs = runs_part(args, tokenizer) if "runs" not in args.skip else {}
     settings = {k: v for k, v in vars(args).items() if k not in ("probe", "probe_model")}
     settings["skip"] = sorted(args.skip)
     settings["questions"] = len(questions)
@@ -256,16 +287,14 @@ def run(args) -> dict:
         "batch_sweep": sweep,
         "library": library,
         "dataset": dataset,
+        "runs": runs,
         "targets": check_targets(args, results, cost, memory, judge=not args.quick)
-        + ([dataset_target(dataset, judge=not args.quick)] if dataset else []),
+        + ([dataset_target(dataset, judge=not args.quick)] if dataset else [])
+        + (runs_targets(runs["rows"], judge=not args.quick) if runs else []),
         "targets_judged": not args.quick,
         "notes": notes_for(args, results),
     }
-    text = markdown(report)
-    out_path.write_text(json.dumps(report, indent=2) + "\n")
-    out_path.with_suffix(".md").write_text(text)
-    print(text)
-    say(f"wrote {out_path} and {out_path.with_suffix('.md')}")
+    write(report, markdown(report), out_path)
     return report
 
 

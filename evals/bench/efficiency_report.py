@@ -16,18 +16,22 @@ QUICK_TARGETS_NOTE = (
 )
 
 
-def environment(args, model, source, device: str) -> dict:
-    import torch
-
+def platform_facts() -> dict:
+    """The CPU's name and how many logical CPUs this machine has."""
     cpu = platform.processor() or platform.machine()
     if Path("/proc/cpuinfo").is_file():
         for line in Path("/proc/cpuinfo").read_text().splitlines():
             if line.startswith("model name"):
                 cpu = line.split(":", 1)[1].strip()
                 break
+    return {"cpu": cpu, "logical_cpus": os.cpu_count()}
+
+
+def environment(args, model, source, device: str) -> dict:
+    import torch
+
     facts = {
-        "cpu": cpu,
-        "logical_cpus": os.cpu_count(),
+        **platform_facts(),
         "device": device,
         "model": args.model_name,
         "model_file": source.gguf_file,
@@ -147,7 +151,7 @@ def markdown(report: dict) -> str:
     for section, part in ((methods_table, "methods"), (solver_cost_table, "solver_cost"),
                           (combine_step_table, "combine_step"), (sweep_table, "batch_sweep"),
                           (library_table, "library"), (dataset_table, "dataset"),
-                          (targets_table, "targets")):
+                          (runs_section, "runs"), (targets_table, "targets")):
         if report.get(part):
             lines += section(report) + [""]
     lines += [f"- {note}" for note in report["notes"]]
@@ -282,6 +286,12 @@ def dataset_table(report: dict) -> list[str]:
     return lines
 
 
+def runs_section(report: dict) -> list[str]:
+    from evals.bench.efficiency_runs import runs_table
+
+    return runs_table(report)
+
+
 def targets_table(report: dict) -> list[str]:
     if not report["targets_judged"]:
         lines = [QUICK_TARGETS_NOTE, "", "| target | measured | threshold |", "|---|---:|---|"]
@@ -289,7 +299,7 @@ def targets_table(report: dict) -> list[str]:
                         for t in report["targets"]]
     lines = ["| target | measured | threshold | holds |", "|---|---:|---|---|"]
     for t in report["targets"]:
-        holds = {True: "yes", False: "NO", None: "not measured"}[t["holds"]]
+        holds = t.get("note") or {True: "yes", False: "NO", None: "not measured"}[t["holds"]]
         lines.append(f"| {t['target']} | {fmt(t['measured'], 3)} | {t['threshold']} | "
                      f"{holds} |")
     return lines
