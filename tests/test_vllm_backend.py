@@ -155,3 +155,26 @@ def test_library_personalise_on_vllm_same_as_hf(embedded_model, method):
     on_vllm = personalise(model, tokenizer, asked, method=method, max_new_tokens=STEPS,
                           backend="vllm")
     assert on_vllm == hf
+
+
+def test_library_takes_a_model_loaded_straight_from_gguf(monkeypatch):
+    """A model loaded from the GGUF file itself (no conversion cache) is flagged quantized by
+    transformers, which then refuses to save or cast it; personalise(backend="vllm") still
+    hands its (plain float32) weights to vLLM, and leaves the flag as it found it."""
+    from DecodingMethodsModels import personalise
+    from DecodingMethodsModels.models.loading import (
+        EMBEDDED_MODEL,
+        load_model,
+        load_tokenizer,
+        resolve_model,
+    )
+
+    monkeypatch.setenv("AMULET_CACHE_DIR", "off")
+    source = resolve_model(EMBEDDED_MODEL)
+    model, tokenizer = load_model(source, "cpu", "float32"), load_tokenizer(source)
+    assert model.is_quantized  # the case this test is about
+    asked = questions(2)
+    hf = personalise(model, tokenizer, asked, method="la", max_new_tokens=STEPS)
+    assert personalise(model, tokenizer, asked, method="la", max_new_tokens=STEPS,
+                       backend="vllm") == hf
+    assert model.is_quantized

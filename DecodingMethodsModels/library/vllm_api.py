@@ -13,6 +13,30 @@ from DecodingMethodsModels.errors import UserError
 _ENGINES: dict[object, object] = {}  # model (or folder) -> VllmModel
 
 
+def save_float32(model, folder: str) -> None:
+    """Save `model`'s weights in float32 where vLLM reads them. A model loaded from a GGUF file
+    holds plain de-quantised tensors but is flagged quantized, which transformers refuses to
+    save or cast: the flag is set aside while saving, then put back."""
+    import torch
+
+    quantizer = getattr(model, "hf_quantizer", None)
+    method = str(getattr(getattr(quantizer, "quantization_config", None), "quant_method", ""))
+    if quantizer is not None and "gguf" not in method.lower():
+        raise UserError(f"a quantized model ({method}) cannot be handed to vLLM as a loaded "
+                        "model: pass the path of its Hugging Face folder instead")
+    quant_config = model.config.__dict__.pop("quantization_config", None)
+    model.hf_quantizer = None
+    try:
+        if any(p.dtype != torch.float32 for p in model.parameters()):
+            model.float()
+        model.save_pretrained(folder)
+    finally:
+        if quantizer is not None:
+            model.hf_quantizer = quantizer
+        if quant_config is not None:
+            model.config.quantization_config = quant_config
+
+
 def engine_for(model, tokenizer, max_num_seqs: int):
     from DecodingMethodsModels.backends.vllm_driver import EngineSettings, build_engine
     from DecodingMethodsModels.backends.vllm_model import VllmModel
@@ -31,7 +55,7 @@ def engine_for(model, tokenizer, max_num_seqs: int):
             generation_config = GenerationConfig.from_model_config(hf_config)
     else:
         folder = str(Path(tempfile.mkdtemp(prefix="dmm-vllm-")) / "model")
-        model.float().save_pretrained(folder)
+        save_float32(model, folder)
         tokenizer.save_pretrained(folder)
         hf_config, generation_config = model.config, model.generation_config
     length = getattr(hf_config, "max_position_embeddings", None) or 2048
