@@ -92,7 +92,9 @@ def run_dir(output_dir: Path, key: RunKey) -> Path:
     return current
 
 
-def _read_method_file(path: Path) -> list[dict]:
+def read_json_list(path: Path, what: str) -> list:
+    """The non-empty JSON list in `path`; an EvalError naming the file (and `what` the list
+    should hold) when it cannot be read or is something else."""
     try:
         records = json.loads(path.read_text(encoding="utf-8"))
     except (OSError, UnicodeDecodeError) as exc:
@@ -100,7 +102,12 @@ def _read_method_file(path: Path) -> list[dict]:
     except json.JSONDecodeError as exc:
         raise EvalError(f"{path} is not valid JSON (line {exc.lineno}: {exc.msg})") from None
     if not isinstance(records, list) or not records:
-        raise EvalError(f"{path} must be a non-empty JSON list of response records")
+        raise EvalError(f"{path} must be a non-empty JSON list of {what}")
+    return records
+
+
+def _read_method_file(path: Path) -> list[dict]:
+    records = read_json_list(path, "response records")
     for number, record in enumerate(records):
         if not isinstance(record, dict):
             raise EvalError(f"{path}: record {number} is not a JSON object")

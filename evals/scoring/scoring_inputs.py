@@ -15,13 +15,12 @@ Whatever the mode, a PAD preference prompt found at the start of a question is c
 
 from __future__ import annotations
 
-import json
 import re
 from pathlib import Path
 
 from evals.errors import EvalError
 from evals.scoring.public_scoring import cut_at_human, is_hh_dialogue
-from evals.scoring.responses import Item, RunKey, RunResponses
+from evals.scoring.responses import Item, RunKey, RunResponses, read_json_list
 
 PROMPT_MODES = ("auto", "question", "question_and_preference")
 PAD_PRINCIPLES = ("harmless", "helpfulness", "humor")
@@ -144,18 +143,6 @@ def extract_args_pad_response(prompt: str, result: str) -> str:
     return (text[:min(ends)] if ends else text).strip()
 
 
-def _read_json_list(path: Path) -> list:
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError) as exc:
-        raise EvalError(f"cannot read {path}: {exc}") from None
-    except json.JSONDecodeError as exc:
-        raise EvalError(f"{path} is not valid JSON (line {exc.lineno}: {exc.msg})") from None
-    if not isinstance(data, list) or not data:
-        raise EvalError(f"{path} must be a non-empty JSON list of ARGS/PAD output records")
-    return data
-
-
 def read_args_pad_file(path: Path) -> list[dict]:
     """One ARGS/PAD output file as ``[{"index", "question", "preference", "response",
     "record"}]``.
@@ -165,7 +152,7 @@ def read_args_pad_file(path: Path) -> list[dict]:
     :func:`extract_args_pad_response`; ``record`` is the record as stored.
     """
     records = []
-    for number, record in enumerate(_read_json_list(path)):
+    for number, record in enumerate(read_json_list(path, "ARGS/PAD output records")):
         if not isinstance(record, dict):
             raise EvalError(f"{path}: record {number} is not a JSON object")
         prompt, result = record.get("prompt"), record.get("result")
