@@ -1,4 +1,4 @@
-"""The vLLM backend against the hf backend, token for token: base, pref, la, amulet (both
+"""The vLLM backend against the hf backend, token for token: base, pref, beam, la, amulet (both
 solvers) and implicit PAD, greedy, on 16 questions of the real embedded model and of tiny
 random Llama and Qwen2 models (float32, CPU); seeded sampling that does not depend on the
 batch. One engine per model for the whole module."""
@@ -101,6 +101,33 @@ def test_embedded_iterative_amulet_same_tokens_as_hf(embedded):
 @pytest.mark.parametrize("method", ["base", "pref", "la", "amulet", "pad"])
 def test_tiny_models_same_tokens_as_hf(tiny, method):
     check_same(*tiny, method)
+
+
+def beam_tokens(engine, model, tokenizer, num_beams, max_num_seqs=16, count=16):
+    from DecodingMethodsModels.backends.vllm_beam import BeamDriver
+
+    pref, base = prompts(tokenizer, questions(count))
+    settings = settings_for(model, tokenizer, num_beams=num_beams)
+    want = hf_tokens(model, "beam", pref, base, settings)
+    found = dict(BeamDriver(engine, max_num_seqs).run(
+        pref, num_beams, settings.eos_ids, STEPS, model.config.vocab_size))
+    return [found[k] for k in range(len(pref))], want, pref
+
+
+def test_embedded_beam_same_tokens_as_hf(embedded):
+    """transformers' beam search over vLLM's log-probs: the hf backend's answers, with one
+    question (four beams) or four at once."""
+    got, want, pref = beam_tokens(embedded[2], *embedded[:2], 4)
+    assert got == want
+    greedy = hf_tokens(embedded[0], "pref", pref, pref, settings_for(*embedded[:2]))
+    assert sum(a != b for a, b in zip(got, greedy, strict=True)) >= 2  # beams changed answers
+    narrow, _, _ = beam_tokens(embedded[2], *embedded[:2], 4, max_num_seqs=4, count=6)
+    assert narrow == want[:6]
+
+
+def test_tiny_models_beam_same_tokens_as_hf(tiny):
+    got, want, _ = beam_tokens(tiny[2], *tiny[:2], 3)
+    assert got == want
 
 
 def test_la_differs_from_pref(embedded):

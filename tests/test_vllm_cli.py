@@ -1,5 +1,5 @@
 """`python main.py --backend vllm` as a user runs it: the same files as --backend hf (records of
-base, pref, la, amulet and implicit PAD), a sidecar and fingerprint that name the backend, a
+base, pref, beam, la, amulet and implicit PAD), a sidecar and fingerprint that name the backend, a
 complete run skipped, a removed run redone alone, and a larger --limit extending the files."""
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ from vllm_helpers import build_sharp_model, require_vllm
 require_vllm()
 
 TIMEOUT = 900
-METHODS = "base,pref,la,amulet"
+METHODS = "base,pref,beam,la,amulet"
 
 
 @pytest.fixture(scope="module")
@@ -75,7 +75,7 @@ def test_vllm_run_writes_hf_files_resumes_and_extends(setup, hf_out, tmp_path):
     (folder / "la.json").unlink()
     (folder / "la.meta.json").unlink()
     err = run(setup, tmp_path, "--limit", "6", backend="vllm")
-    assert "3 of 4 runs already complete: skipped" in err
+    assert "4 of 5 runs already complete: skipped" in err
     assert records(tmp_path, "la") == records(hf_out, "la")
 
 

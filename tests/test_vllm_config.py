@@ -27,7 +27,7 @@ def vllm_present(monkeypatch):
 
 
 @pytest.mark.parametrize("args, fragment", [
-    (["--method", "beam"], "run --method beam with --backend hf"),
+    (["--method", "beam", "--do_sample"], "beam sampling"),
     (["--method", "args", "--rm_name", "rm"], "run --method args with --backend hf"),
     (["--method", "pad", "--rm_name", "persrm"], "implicit PAD only (--rm_name self)"),
     (["--method", "pad", "--rm_name", "self", "--ignore_eos"], "--ignore_eos"),
@@ -53,7 +53,7 @@ def test_refused_without_vllm(monkeypatch):
 
 
 def test_supported_methods_accepted(vllm_present):
-    config = config_from_args(["--backend", "vllm", "--method", "base,pref,la,amulet"])
+    config = config_from_args(["--backend", "vllm", "--method", "base,pref,beam,la,amulet"])
     assert config.backend == "vllm"
     config_from_args(["--backend", "vllm", "--method", "pad", "--rm_name", "self"])
 

@@ -1,8 +1,9 @@
 """The vLLM backend of a run: the model as vLLM reads it, and each method as vLLM requests.
 
-base and pref are plain vLLM requests; la, amulet and implicit PAD are pairs of requests that
-the pairing processor (vllm_pairing.py) combines with the project's rules; the driver
-(vllm_driver.py) admits them and checks every pair. The settings are the hf backend's
+base and pref are plain vLLM requests; beam is transformers' beam search over vLLM's
+log-probs (vllm_beam.py); la, amulet and implicit PAD are pairs of requests that the pairing
+processor (vllm_pairing.py) combines with the project's rules; the driver (vllm_driver.py)
+admits them and checks every pair. The settings are the hf backend's
 (decode.decode_settings); greedy tokens are the hf backend's. Sampling draws per question
 (vLLM's per-request seed for base and pref, the processor's per-question generator for the
 pairs), so a sampled answer does not depend on the batch, but it is not the hf backend's draw.
@@ -16,6 +17,7 @@ from pathlib import Path
 
 PAIRED = ("la", "amulet")
 SINGLE = ("base", "pref")
+BEAM = "beam"
 
 
 def model_folder(source, tokenizer, load_hf_model) -> str:
@@ -108,10 +110,13 @@ class VllmRequests:
 def refusal(config) -> str | None:
     """Why this command cannot run on vLLM (one line), or None."""
     methods = set(config.methods)
-    unsupported = sorted(methods - {*SINGLE, *PAIRED, "pad"})
+    unsupported = sorted(methods - {*SINGLE, BEAM, *PAIRED, "pad"})
     if unsupported:
-        return (f"--backend vllm runs base, pref, la, amulet and implicit PAD (--method pad "
-                f"--rm_name self); run --method {','.join(unsupported)} with --backend hf")
+        return (f"--backend vllm runs base, pref, beam, la, amulet and implicit PAD (--method "
+                f"pad --rm_name self); run --method {','.join(unsupported)} with --backend hf")
+    if BEAM in methods and config.do_sample:
+        return ("--method beam with --do_sample (beam sampling) is not supported with "
+                "--backend vllm; use --backend hf")
     if "pad" in methods and config.rm_name != "self":
         return ("--backend vllm runs implicit PAD only (--rm_name self): explicit PAD needs a "
                 "second model each step; run it with --backend hf")

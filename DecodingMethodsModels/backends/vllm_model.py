@@ -5,8 +5,15 @@ reads from a transformers model (`config`, `generation_config`, `dtype`) and `de
 from __future__ import annotations
 
 from collections.abc import Iterator
+from types import SimpleNamespace
 
-from DecodingMethodsModels.backends.vllm_backend import VllmRequests, model_folder, question_seed
+from DecodingMethodsModels.backends.vllm_backend import (
+    BEAM,
+    VllmRequests,
+    model_folder,
+    question_seed,
+)
+from DecodingMethodsModels.backends.vllm_beam import BeamDriver
 
 CPU_KV_CACHE_GB = 1.0
 
@@ -48,6 +55,11 @@ class VllmModel:
         from DecodingMethodsModels.engines.core import NonFiniteScoresError
 
         method = "pad" if run.guided is not None else run.method
+        if method == BEAM:
+            yield from BeamDriver(self.engine, self.engine_settings.max_num_seqs).run(
+                pref_rows, settings.num_beams, settings.eos_ids, settings.max_new_tokens,
+                self.config.vocab_size)
+            return
         jobs = VllmRequests(settings).jobs(method, pref_rows, base_rows, seeds, run.guided)
         try:
             yield from self.driver.run(jobs)
@@ -70,7 +82,8 @@ def load_vllm_model(source, tokenizer, config, device: str, longest_prompt: int,
     from transformers import AutoConfig, GenerationConfig
 
     from DecodingMethodsModels.backends.vllm_driver import EngineSettings, build_engine
-    from DecodingMethodsModels.models.loading import load_model, resolve_dtype
+    from DecodingMethodsModels.models.loading import eos_token_ids, load_model, resolve_dtype
+    from DecodingMethodsModels.rules.beam_search import candidates_per_beam
 
     dtype = resolve_dtype(config.dtype, device)
     folder = model_folder(source, tokenizer,
@@ -84,6 +97,7 @@ def load_vllm_model(source, tokenizer, config, device: str, longest_prompt: int,
     length = longest_prompt + config.max_new_tokens
     if context is not None:
         length = min(length, context)
+    eos_ids = eos_token_ids(SimpleNamespace(generation_config=generation_config), tokenizer)
     kv_gb = config.vllm_kv_cache_gb
     if kv_gb is None and device.startswith("cpu"):
         kv_gb = CPU_KV_CACHE_GB
@@ -93,5 +107,6 @@ def load_vllm_model(source, tokenizer, config, device: str, longest_prompt: int,
         tensor_parallel_size=config.vllm_tensor_parallel_size,
         kv_cache_memory_bytes=None if kv_gb is None else int(kv_gb * 2**30),
         enforce_eager=device.startswith("cpu"),
+        max_logprobs=max(20, candidates_per_beam(config.num_beams, eos_ids)),
     )
     return VllmModel(build_engine(settings), settings, hf_config, generation_config, dtype)
