@@ -1,14 +1,25 @@
 """The pairing processor behind vLLM's OpenAI-compatible server: the pair spec as a JSON string
-(`vllm_xargs` holds no nested objects)."""
+(`vllm_xargs` holds no nested objects), and the client (library/vllm_server_client.py) against
+a real server on CPU with a tiny sharpened model: the hf backend's tokens for la and amulet,
+broken pairs (a lone request, a partner sent late) caught and re-sent, never accepted."""
 
 from __future__ import annotations
 
 import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+import uuid
 from dataclasses import asdict
+from pathlib import Path
 
 import pytest
 import torch
-from vllm_helpers import require_vllm
+from vllm_helpers import build_sharp_model, hf_tokens, prompts, require_vllm
 
 require_vllm()
 
@@ -21,13 +32,20 @@ from DecodingMethodsModels.backends.vllm_pairing import (  # noqa: E402
     PairSpec,
     spec_of,
 )
+from DecodingMethodsModels.errors import UserError  # noqa: E402
+from DecodingMethodsModels.library import vllm_server_client as client  # noqa: E402
+from DecodingMethodsModels.pipeline.methods import DecodeSettings  # noqa: E402
 from DecodingMethodsModels.rules.combine import la_rule  # noqa: E402
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
+ROOT = Path(__file__).resolve().parents[1]
 SPEC = PairSpec(pair="q7", role="base", rule="amulet", sentinel=16, seed=3,
                 params={"iterations": 5, "alpha": 2.0, "player_lambda": 2.0, "eta": 10.0,
                         "solver": "closed_form"})
+LA = client.PairRule("la", {"ratio": 2.0})
+AMULET = client.PairRule("amulet", dict(SPEC.params))
+STEPS = 12
 
 
 # ----- the spec as a JSON string, without a server ------------------------------------------
@@ -73,3 +91,182 @@ def test_processor_pairs_rows_whose_spec_is_a_json_string():
     assert (torch.isfinite(out).sum(dim=-1) == 1).all()
     assert out.argmax(dim=-1).tolist() == [want, want]
     assert not vllm_pairing.OUT_OF_STEP
+
+
+def test_client_spec_is_the_processors_pair_spec():
+    pair = client.PairClient("http://unused", "m", AMULET, 4, [2], 16)
+    xargs = pair.xargs("q7", "base", 3)
+    assert client.KEY == vllm_pairing.KEY and spec_of(xargs) == SPEC
+
+
+def test_client_refuses_an_eos_sentinel():
+    with pytest.raises(ValueError, match="EOS"):
+        client.PairClient("http://unused", "m", LA, 4, [0, 2], 2)
+
+
+def test_client_stops_at_a_server_that_does_not_pair(monkeypatch):
+    """Without the processor a lone request decodes on: one line says how to start the
+    server, before any question is sent."""
+    sent = []
+    monkeypatch.setattr(client, "complete", lambda url, model, prompt, *rest: sent.append(
+        prompt) or [5, 6])
+    pair = client.PairClient("http://unused", "m", LA, 4, [2], 16)
+    with pytest.raises(UserError, match="--logits-processors") as err:
+        pair.decode([[1, 2], [3]], [[4], [5]])
+    assert sent == [[1, 2]] and "\n" not in str(err.value)
+
+
+# ----- a real server ---------------------------------------------------------------------------
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def wait_healthy(url: str, process: subprocess.Popen, log: Path, timeout: float) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise RuntimeError(f"the server exited ({process.returncode}):\n"
+                               + log.read_text()[-3000:])
+        try:
+            with urllib.request.urlopen(f"{url}/health", timeout=2) as response:
+                if response.status == 200:
+                    return
+        except OSError:
+            time.sleep(0.5)
+    raise RuntimeError(f"no healthy server after {timeout} s:\n" + log.read_text()[-3000:])
+
+
+def stop(process: subprocess.Popen) -> None:
+    """The server and its engine processes (its own process group)."""
+    if process.poll() is None:
+        os.killpg(process.pid, signal.SIGTERM)
+        try:
+            process.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            os.killpg(process.pid, signal.SIGKILL)
+            process.wait()
+
+
+@pytest.fixture(scope="module")
+def tiny(tokenizer, tmp_path_factory):
+    from transformers import AutoModelForCausalLM
+
+    folder = build_sharp_model("llama", tokenizer, tmp_path_factory.mktemp("server") / "m")
+    return AutoModelForCausalLM.from_pretrained(folder).eval(), folder
+
+
+@pytest.fixture(scope="module")
+def server(tiny, tmp_path_factory):
+    """The URL of a vLLM OpenAI server on CPU with the pairing processor loaded; killed after
+    the module."""
+    folder = tiny[1]
+    port, log = free_port(), tmp_path_factory.mktemp("server_log") / "server.log"
+    env = dict(os.environ, PYTHONPATH=str(ROOT), VLLM_USE_V2_MODEL_RUNNER="0",
+               OMP_NUM_THREADS="1", HF_HUB_OFFLINE="1")
+    command = [sys.executable, "-m", "vllm.entrypoints.openai.api_server",
+               "--model", str(folder), "--port", str(port), "--host", "127.0.0.1",
+               "--generation-config", "vllm", "--logits-processors",
+               "DecodingMethodsModels.backends.vllm_pairing:PairedRuleProcessor",
+               "--no-enable-chunked-prefill", "--enforce-eager", "--dtype", "float32",
+               "--max-model-len", "512", "--max-num-seqs", "16",
+               "--kv-cache-memory-bytes", str(64 * 2**20)]
+    with log.open("w") as out:
+        process = subprocess.Popen(command, env=env, stdout=out, stderr=subprocess.STDOUT,
+                                   start_new_session=True)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        wait_healthy(url, process, log, timeout=240)
+        yield url, str(folder)
+    finally:
+        stop(process)
+
+
+@pytest.fixture(scope="module")
+def case(tiny, tokenizer):
+    from DecodingMethodsModels.models.loading import eos_token_ids, pad_token_id
+
+    model = tiny[0]
+    qs = [f"Question {i}: name {'a few ' * (i % 5)}things that are green." for i in range(16)]
+    pref, base = prompts(tokenizer, qs)
+    eos = eos_token_ids(model, tokenizer)
+    settings = DecodeSettings(max_new_tokens=STEPS, eos_ids=eos,
+                              pad_id=pad_token_id(tokenizer, eos),
+                              iteration_num=SPEC.params["iterations"])
+    sentinel = tokenizer.convert_tokens_to_ids("<empty_output>")  # a special token never written
+    return pref, base, settings, sentinel
+
+
+def pair_client(server, case, rule=LA, cls=client.PairClient, **extra):
+    url, model = server
+    _, _, settings, sentinel = case
+    return cls(url, model, rule, STEPS, settings.eos_ids, sentinel, **extra)
+
+
+@pytest.mark.parametrize("method, rule", [("la", LA), ("amulet", AMULET)])
+def test_server_gives_the_hf_backends_tokens(server, tiny, case, method, rule):
+    pref, base, settings, sentinel = case
+    want = hf_tokens(tiny[0], method, pref, base, settings)
+    assert not any(sentinel in ids for ids in want)
+    pair = pair_client(server, case, rule)
+    assert pair.decode(pref, base) == want
+    print(f"{method}: re-sends per question {pair.resends}")
+
+
+class LatePartner(client.PairClient):
+    """Sends every pair's base request only once its preference request has come back (the
+    first attempt of each pair): a partner that arrives late."""
+
+    def send_pair(self, pref, base, key, seed, attempt):
+        if attempt > 0:
+            return super().send_pair(pref, base, key, seed, attempt)
+        first = client.complete(self.url, self.model, pref, self.xargs(key, "pref", seed),
+                                self.max_tokens, self.stop_ids, self.timeout)
+        return first, client.complete(self.url, self.model, base,
+                                      self.xargs(key, "base", seed), self.max_tokens,
+                                      self.stop_ids, self.timeout)
+
+
+def test_late_partner_is_resent_not_accepted(server, tiny, case):
+    pref, base, settings, _ = case
+    pref, base = pref[:8], base[:8]
+    pair = pair_client(server, case, cls=LatePartner)
+    assert pair.decode(pref, base) == hf_tokens(tiny[0], "la", pref, base, settings)
+    assert min(pair.resends) >= 1  # every first attempt was caught
+
+
+def test_no_retries_left_is_one_line_error(server, case):
+    pref, base, _, _ = case
+    with pytest.raises(UserError, match="in step") as err:
+        pair_client(server, case, cls=LatePartner, retries=0).decode(pref[:2], base[:2])
+    assert "\n" not in str(err.value)
+
+
+def test_lone_request_ends_on_the_sentinel_and_why_it_is_no_eos(server, case):
+    """A lone request (its partner never sent) ends on the sentinel at once. With an EOS id as
+    sentinel, a late partner's pair would give both rows [EOS]: equal answers that look
+    finished, which is why the client wants a sentinel that is no EOS."""
+    url, model = server
+    pref, base, settings, sentinel = case
+    pair = pair_client(server, case)
+    assert client.complete(url, model, pref[0], pair.xargs(uuid.uuid4().hex, "pref", 0), STEPS,
+                           pair.stop_ids, 60) == [sentinel]
+    eos = settings.eos_ids[0]
+    spec = dict(pair="late-" + uuid.uuid4().hex, rule="la", params={"ratio": 2.0}, sentinel=eos)
+    answers = [client.complete(url, model, prompt, PairSpec(role=role, **spec).as_xargs(), STEPS,
+                               settings.eos_ids, 60)
+               for role, prompt in (("pref", pref[0]), ("base", base[0]))]
+    assert answers == [[eos], [eos]]
+
+
+def test_bad_spec_is_the_servers_one_line_refusal(server, case):
+    url, model = server
+    pref, _, _, sentinel = case
+    with pytest.raises(UserError, match="refused a request.*rule one of") as err:
+        client.complete(url, model, pref[0], {"dmm": json.dumps(dict(
+            pair="x", role="pref", rule="beam", params={}, sentinel=sentinel))}, STEPS,
+            [2, sentinel], 60)
+    assert "\n" not in str(err.value)
