@@ -1,7 +1,9 @@
 """The pairing processor behind vLLM's OpenAI-compatible server: the pair spec as a JSON string
-(`vllm_xargs` holds no nested objects), and the client (library/vllm_server_client.py) against
-a real server on CPU with a tiny sharpened model: the hf backend's tokens for la and amulet,
-broken pairs (a lone request, a partner sent late) caught and re-sent, never accepted."""
+(`vllm_xargs` holds no nested objects), the scheduler that starts a pair's two requests in one
+step, and the client (library/vllm_server_client.py) against a real server on CPU with a tiny
+sharpened model: the hf backend's tokens for la and amulet, a partner a little late decoded in
+step, broken pairs (a partner later than the scheduler waits) caught and re-sent, never
+accepted."""
 
 from __future__ import annotations
 
@@ -16,6 +18,7 @@ import urllib.request
 import uuid
 from dataclasses import asdict
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 import torch
@@ -26,7 +29,7 @@ require_vllm()
 from vllm import SamplingParams  # noqa: E402
 from vllm.v1.sample.logits_processor import BatchUpdate  # noqa: E402
 
-from DecodingMethodsModels.backends import vllm_pairing  # noqa: E402
+from DecodingMethodsModels.backends import vllm_pair_scheduler, vllm_pairing  # noqa: E402
 from DecodingMethodsModels.backends.vllm_pairing import (  # noqa: E402
     PairedRuleProcessor,
     PairSpec,
@@ -46,6 +49,7 @@ SPEC = PairSpec(pair="q7", role="base", rule="amulet", sentinel=16, seed=3,
 LA = client.PairRule("la", {"ratio": 2.0})
 AMULET = client.PairRule("amulet", dict(SPEC.params))
 STEPS = 12
+HOLD_S = 2.0  # the test server's longest wait for a partner
 
 
 # ----- the spec as a JSON string, without a server ------------------------------------------
@@ -116,6 +120,45 @@ def test_client_stops_at_a_server_that_does_not_pair(monkeypatch):
     assert sent == [[1, 2]] and "\n" not in str(err.value)
 
 
+# ----- the scheduler's choice, on hand-made queues -------------------------------------------
+
+
+def request(rid: str, pair: str | None = None, role: str = "pref", output=()):
+    extra = None if pair is None else PairSpec(pair=pair, role=role, rule="la",
+                                               params={"ratio": 2.0}, sentinel=16).as_xargs()
+    return SimpleNamespace(request_id=rid, sampling_params=SamplingParams(extra_args=extra),
+                           num_computed_tokens=0, output_token_ids=list(output))
+
+
+def held_ids(waiting, running=(), rows=16, seen=None) -> list[str]:
+    from vllm.v1.core.sched.request_queue import FCFSRequestQueue
+
+    scheduler = vllm_pair_scheduler.PairScheduler.__new__(vllm_pair_scheduler.PairScheduler)
+    scheduler.waiting, scheduler.running = FCFSRequestQueue(waiting), list(running)
+    scheduler.requests = {r.request_id: r for r in (*waiting, *running)}
+    scheduler.max_num_active_reqs, scheduler._seen = rows, dict(seen or {})
+    return [r.request_id for r in scheduler._held()]
+
+
+def test_scheduler_holds_a_request_until_its_partner_comes():
+    waiting = [request("a1", "a"), request("b1", "b"), request("plain"), request("b2", "b", "base")]
+    assert held_ids(waiting) == ["a1"]
+    late = time.monotonic() - vllm_pair_scheduler.HOLD_S - 1
+    assert held_ids(waiting, seen={"a1": ("a", late)}) == []  # waited long enough: let go
+
+
+def test_scheduler_starts_a_pair_only_with_two_free_rows():
+    waiting = [request("plain"), request("b1", "b"), request("b2", "b", "base")]
+    assert held_ids(waiting, running=[request(f"r{i}") for i in range(13)]) == []
+    assert held_ids(waiting, running=[request(f"r{i}") for i in range(14)]) == ["b1", "b2"]
+
+
+def test_scheduler_lets_broken_or_resumed_requests_go():
+    running_partner = [request("c1", "c")]
+    assert held_ids([request("c2", "c", "base")], running=running_partner) == []
+    assert held_ids([request("d1", "d", output=[5, 6])]) == []  # preempted, resuming
+
+
 # ----- a real server ---------------------------------------------------------------------------
 
 
@@ -166,11 +209,13 @@ def server(tiny, tmp_path_factory):
     folder = tiny[1]
     port, log = free_port(), tmp_path_factory.mktemp("server_log") / "server.log"
     env = dict(os.environ, PYTHONPATH=str(ROOT), VLLM_USE_V2_MODEL_RUNNER="0",
-               OMP_NUM_THREADS="1", HF_HUB_OFFLINE="1")
+               OMP_NUM_THREADS="1", HF_HUB_OFFLINE="1", DMM_PAIR_HOLD_S=str(HOLD_S))
     command = [sys.executable, "-m", "vllm.entrypoints.openai.api_server",
                "--model", str(folder), "--port", str(port), "--host", "127.0.0.1",
                "--generation-config", "vllm", "--logits-processors",
                "DecodingMethodsModels.backends.vllm_pairing:PairedRuleProcessor",
+               "--scheduler-cls",
+               "DecodingMethodsModels.backends.vllm_pair_scheduler.PairScheduler",
                "--no-enable-chunked-prefill", "--enforce-eager", "--dtype", "float32",
                "--max-model-len", "512", "--max-num-seqs", "16",
                "--kv-cache-memory-bytes", str(64 * 2**20)]
@@ -206,19 +251,48 @@ def pair_client(server, case, rule=LA, cls=client.PairClient, **extra):
     return cls(url, model, rule, STEPS, settings.eos_ids, sentinel, **extra)
 
 
-@pytest.mark.parametrize("method, rule", [("la", LA), ("amulet", AMULET)])
-def test_server_gives_the_hf_backends_tokens(server, tiny, case, method, rule):
+@pytest.fixture(scope="module")
+def la_tokens(tiny, case):
     pref, base, settings, sentinel = case
-    want = hf_tokens(tiny[0], method, pref, base, settings)
+    want = hf_tokens(tiny[0], "la", pref, base, settings)
+    assert not any(sentinel in ids for ids in want)
+    return want
+
+
+@pytest.mark.parametrize("method, rule", [("la", LA), ("amulet", AMULET)])
+def test_server_gives_the_hf_backends_tokens(server, tiny, case, la_tokens, method, rule):
+    pref, base, settings, sentinel = case
+    want = la_tokens if method == "la" else hf_tokens(tiny[0], method, pref, base, settings)
     assert not any(sentinel in ids for ids in want)
     pair = pair_client(server, case, rule)
     assert pair.decode(pref, base) == want
     print(f"{method}: re-sends per question {pair.resends}")
 
 
+class DelayedPartner(client.PairClient):
+    """Sends each pair's base request 0.3 s after its preference request: without the
+    scheduler, the preference request would start alone and the pair break."""
+
+    def send_pair(self, pref, base, key, seed, attempt):
+        first = self._requests.submit(client.complete, self.url, self.model, pref,
+                                      self.xargs(key, "pref", seed), self.max_tokens,
+                                      self.stop_ids, self.timeout)
+        time.sleep(0.3)
+        second = client.complete(self.url, self.model, base, self.xargs(key, "base", seed),
+                                 self.max_tokens, self.stop_ids, self.timeout)
+        return first.result(), second
+
+
+def test_partner_a_little_late_is_waited_for(server, case, la_tokens):
+    pref, base, _, _ = case
+    pair = pair_client(server, case, cls=DelayedPartner)
+    assert pair.decode(pref[:8], base[:8]) == la_tokens[:8]
+    assert pair.resends == [0] * 8  # the scheduler started each pair in one step
+
+
 class LatePartner(client.PairClient):
     """Sends every pair's base request only once its preference request has come back (the
-    first attempt of each pair): a partner that arrives late."""
+    first attempt of each pair): later than the scheduler waits, so the pair breaks."""
 
     def send_pair(self, pref, base, key, seed, attempt):
         if attempt > 0:
@@ -230,11 +304,10 @@ class LatePartner(client.PairClient):
                                       self.stop_ids, self.timeout)
 
 
-def test_late_partner_is_resent_not_accepted(server, tiny, case):
-    pref, base, settings, _ = case
-    pref, base = pref[:8], base[:8]
+def test_late_partner_is_resent_not_accepted(server, case, la_tokens):
+    pref, base, _, _ = case
     pair = pair_client(server, case, cls=LatePartner)
-    assert pair.decode(pref, base) == hf_tokens(tiny[0], "la", pref, base, settings)
+    assert pair.decode(pref[:8], base[:8]) == la_tokens[:8]
     assert min(pair.resends) >= 1  # every first attempt was caught
 
 
@@ -246,9 +319,10 @@ def test_no_retries_left_is_one_line_error(server, case):
 
 
 def test_lone_request_ends_on_the_sentinel_and_why_it_is_no_eos(server, case):
-    """A lone request (its partner never sent) ends on the sentinel at once. With an EOS id as
-    sentinel, a late partner's pair would give both rows [EOS]: equal answers that look
-    finished, which is why the client wants a sentinel that is no EOS."""
+    """A lone request (its partner never sent) ends on the sentinel once the scheduler stops
+    waiting. With an EOS id as sentinel, a partner later than that would give both rows
+    [EOS]: equal answers that look finished, which is why the client wants a sentinel that is
+    no EOS."""
     url, model = server
     pref, base, settings, sentinel = case
     pair = pair_client(server, case)

@@ -18,11 +18,13 @@ process, so the client judges a pair by its two answers alone:
   arriving after the first row's first step leaves each row alone in turn, and both answers are
   [sentinel]; a row preempted at length k whose partner then runs alone gives both the same k
   tokens and the sentinel. The client refuses an EOS sentinel.
-- What it cannot see: the server's flags. It checks once that a lone request ends on the
-  sentinel at once (the processor is loaded); the server must keep chunked prefill off and run
-  one engine (no --data-parallel-size > 1: the two rows of a pair must share a batch). A rule
-  that picks the sentinel itself, or scores that are not finite, look like a broken pair: re-sent,
-  then the one-line error.
+- What it cannot see: the server's flags. It checks once that the server refuses a spec with
+  a role that does not exist (only the processor reads the spec). The server must keep chunked
+  prefill off and run one engine (no --data-parallel-size > 1: a pair's rows share a batch),
+  and should start pairs with the scheduler of backends/vllm_pair_scheduler.py: without it, a
+  pair's first request often starts alone (on CPU about four pairs in five sent one at a time)
+  and the pair is re-sent. A rule that picks the sentinel itself, or scores that are not
+  finite, look like a broken pair: re-sent, then the one-line error.
 """
 
 from __future__ import annotations
@@ -122,13 +124,19 @@ class PairClient:
                 questions.shutdown(cancel_futures=True)
 
     def check_processor(self, prompt: list[int]) -> None:
-        """A lone request must end on the sentinel at once: the server pairs requests."""
-        lone = complete(self.url, self.model, prompt, self.xargs(uuid.uuid4().hex, "pref", 0),
-                        self.max_tokens, self.stop_ids, self.timeout)
-        if lone != [self.sentinel]:
-            raise UserError(f"the vLLM server at {self.url} does not pair requests: start it "
-                            "with --logits-processors DecodingMethodsModels.backends."
-                            "vllm_pairing:PairedRuleProcessor")
+        """The server must refuse a pair spec with a role that does not exist: only the
+        pairing processor reads vllm_xargs["dmm"] (and nothing is decoded)."""
+        probe = {KEY: json.dumps({"pair": "probe", "role": "probe", "rule": self.rule.rule,
+                                  "params": {}, "sentinel": self.sentinel})}
+        try:
+            complete(self.url, self.model, prompt, probe, 1, self.stop_ids, self.timeout)
+        except UserError as err:
+            if "pair spec" in str(err):
+                return
+            raise
+        raise UserError(f"the vLLM server at {self.url} does not pair requests: start it "
+                        "with --logits-processors DecodingMethodsModels.backends."
+                        "vllm_pairing:PairedRuleProcessor")
 
     def send_pair(self, pref: list[int], base: list[int], key: str, seed: int,
                   attempt: int) -> tuple[list[int], list[int]]:
@@ -147,5 +155,6 @@ class PairClient:
                 return ids
         raise UserError(
             f"the vLLM server could not keep question {k}'s two requests in step in "
-            f"{self.retries + 1} tries (or its scores were not finite): lower max_pairs, give "
-            "the server more KV cache, keep chunked prefill off")
+            f"{self.retries + 1} tries (or its scores were not finite): start the server with "
+            "--scheduler-cls DecodingMethodsModels.backends.vllm_pair_scheduler.PairScheduler "
+            "and chunked prefill off, lower max_pairs, give it more KV cache")
