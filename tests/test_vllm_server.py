@@ -344,3 +344,17 @@ def test_bad_spec_is_the_servers_one_line_refusal(server, case):
             pair="x", role="pref", rule="beam", params={}, sentinel=sentinel))}, STEPS,
             [2, sentinel], 60)
     assert "\n" not in str(err.value)
+
+
+def test_sampled_pairs_follow_their_seeds(server, case, la_tokens):
+    """The processor draws each question's token from its seed and the step: the same seeds
+    give the same answers whatever the order, other seeds other answers."""
+    pref, base, _, _ = case
+    rule = client.PairRule("la", {"ratio": 2.0}, {"temperature": 20.0, "top_k": None,
+                                                  "top_p": 1.0})
+    pair = pair_client(server, case, rule)
+    seeds = list(range(8))
+    first = pair.decode(pref[:8], base[:8], seeds)
+    assert first != la_tokens[:8]
+    assert pair.decode(pref[7::-1], base[7::-1], seeds[::-1]) == first[::-1]
+    assert pair.decode(pref[:8], base[:8], [s + 100 for s in seeds]) != first
