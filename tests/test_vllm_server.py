@@ -103,6 +103,14 @@ def test_client_spec_is_the_processors_pair_spec():
     assert client.KEY == vllm_pairing.KEY and spec_of(xargs) == SPEC
 
 
+def test_client_imports_neither_vllm_nor_torch():
+    code = ("import sys, DecodingMethodsModels.library.vllm_server_client; "
+            "print(sorted({'vllm', 'torch', 'transformers'} & set(sys.modules)))")
+    out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True,
+                         text=True, check=True)
+    assert out.stdout.strip() == "[]"
+
+
 def test_client_refuses_an_eos_sentinel():
     with pytest.raises(ValueError, match="EOS"):
         client.PairClient("http://unused", "m", LA, 4, [0, 2], 2)
