@@ -76,6 +76,38 @@ def test_bad_spec_is_a_clear_value_error(value, message):
         PairedRuleProcessor.validate_params(params)
 
 
+@pytest.mark.parametrize("params, sampling", [
+    ({}, None), ({"ratio": "2"}, None), ({"ratio": True}, None), ({"ratio": 2.0, "x": 1}, None),
+    ([2.0], None), ({"ratio": 2.0}, {"temp": 1.0}), ({"ratio": 2.0}, {"top_p": "1"}),
+])
+def test_settings_the_rule_cannot_read_are_refused_before_the_engine(params, sampling):
+    """Caught in validate_params (the server's one-line 400): inside `apply` they would stop
+    the engine, and the server with it."""
+    spec = {"pair": "q", "role": "pref", "rule": "la", "params": params, "sentinel": 16,
+            "sampling": sampling}
+    xargs = {"dmm": json.dumps(spec)}
+    with pytest.raises(ValueError, match="needs numbers as params"):
+        PairedRuleProcessor.validate_params(
+            SamplingParams(temperature=0.0, stop_token_ids=[16], extra_args=xargs))
+
+
+@pytest.mark.parametrize("method, do_sample, mode", [
+    ("la", False, "greedy"), ("la", True, "greedy"), ("amulet", False, "greedy"),
+    ("amulet", True, "greedy"), ("pad", False, "greedy"), ("pad", False, "topk"),
+])
+def test_the_backends_own_specs_pass_validation(method, do_sample, mode):
+    from DecodingMethodsModels.backends.vllm_backend import VllmRequests
+    from DecodingMethodsModels.pipeline.guided_config import GuidedRunConfig
+    from DecodingMethodsModels.rules.sampling import SamplingSettings
+
+    settings = DecodeSettings(max_new_tokens=4, eos_ids=[2], pad_id=2,
+                              sampling=SamplingSettings(do_sample, 0.7, 5, 0.9))
+    guided = GuidedRunConfig(rm_weight=0.8, topk=10, mode=mode,
+                             sample_temp=0.5 if mode == "topk" else None, line=0)
+    for params in VllmRequests(settings).pair_params(method, 3, guided):
+        PairedRuleProcessor.validate_params(params)
+
+
 def test_processor_pairs_rows_whose_spec_is_a_json_string():
     vllm_pairing.OUT_OF_STEP.clear()
     processor = PairedRuleProcessor(None, torch.device("cpu"), False)

@@ -43,6 +43,10 @@ from DecodingMethodsModels.rules.sampling import SamplingSettings, choose_tokens
 
 KEY = "dmm"  # the extra_args entry that marks a paired request
 RULES = ("la", "amulet", "pad")
+PARAMS = {"la": {"ratio"}, "amulet": {"iterations", "alpha", "player_lambda", "eta", "solver"},
+          "pad": {"weight", "topk"}}  # what each rule reads from PairSpec.params
+SAMPLING = {"la": {"temperature", "top_k", "top_p"}, "amulet": {"temperature", "top_k", "top_p"},
+            "pad": {"temperature"}}  # the keys PairSpec.sampling may hold
 
 OUT_OF_STEP: set[str] = set()  # pair keys given the sentinel at least once
 NONFINITE: set[str] = set()  # pair keys whose scores held NaN or nothing finite
@@ -90,6 +94,19 @@ def spec_of(extra_args: dict | None) -> PairSpec | None:
         return PairSpec(**spec)
     except TypeError as err:
         raise ValueError(f"extra_args[{KEY!r}] is not a pair spec: {err}") from None
+
+
+def _settings_fit(spec: PairSpec) -> bool:
+    """The spec's params and sampling are what its rule reads, of the right kinds."""
+    params, sampling = spec.params, {} if spec.sampling is None else spec.sampling
+    if not (isinstance(params, dict) and isinstance(sampling, dict)):
+        return False
+    numbers = all(isinstance(v, int | float) and not isinstance(v, bool)
+                  for k, v in params.items() if k != "solver")
+    return (params.keys() == PARAMS[spec.rule] and numbers
+            and isinstance(params.get("solver", ""), str)
+            and sampling.keys() <= SAMPLING[spec.rule]
+            and all(v is None or isinstance(v, int | float) for v in sampling.values()))
 
 
 def step_generator(seed: int, step: int) -> torch.Generator:
@@ -151,6 +168,12 @@ class PairedRuleProcessor(LogitsProcessor):
             return
         if spec.role not in ("pref", "base") or spec.rule not in RULES:
             raise ValueError(f"pair spec: role must be pref or base and rule one of {RULES}")
+        # checked here, before the request reaches the engine: a KeyError inside `apply`
+        # would stop the engine (and a server with it)
+        if not _settings_fit(spec):
+            raise ValueError(f"pair spec: rule {spec.rule} needs numbers as params "
+                             f"{sorted(PARAMS[spec.rule])} (solver a name) and sampling None or "
+                             f"numbers among {sorted(SAMPLING[spec.rule])}")
         if spec.sentinel not in (sampling_params.stop_token_ids or []):
             raise ValueError("pair spec: the sentinel token must be one of stop_token_ids")
         if sampling_params.temperature != 0:
