@@ -1,9 +1,9 @@
 """The pairing processor behind vLLM's OpenAI-compatible server: the pair spec as a JSON string
 (`vllm_xargs` holds no nested objects), the scheduler that starts a pair's two requests in one
 step, and the client (library/vllm_server_client.py) against a real server on CPU with a tiny
-sharpened model: the hf backend's tokens for la and amulet, a partner a little late decoded in
-step, broken pairs (a partner later than the scheduler waits) caught and re-sent, never
-accepted."""
+sharpened model: the hf backend's tokens for la, amulet and implicit PAD, a partner a little
+late decoded in step, broken pairs (a partner later than the scheduler waits) caught and
+re-sent, never accepted."""
 
 from __future__ import annotations
 
@@ -299,10 +299,16 @@ def la_tokens(tiny, case):
     return want
 
 
-@pytest.mark.parametrize("method, rule", [("la", LA), ("amulet", AMULET)])
+@pytest.mark.parametrize("method, rule", [
+    ("la", LA), ("amulet", AMULET), ("pad", client.PairRule("pad", {"weight": 0.8, "topk": 10})),
+])
 def test_server_gives_the_hf_backends_tokens(server, tiny, case, la_tokens, method, rule):
+    from DecodingMethodsModels.pipeline.guided_config import GuidedRunConfig
+
     pref, base, settings, sentinel = case
-    want = la_tokens if method == "la" else hf_tokens(tiny[0], method, pref, base, settings)
+    guided = GuidedRunConfig(rm_weight=0.8, topk=10, mode="greedy", sample_temp=None, line=0)
+    want = la_tokens if method == "la" else hf_tokens(tiny[0], method, pref, base, settings,
+                                                      guided)
     assert not any(sentinel in ids for ids in want)
     pair = pair_client(server, case, rule)
     assert pair.decode(pref, base) == want
