@@ -4,8 +4,9 @@ question's two requests (preference and base prompt) and forces one token into b
 vLLM keeps the processor's view of its persistent batch through `update_state` (rows removed,
 added with their SamplingParams, moved) and hands it the whole batch's fp32 logits once per
 step in `apply`. A request takes part through `SamplingParams.extra_args["dmm"]` (a `PairSpec`
-as a dict): its pair key, its role, the rule and its settings. Each step, for every pair whose
-two rows are both in the batch with equal output lengths, the processor computes the project's
+as a dict, or as its JSON string: the OpenAI server's `vllm_xargs` holds no nested objects):
+its pair key, its role, the rule and its settings. Each step, for every pair whose two rows
+are both in the batch with equal output lengths, the processor computes the project's
 pure rule (combine.la_rule / amulet_rule, reward_guided.pad_scores) on the two rows, chooses the
 token (argmax, or one draw from a generator seeded by the question's seed and the step, so a
 draw does not depend on which questions share the batch) and forces it into both rows: every
@@ -18,7 +19,9 @@ one of its stop ids, so it ends at once, and its key is recorded in `OUT_OF_STEP
 recorded, and decodes the rest again. A NaN or all -inf row is recorded in `NONFINITE`.
 
 The records are module state: they reach the driver only when the engine core runs in the
-driver's process (VLLM_ENABLE_V1_MULTIPROCESSING=0), which the driver sets.
+driver's process (VLLM_ENABLE_V1_MULTIPROCESSING=0), which the driver sets. Behind the OpenAI
+server they stay in the server; its client (library/vllm_server_client.py) reads a broken pair
+from the answers instead.
 """
 
 from __future__ import annotations
@@ -40,6 +43,10 @@ from DecodingMethodsModels.rules.sampling import SamplingSettings, choose_tokens
 
 KEY = "dmm"  # the extra_args entry that marks a paired request
 RULES = ("la", "amulet", "pad")
+PARAMS = {"la": {"ratio"}, "amulet": {"iterations", "alpha", "player_lambda", "eta", "solver"},
+          "pad": {"weight", "topk"}}  # what each rule reads from PairSpec.params
+SAMPLING = {"la": {"temperature", "top_k", "top_p"}, "amulet": {"temperature", "top_k", "top_p"},
+            "pad": {"temperature"}}  # the keys PairSpec.sampling may hold
 
 OUT_OF_STEP: set[str] = set()  # pair keys given the sentinel at least once
 NONFINITE: set[str] = set()  # pair keys whose scores held NaN or nothing finite
@@ -62,6 +69,44 @@ class PairSpec:
 
     def as_extra_args(self) -> dict:
         return {KEY: asdict(self)}
+
+    def as_xargs(self) -> dict:
+        """The OpenAI server's `vllm_xargs`: the spec as a JSON string."""
+        return {KEY: json.dumps(asdict(self))}
+
+
+def spec_of(extra_args: dict | None) -> PairSpec | None:
+    """The PairSpec of a request's extra_args: `extra_args[KEY]` as a dict (the in-process
+    driver) or as its JSON string (the OpenAI server, whose `vllm_xargs` holds no nested
+    objects); None for a request that is not paired. ValueError for anything else."""
+    spec = (extra_args or {}).get(KEY)
+    if spec is None:
+        return None
+    if isinstance(spec, str):
+        try:
+            spec = json.loads(spec)
+        except json.JSONDecodeError as err:
+            raise ValueError(f"extra_args[{KEY!r}] is not valid JSON: {err}") from None
+    if not isinstance(spec, dict):
+        raise ValueError(f"extra_args[{KEY!r}] must be a pair spec object (or its JSON "
+                         f"string), got {type(spec).__name__}")
+    try:
+        return PairSpec(**spec)
+    except TypeError as err:
+        raise ValueError(f"extra_args[{KEY!r}] is not a pair spec: {err}") from None
+
+
+def _settings_fit(spec: PairSpec) -> bool:
+    """The spec's params and sampling are what its rule reads, of the right kinds."""
+    params, sampling = spec.params, {} if spec.sampling is None else spec.sampling
+    if not (isinstance(params, dict) and isinstance(sampling, dict)):
+        return False
+    numbers = all(isinstance(v, int | float) and not isinstance(v, bool)
+                  for k, v in params.items() if k != "solver")
+    return (params.keys() == PARAMS[spec.rule] and numbers
+            and isinstance(params.get("solver", ""), str)
+            and sampling.keys() <= SAMPLING[spec.rule]
+            and all(v is None or isinstance(v, int | float) for v in sampling.values()))
 
 
 def step_generator(seed: int, step: int) -> torch.Generator:
@@ -118,15 +163,17 @@ class PairedRuleProcessor(LogitsProcessor):
 
     @classmethod
     def validate_params(cls, sampling_params) -> None:
-        spec = (sampling_params.extra_args or {}).get(KEY)
+        spec = spec_of(sampling_params.extra_args)
         if spec is None:
             return
-        try:
-            spec = PairSpec(**spec)
-        except TypeError as err:
-            raise ValueError(f"extra_args[{KEY!r}] is not a pair spec: {err}") from None
         if spec.role not in ("pref", "base") or spec.rule not in RULES:
             raise ValueError(f"pair spec: role must be pref or base and rule one of {RULES}")
+        # checked here, before the request reaches the engine: a KeyError inside `apply`
+        # would stop the engine (and a server with it)
+        if not _settings_fit(spec):
+            raise ValueError(f"pair spec: rule {spec.rule} needs numbers as params "
+                             f"{sorted(PARAMS[spec.rule])} (solver a name) and sampling None or "
+                             f"numbers among {sorted(SAMPLING[spec.rule])}")
         if spec.sentinel not in (sampling_params.stop_token_ids or []):
             raise ValueError("pair spec: the sentinel token must be one of stop_token_ids")
         if sampling_params.temperature != 0:
@@ -146,11 +193,11 @@ class PairedRuleProcessor(LogitsProcessor):
         for index in batch_update.removed:
             self.rows.pop(index, None)
         for index, params, _prompt, output in batch_update.added:
-            spec = (params.extra_args or {}).get(KEY) if params is not None else None
+            spec = spec_of(params.extra_args) if params is not None else None
             if spec is None:
                 self.rows.pop(index, None)
             else:
-                self.rows[index] = (PairSpec(**spec), output)
+                self.rows[index] = (spec, output)
         for a, b, direction in batch_update.moved:
             first, second = self.rows.pop(a, None), self.rows.pop(b, None)
             if first is not None:
