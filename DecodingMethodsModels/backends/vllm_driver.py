@@ -39,6 +39,7 @@ class EngineSettings:
     kv_cache_memory_bytes: int | None = 256 * 2**20
     seed: int = 0
     max_logprobs: int = 20  # beam search asks for K = max(2, 1 + #EOS) * num_beams per beam
+    block_size: int | None = None  # tokens per KV-cache block (and prefix-cache unit); None: vLLM's
 
 
 def build_engine(settings: EngineSettings):
@@ -61,7 +62,7 @@ def build_engine(settings: EngineSettings):
         enforce_eager=settings.enforce_eager, generation_config="vllm",
         tensor_parallel_size=settings.tensor_parallel_size,
         kv_cache_memory_bytes=settings.kv_cache_memory_bytes, seed=settings.seed,
-        max_logprobs=settings.max_logprobs,
+        max_logprobs=settings.max_logprobs, block_size=settings.block_size,
         logits_processors=[PairedRuleProcessor], disable_log_stats=True,
     )
     return LLMEngine.from_engine_args(args)

@@ -16,6 +16,10 @@ from DecodingMethodsModels.backends.vllm_backend import (
 from DecodingMethodsModels.backends.vllm_beam import BeamDriver
 
 CPU_KV_CACHE_GB = 1.0
+# Beam search re-sends each beam's prompt every step and vLLM's prefix cache serves whole
+# blocks only: with the CPU's default 128-token blocks a beam recomputes up to 127 tokens a
+# step, with 32 (the CPU attention's smallest) up to 31 (measured: 6x faster, same tokens).
+BEAM_CPU_BLOCK = 32
 
 
 class VllmModel:
@@ -108,5 +112,6 @@ def load_vllm_model(source, tokenizer, config, device: str, longest_prompt: int,
         kv_cache_memory_bytes=None if kv_gb is None else int(kv_gb * 2**30),
         enforce_eager=device.startswith("cpu"),
         max_logprobs=max(20, candidates_per_beam(config.num_beams, eos_ids)),
+        block_size=BEAM_CPU_BLOCK if BEAM in config.methods and device.startswith("cpu") else None,
     )
     return VllmModel(build_engine(settings), settings, hf_config, generation_config, dtype)
