@@ -134,8 +134,26 @@ def test_multi_gpu_ranks_get_disjoint_gpu_slices(local_rank, expected, monkeypat
 
 def test_multi_gpu_needs_a_gpu_per_process(monkeypatch):
     monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "0")
-    with pytest.raises(UserError, match="needs at least 2 GPUs, 1 visible"):
+    with pytest.raises(UserError, match="with 1 GPU.s. each need 2 GPUs, 1 visible"):
         restrict_gpus(Process(1, 2, 1, 2), multi_gpu=True, device="cuda")
+
+
+@pytest.mark.parametrize("local_rank, expected", [(0, ["0", "1"]), (1, ["2", "3"]),
+                                                  (2, ["4", "5"])])
+def test_vllm_ranks_get_their_tensor_parallel_gpus(local_rank, expected, monkeypatch):
+    """Under a launcher each vLLM engine gets `--vllm_tensor_parallel_size` GPUs of its own
+    (vLLM places its engine on the first visible GPUs, so without this every rank would use
+    the same ones); GPUs left over stay unused."""
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "0,1,2,3,4,5,6,7")
+    process = Process(local_rank, 3, local_rank, 3)
+    assert restrict_gpus(process, multi_gpu=True, device="cuda", per_rank=2) == expected
+    assert distributed.os.environ["CUDA_VISIBLE_DEVICES"] == ",".join(expected)
+
+
+def test_vllm_ranks_need_their_tensor_parallel_gpus(monkeypatch):
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "0,1,2")
+    with pytest.raises(UserError, match="2 processes per node with 2 GPU.s. each need 4 GPUs"):
+        restrict_gpus(Process(0, 2, 0, 2), multi_gpu=True, device="cuda", per_rank=2)
 
 
 def test_gpu_slices_only_with_multi_gpu_and_several_local_processes(monkeypatch):

@@ -7,7 +7,7 @@ from __future__ import annotations
 import json
 
 import pytest
-from cli_helpers import demo_data, gen_args, run_main
+from cli_helpers import demo_data, gen_args, run_cmd, run_main, torchrun_cmd
 from vllm_helpers import build_sharp_model, require_vllm
 
 require_vllm()
@@ -91,3 +91,17 @@ def test_vllm_batch_by_batch_same_file_as_hf(setup, hf_out, tmp_path):
         method="la,base")
     assert records(tmp_path, "la") == records(hf_out, "la")
     assert records(tmp_path, "base") == records(hf_out, "base")
+
+
+def test_vllm_data_parallel_ranks_write_the_single_process_file(setup, hf_out, tmp_path):
+    """torchrun with two CPU ranks, each with its own vLLM engine and its share of the batches:
+    the ranks meet before vLLM starts its own torch.distributed world, and rank 0 writes the
+    hf backend's file."""
+    model, data = setup
+    args = gen_args(model, data, tmp_path, "--backend", "vllm", "--limit", "6", method="la",
+                    max_new_tokens=12, batch_size=2)
+    done = run_cmd(torchrun_cmd(2, args), timeout=TIMEOUT)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert records(tmp_path, "la") == records(hf_out, "la")
+    parts = meta(tmp_path, "la")
+    assert parts["fingerprint"]["backend"] == "vllm"

@@ -92,24 +92,27 @@ def _env_int(env, name: str, default: int | None) -> int:
         raise UserError(f"environment variable {name}={value!r} is not an integer") from None
 
 
-def restrict_gpus(process: Process, multi_gpu: bool, device: str) -> list[str] | None:
-    """With --multi_gpu and several processes on a node, give each its own slice of GPUs.
+def restrict_gpus(process: Process, multi_gpu: bool, device: str,
+                  per_rank: int | None = None) -> list[str] | None:
+    """With --multi_gpu (or vLLM) and several processes on a node, give each its own GPUs.
 
-    The node's visible GPUs are cut into LOCAL_WORLD_SIZE contiguous slices; local rank r sees
-    slice r only (CUDA_VISIBLE_DEVICES), so device_map='auto' shards its copy of the model over
-    those. Must run before CUDA is initialised. Returns the slice, or None when not applicable.
+    Local rank r sees only its own contiguous slice of the node's visible GPUs
+    (CUDA_VISIBLE_DEVICES): `per_rank` of them (vLLM: its tensor-parallel size), or an equal
+    share of all (--multi_gpu: device_map='auto' shards the rank's copy of the model over
+    them). Must run before CUDA is initialised. Returns the slice, or None when not applicable.
     """
     if not (multi_gpu and process.local_world_size > 1) or device == "cpu":
         return None
     visible = _visible_gpus()
     if not visible:
         return None  # no GPU: resolve_device reports it if CUDA was asked for
-    per_rank = len(visible) // process.local_world_size
-    if per_rank == 0:
+    needed = process.local_world_size * (per_rank or 1)
+    if len(visible) < needed:
         raise UserError(
-            f"--multi_gpu with {process.local_world_size} processes per node needs at least "
-            f"{process.local_world_size} GPUs, {len(visible)} visible"
+            f"{process.local_world_size} processes per node with {per_rank or 1} GPU(s) each "
+            f"need {needed} GPUs, {len(visible)} visible"
         )
+    per_rank = per_rank or len(visible) // process.local_world_size
     mine = visible[process.local_rank * per_rank: (process.local_rank + 1) * per_rank]
     os.environ["CUDA_VISIBLE_DEVICES"] = ",".join(mine)
     return mine

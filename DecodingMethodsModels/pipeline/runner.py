@@ -62,10 +62,22 @@ def run(config) -> list[Path]:
     todo = plan_work(config, process)
     if not todo:
         return []
+    clear = lambda: clear_for_rerun(todo, config.overwrite)  # noqa: E731
+    if config.backend == "vllm":
+        # vLLM's engine starts a torch.distributed world of its own in this process: the ranks
+        # meet before it is built, on a group that is gone by then (nothing later needs one:
+        # rank 0 assembles the final files from what the others wrote)
+        join(process)
+        try:
+            meet(process, Path(config.output_dir), clear)
+        finally:
+            leave(process)
+        decoder, facts = load_and_check(config, process, todo)
+        return decode_all(config, todo, process, decoder, facts)
     decoder, facts = load_and_check(config, process, todo)
     join(process)
     try:
-        meet(process, Path(config.output_dir), lambda: clear_for_rerun(todo, config.overwrite))
+        meet(process, Path(config.output_dir), clear)
         return decode_all(config, todo, process, decoder, facts)
     finally:
         leave(process)
@@ -111,7 +123,9 @@ def load_and_check(config, process: Process, todo: list[Work]) -> tuple[Decoder,
 
         torch.set_num_threads(config.num_threads)
     source = resolve_model(config.model_name)
-    restrict_gpus(process, config.multi_gpu, config.device)
+    on_vllm = config.backend == "vllm"  # each rank's engine on its own tensor-parallel GPUs
+    restrict_gpus(process, config.multi_gpu or on_vllm, config.device,
+                  config.vllm_tensor_parallel_size if on_vllm else None)
     device = rank_device(resolve_device(config.device), process, config.multi_gpu)
     tokenizer = load_tokenizer(source, config.trust_remote_code, config.prompt_style == "chat")
     system_role = template_accepts_system(tokenizer)
