@@ -5,7 +5,6 @@ reads from a transformers model (`config`, `generation_config`, `dtype`) and `de
 from __future__ import annotations
 
 from collections.abc import Iterator
-from types import SimpleNamespace
 
 from DecodingMethodsModels.backends.vllm_backend import (
     BEAM,
@@ -31,6 +30,7 @@ class VllmModel:
         self.engine = engine
         self.engine_settings = engine_settings
         self.driver = Driver(engine, engine_settings.max_num_seqs)
+        self.beams = BeamDriver(engine, engine_settings.max_num_seqs)
         self.config = hf_config
         self.generation_config = generation_config
         self.dtype = dtype
@@ -60,7 +60,7 @@ class VllmModel:
 
         method = "pad" if run.guided is not None else run.method
         if method == BEAM:
-            yield from BeamDriver(self.engine, self.engine_settings.max_num_seqs).run(
+            yield from self.beams.run(
                 pref_rows, settings.num_beams, settings.eos_ids, settings.max_new_tokens,
                 self.config.vocab_size)
             return
@@ -86,7 +86,11 @@ def load_vllm_model(source, tokenizer, config, device: str, longest_prompt: int,
     from transformers import AutoConfig, GenerationConfig
 
     from DecodingMethodsModels.backends.vllm_driver import EngineSettings, build_engine
-    from DecodingMethodsModels.models.loading import eos_token_ids, load_model, resolve_dtype
+    from DecodingMethodsModels.models.loading import (
+        generation_eos_ids,
+        load_model,
+        resolve_dtype,
+    )
     from DecodingMethodsModels.rules.beam_search import candidates_per_beam
 
     dtype = resolve_dtype(config.dtype, device)
@@ -101,7 +105,7 @@ def load_vllm_model(source, tokenizer, config, device: str, longest_prompt: int,
     length = longest_prompt + config.max_new_tokens
     if context is not None:
         length = min(length, context)
-    eos_ids = eos_token_ids(SimpleNamespace(generation_config=generation_config), tokenizer)
+    eos_ids = generation_eos_ids(generation_config, tokenizer)
     kv_gb = config.vllm_kv_cache_gb
     if kv_gb is None and device.startswith("cpu"):
         kv_gb = CPU_KV_CACHE_GB

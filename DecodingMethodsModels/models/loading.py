@@ -198,7 +198,12 @@ def torch_float32():
 
 def eos_token_ids(model, tokenizer) -> list[int]:
     """Every id that ends a response: the generation config's list plus the tokenizer's EOS."""
-    ids = model.generation_config.eos_token_id
+    return generation_eos_ids(model.generation_config, tokenizer)
+
+
+def generation_eos_ids(generation_config, tokenizer) -> list[int]:
+    """`eos_token_ids` from a generation config itself (before a model exists)."""
+    ids = generation_config.eos_token_id
     ids = [] if ids is None else [ids] if isinstance(ids, int) else list(ids)
     if tokenizer.eos_token_id is not None:
         ids.append(tokenizer.eos_token_id)

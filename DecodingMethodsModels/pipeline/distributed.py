@@ -186,6 +186,16 @@ def meet(process: Process, shared_dir: Path, prepare: Callable[[], None]) -> Non
         )
 
 
+def meet_and_part(process: Process, shared_dir: Path, prepare: Callable[[], None]) -> None:
+    """`meet` on a group of the ranks' own that is closed on return, for a backend that starts
+    a torch.distributed world of its own afterwards (vLLM's engine)."""
+    join(process)
+    try:
+        meet(process, shared_dir, prepare)
+    finally:
+        leave(process)
+
+
 def leave(process: Process) -> None:
     if not process.is_distributed:
         return

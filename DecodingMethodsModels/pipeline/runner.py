@@ -32,6 +32,7 @@ from DecodingMethodsModels.pipeline.distributed import (
     launched_process,
     leave,
     meet,
+    meet_and_part,
     rank_device,
     restrict_gpus,
 )
@@ -65,13 +66,9 @@ def run(config) -> list[Path]:
     clear = lambda: clear_for_rerun(todo, config.overwrite)  # noqa: E731
     if config.backend == "vllm":
         # vLLM's engine starts a torch.distributed world of its own in this process: the ranks
-        # meet before it is built, on a group that is gone by then (nothing later needs one:
-        # rank 0 assembles the final files from what the others wrote)
-        join(process)
-        try:
-            meet(process, Path(config.output_dir), clear)
-        finally:
-            leave(process)
+        # meet before it is built (nothing later needs a group: rank 0 assembles the final
+        # files from what the others wrote)
+        meet_and_part(process, Path(config.output_dir), clear)
         decoder, facts = load_and_check(config, process, todo)
         return decode_all(config, todo, process, decoder, facts)
     decoder, facts = load_and_check(config, process, todo)
