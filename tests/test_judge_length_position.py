@@ -111,6 +111,20 @@ def test_length_controlled_fit_equals_an_independent_l1_fit(with_difficulty):
     assert math.isnan(fit.difficulty_coef) != with_difficulty
 
 
+@pytest.mark.parametrize("outcome", [0.0, 1.0])
+@pytest.mark.parametrize("with_difficulty", [False, True])
+def test_a_pair_with_one_outcome_only_fits_as_the_independent_l1_fit(outcome, with_difficulty):
+    rng = np.random.default_rng(1)
+    y = np.full(6, outcome)
+    len_t, len_b = rng.integers(20, 400, 6), rng.integers(20, 400, 6)
+    difficulty = rng.normal(size=6) if with_difficulty else None
+    fit = length_controlled(y, len_t, len_b, difficulty)
+    lc, beta = hand_lc(y, len_t - len_b, difficulty)
+    assert fit.lc_win_rate == pytest.approx(lc, abs=1e-6)
+    assert (fit.lc_win_rate > 0.99) == (outcome == 1.0)
+    assert fit.length_coef == pytest.approx(beta, abs=1e-5)
+
+
 def run_both_ways(workspace, judge_server):
     texts = write_length_run(workspace)
     judge_server.prefer = prefer_first_and_longer

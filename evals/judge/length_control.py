@@ -40,6 +40,7 @@ import numpy as np
 
 C_PENALTY = 100.0
 SOLVER_TOL = 1e-10  # liblinear's stopping tolerance (its default, alpaca_eval's: 1e-4)
+ONE_CLASS_WEIGHT = 1e-12  # see fit_preference
 # The target must face at least this many other baselines on a question for its difficulty
 # to be estimated (leaving out the pair being fitted).
 MIN_OTHER_BASELINES = 2
@@ -91,9 +92,13 @@ def fit_preference(x: np.ndarray, y: np.ndarray, c: float = C_PENALTY) -> np.nda
     features = np.vstack([x, x])
     labels = np.concatenate([np.ones(len(y)), np.zeros(len(y))])
     weights = np.concatenate([y, 1.0 - y])
-    keep = weights > 0  # a zero-weight row adds nothing; all-one labels need both classes
+    keep = weights > 0  # a zero-weight row adds nothing
     if len(set(labels[keep])) < 2:
+        # One outcome only (all wins or all losses): liblinear, left with one class, labels it
+        # wrongly when it is the losses. The other label's rows at a negligible weight keep
+        # both classes; the optimum moves by far less than the solver's tolerance.
         keep = np.ones_like(keep)
+        weights = np.maximum(weights, ONE_CLASS_WEIGHT)
     model = LogisticRegression(C=c, l1_ratio=1.0, solver="liblinear", fit_intercept=False,
                                tol=SOLVER_TOL, max_iter=10_000, random_state=123)
     model.fit(features[keep], labels[keep], sample_weight=weights[keep])
