@@ -26,8 +26,8 @@ keeps liblinear's 1e-4), so the result is the optimum itself.
 
 What stays different from alpaca_eval's default (``length_controlled_v1``): it picks ``C``
 by 5-fold cross-validation (``LogisticRegressionCV``, folds grouped by question) where a run
-here has far too few pairs for it; it adds rows of two length-gamed versions of its baseline
-(answers made verbose and concise, weighted 0.2 / 2 each) that anchor ``beta``; and its
+here has far too few pairs for it; it adds the rows of two length-gamed versions of its
+baseline (its answers made verbose and made concise, weighted 0.1 each) that anchor ``beta``; its
 ``d_q`` is one difficulty per instruction estimated beforehand from many models, where here it
 comes from the target's other pairs of the same run.
 """
