@@ -176,3 +176,19 @@ def same_run(a, b) -> bool:
 
     return torch.equal(a.sequences, b.sequences) and all(
         torch.allclose(x, y, atol=1e-3) for x, y in zip(a.scores, b.scores, strict=True))
+
+
+def guided_engine_tokens(method: str, model, guides: dict, pref, base, settings) -> list:
+    """The reward-guided engine's token ids for `method` ("args", "pad" or "implicit"), with
+    `guides` {"reward_model", "persrm"} and GuidedSettings `settings`."""
+    from DecodingMethodsModels.engines.reward_guided import (
+        decode_args,
+        decode_pad,
+        decode_pad_implicit,
+    )
+
+    if method == "args":
+        return decode_args(model, guides["reward_model"], pref, settings).token_ids
+    if method == "pad":
+        return decode_pad(model, guides["persrm"], pref, settings).token_ids
+    return decode_pad_implicit(model, base, pref, settings).token_ids

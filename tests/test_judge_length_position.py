@@ -61,18 +61,23 @@ def length_args(workspace, server, *extra: str) -> list[str]:
     return args
 
 
-def newton_fit(x: np.ndarray, y: np.ndarray, c: float = 100.0) -> np.ndarray:
-    """Independent fit: Newton's method on c * sum(logloss with soft labels) + |w|^2 / 2."""
-    w = np.zeros(x.shape[1])
-    for _ in range(200):
-        p = 1.0 / (1.0 + np.exp(-(x @ w)))
-        gradient = c * x.T @ (p - y) + w
-        hessian = c * (x.T * (p * (1.0 - p))) @ x + np.eye(x.shape[1])
-        step = np.linalg.solve(hessian, gradient)
-        w -= step
-        if np.abs(step).max() < 1e-12:
-            break
-    return w
+def l1_fit(x: np.ndarray, y: np.ndarray, c: float = 100.0) -> np.ndarray:
+    """Independent fit of c * sum(logloss with soft labels) + |w|_1: w = u - v with u, v >= 0
+    makes the objective smooth, minimised by scipy's L-BFGS-B under those bounds."""
+    from scipy.optimize import minimize
+
+    k = x.shape[1]
+
+    def objective(uv: np.ndarray) -> tuple[float, np.ndarray]:
+        z = x @ (uv[:k] - uv[k:])
+        loss = c * np.sum(y * np.logaddexp(0.0, -z) + (1.0 - y) * np.logaddexp(0.0, z))
+        gradient = c * x.T @ (1.0 / (1.0 + np.exp(-z)) - y)
+        return loss + uv.sum(), np.concatenate([gradient + 1.0, 1.0 - gradient])
+
+    found = minimize(objective, np.zeros(2 * k), jac=True, method="L-BFGS-B",
+                     bounds=[(0.0, None)] * (2 * k),
+                     options={"ftol": 1e-15, "gtol": 1e-12, "maxiter": 10_000})
+    return found.x[:k] - found.x[k:]
 
 
 def hand_lc(y, delta, difficulty=None) -> tuple[float, float]:
@@ -82,7 +87,7 @@ def hand_lc(y, delta, difficulty=None) -> tuple[float, float]:
     if difficulty is not None:
         columns.append(np.asarray(difficulty, dtype=float))
     x = np.column_stack(columns)
-    w = newton_fit(x, np.asarray(y, dtype=float))
+    w = l1_fit(x, np.asarray(y, dtype=float))
     at_zero = x.copy()
     at_zero[:, 1] = 0.0
     return float(np.mean(1.0 / (1.0 + np.exp(-(at_zero @ w))))), float(w[1])
@@ -94,7 +99,7 @@ def test_length_feature_is_tanh_of_the_standardised_difference():
 
 
 @pytest.mark.parametrize("with_difficulty", [False, True])
-def test_length_controlled_fit_equals_an_independent_newton_fit(with_difficulty):
+def test_length_controlled_fit_equals_an_independent_l1_fit(with_difficulty):
     rng = np.random.default_rng(0)
     y = rng.choice([0.0, 0.5, 1.0], size=30)
     len_t, len_b = rng.integers(20, 400, 30), rng.integers(20, 400, 30)
@@ -104,6 +109,20 @@ def test_length_controlled_fit_equals_an_independent_newton_fit(with_difficulty)
     assert fit.lc_win_rate == pytest.approx(lc, abs=1e-6)
     assert fit.length_coef == pytest.approx(beta, abs=1e-5)
     assert math.isnan(fit.difficulty_coef) != with_difficulty
+
+
+@pytest.mark.parametrize("outcome", [0.0, 1.0])
+@pytest.mark.parametrize("with_difficulty", [False, True])
+def test_a_pair_with_one_outcome_only_fits_as_the_independent_l1_fit(outcome, with_difficulty):
+    rng = np.random.default_rng(1)
+    y = np.full(6, outcome)
+    len_t, len_b = rng.integers(20, 400, 6), rng.integers(20, 400, 6)
+    difficulty = rng.normal(size=6) if with_difficulty else None
+    fit = length_controlled(y, len_t, len_b, difficulty)
+    lc, beta = hand_lc(y, len_t - len_b, difficulty)
+    assert fit.lc_win_rate == pytest.approx(lc, abs=1e-6)
+    assert (fit.lc_win_rate > 0.99) == (outcome == 1.0)
+    assert fit.length_coef == pytest.approx(beta, abs=1e-5)
 
 
 def run_both_ways(workspace, judge_server):

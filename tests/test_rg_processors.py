@@ -11,7 +11,7 @@ from itertools import pairwise
 import pytest
 import torch
 from conftest import beam_generate as beam_run
-from conftest import same_run, sharpened
+from conftest import guided_engine_tokens, same_run, sharpened
 from transformers import LogitsProcessor, TextStreamer
 
 import DecodingMethodsModels.library.processors as processors
@@ -25,9 +25,6 @@ from DecodingMethodsModels.engines.core import left_pad
 from DecodingMethodsModels.engines.reference import _rewards
 from DecodingMethodsModels.engines.reward_guided import (
     GuidedSettings,
-    decode_args,
-    decode_pad,
-    decode_pad_implicit,
 )
 from DecodingMethodsModels.errors import UserError
 from DecodingMethodsModels.library.processors import beam_sources
@@ -110,11 +107,7 @@ def generate(model, prompts, processor, eos_ids=(EOS,), steps=STEPS, **kwargs):
 def engine_tokens(method, model, guides, pref, base, eos_ids=(EOS,)) -> list[list[int]]:
     settings = GuidedSettings(weight=WEIGHT[method], max_new_tokens=STEPS, eos_ids=eos_ids,
                               pad_id=PAD, topk=TOPK)
-    if method == "args":
-        return decode_args(model, guides["reward_model"], pref, settings).token_ids
-    if method == "pad":
-        return decode_pad(model, guides["persrm"], pref, settings).token_ids
-    return decode_pad_implicit(model, base, pref, settings).token_ids
+    return guided_engine_tokens(method, model, guides, pref, base, settings)
 
 
 # ----- greedy: the processors inside generate give the engine's tokens -------------------------

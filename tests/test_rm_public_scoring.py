@@ -173,6 +173,37 @@ def test_scoring_args_reproduces_args_measure_reward(tmp_path, scorer_dirs, monk
     assert float(row["tiny-gpt2-rm:reward"]) == pytest.approx(sum(want) / len(want), abs=1e-5)
 
 
+def test_scoring_args_averages_each_file_over_its_own_inputs(tmp_path, scorer_dirs,
+                                                             monkeypatch, capsys):
+    """ARGS's measure_reward.py scores one file: a too-long input leaves that file's mean
+    only, and another method's file keeps the same question."""
+    short = tmp_path / "short.jsonl"
+    records = [{"prompt": p, "result": " Ok.", "response": p + " Ok."} for p in HH_PROMPTS]
+    short.write_text(json.dumps(records))
+    files = {"args": write_args(tmp_path / "args_0.jsonl"), "short": short}
+    direct = Direct(scorer_dirs)
+    texts = {"args": ["\n\nHuman: " + q + "\n\nAssistant: " + a + "\n\n" for q, a in
+                      zip(QUESTIONS, ("Boil water and cook.", "Heat it.", "Penne."), strict=True)],
+             "short": [p + " Ok." for p in HH_PROMPTS]}
+    ids = {m: [direct.ids("gpt2", t) for t in ts] for m, ts in texts.items()}
+    limit = max(len(i) for i in ids["args"])  # args's longest input is skipped, short's kept
+    assert all(len(i) < limit for i in ids["short"])
+    monkeypatch.setattr(public_scoring, "ARGS_SKIP_AT", limit)
+    assert rm_evals.main(run_args(tmp_path, files, "--scoring", "args",
+                                  "--scorer", str(scorer_dirs["gpt2"]))) == 0
+    warning = capsys.readouterr().err
+    out = tmp_path / "results" / "rm_score" / "external" / "args_pad" / "args_pad"
+    avg = read_table(out / "tiny-gpt2-rm_logit0_avg.csv")
+    for method, id_lists in ids.items():
+        want = [direct.forward("gpt2", i).logits[0, 0].item() for i in id_lists if len(i) < limit]
+        assert float(avg[method]["mean"]) == pytest.approx(sum(want) / len(want), abs=1e-5)
+    assert {m: avg[m]["n"] for m in avg} == {"args": "2", "short": "3"}
+    assert "left out of its own method's average" in warning
+    assert "left out of its own method's mean" in (out / "rm_table.md").read_text()
+    meta = json.loads((out / "rm_table.meta.json").read_text())
+    assert meta["skipped_as_too_long"] == {"external/args_pad/args_pad": {"tiny-gpt2-rm:reward": 1}}
+
+
 # ----- PAD's records: the decoded whole conversation in `result` -------------------------------
 
 
@@ -225,14 +256,14 @@ def test_scoring_pad_equals_pad_measure_reward_by_hand(tmp_path, scorer_dirs):
     lengths = {m: [len(direct.ids("gpt2", pad_by_hand(q, r, m == "pad")[0]))
                    for q, r in zip(QUESTIONS, RESPONSES[m], strict=True)] for m in RESPONSES}
     assert 512 <= lengths["pad"][1] < 1024 and lengths["vanilla"][2] >= 1024  # both rules act
-    skipped = {i for m in values for i, v in enumerate(values[m]["reward"]) if v is None}
-    assert skipped == {2}
+    skipped = {m: [i for i, v in enumerate(values[m]["reward"]) if v is None] for m in values}
+    assert skipped == {"vanilla": [2], "pad": []}
+    # PAD's script averages each file over its own kept inputs: pad keeps its question 2
     for method in RESPONSES:
         for column, key in (("tiny-gpt2-rm:reward", "reward"),
                             ("tiny-humor-no-humor:logit_humor", "humor"),
                             ("tiny-armorm:helpsteer-helpfulness", "armo")):
-            kept = [v for i, v in enumerate(values[method][key])
-                    if key == "armo" or i not in skipped]
+            kept = [v for v in values[method][key] if v is not None]
             assert float(table[method][column]) == pytest.approx(sum(kept) / len(kept),
                                                                  abs=1e-5), (method, column)
 

@@ -272,9 +272,13 @@ def amulet_generate(model, input_ids, logits_processor, stopping_criteria, gener
     base_ids=..., base_attention_mask=..., max_new_tokens=..., [iterations=..., alpha=...,
     player_lambda=..., eta=..., solver=...])`; `generate` hands the extra keywords to this
     function. Greedy or sampling (temperature, top_k, top_p, under torch.manual_seed),
-    repetition_penalty and no_repeat_ngram_size (on the combined scores, as the CLI). No beam
-    search, other processors or stopping criteria (the engine owns the loop: a ValueError says
-    so), and a streamer passed to `generate` receives the prompt only.
+    repetition_penalty and no_repeat_ngram_size (on the combined scores, as the CLI). As in any
+    `generate` call, what the call leaves unset comes from the checkpoint's generation config
+    (Qwen2-7B-Instruct's samples with temperature 0.7, top_k 20, top_p 0.8 and a repetition
+    penalty of 1.05): for the greedy engine without penalties on such a checkpoint call
+    `generate(..., do_sample=False, repetition_penalty=1.0)`. No beam search, other processors
+    or stopping criteria (the engine owns the loop: a ValueError says so), and a streamer passed
+    to `generate` receives the prompt only.
     """
     rule = amulet_rule(iterations, alpha, player_lambda, eta, solver)
     return _engine_generate(model, input_ids, logits_processor, stopping_criteria,
@@ -286,7 +290,9 @@ def la_generate(model, input_ids, logits_processor, stopping_criteria, generatio
                 base_ids=None, base_attention_mask=None, ratio: float = PAPER.reinforce_ratio,
                 **model_kwargs) -> torch.Tensor:
     """Linear Alignment by the stacked engine, for `model.generate(custom_generate=la_generate)`;
-    as `amulet_generate`, with the one setting `ratio`."""
+    as `amulet_generate`, with the one setting `ratio`; for the greedy engine without penalties
+    on a checkpoint whose generation config samples or penalises, call
+    `generate(..., do_sample=False, repetition_penalty=1.0)`."""
     return _engine_generate(model, input_ids, logits_processor, stopping_criteria,
                             generation_config, base_ids, base_attention_mask,
                             _two_prompt_decode(model, la_rule(ratio)), model_kwargs)
@@ -306,7 +312,9 @@ def pad_implicit_generate(model, input_ids, logits_processor, stopping_criteria,
     torch's global one (reproducible under torch.manual_seed); when sampling no top_p nor
     top_k below k (greedy ignores them, as a checkpoint's config may set them: Llama-3-Instruct
     ships top_p 0.9), no penalties, beam search, other processors or stopping criteria (a
-    ValueError says so), and a streamer receives the prompt only.
+    ValueError says so), and a streamer receives the prompt only. What the call leaves unset
+    comes from the checkpoint's generation config: on one that samples or penalises
+    (Qwen2-7B-Instruct) call `generate(..., do_sample=False, repetition_penalty=1.0)`.
     """
     config = generation_config
     narrowed = (config.top_p or 1.0) < 1.0 or (config.top_k and config.top_k < topk)

@@ -2,6 +2,15 @@
 like the two-prompt processors (processors.py), the guide model keeps a KV cache of its own
 that follows `generate`'s rows, beam search's reordering included, and the scores come from the
 pure rules over the top-k candidates (rules/guided.py).
+
+The processor sees the scores `generate` hands it, and `generate` takes every setting the call
+leaves unset from the checkpoint's generation config: its penalties (`repetition_penalty`,
+`no_repeat_ngram_size`) change the scores before the processor, its sampling warpers
+(temperature, top_k, top_p) after it. The engines (reward_guided.decode_args, decode_pad) have
+neither. Qwen2-7B-Instruct's config, for one, sets do_sample, temperature 0.7, top_k 20,
+top_p 0.8 and repetition_penalty 1.05, so a plain `generate` call samples from penalised scores.
+The processors cannot see or undo that (a logits processor is one step of `generate`'s list),
+and `generate` keeps its own contract: pass what the engine's setting needs in the call.
 """
 
 from __future__ import annotations
@@ -61,8 +70,12 @@ class PadProcessor(FollowingCache):
     warning says that its checkpoint's head is left out.
 
     The PersRM keeps a KV cache of its own (one token per row per step) that follows beam
-    search's reordering. Greedy `generate` gives reward_guided.decode_pad's tokens (mode
-    "greedy"); with `do_sample=True, temperature=0.7` it draws as mode "topk" does.
+    search's reordering. Greedy `generate` without penalties gives reward_guided.decode_pad's
+    tokens (mode "greedy"): on a checkpoint whose generation config samples or penalises
+    (module docstring) call `generate(..., do_sample=False, repetition_penalty=1.0)`, and
+    reset likewise any other score-changing setting it lists (`no_repeat_ngram_size=0`, ...).
+    Sampling with `do_sample=True, temperature=0.7, top_p=1.0, repetition_penalty=1.0` (a top_k
+    of at least `topk` changes nothing) draws as mode "topk" does.
     """
 
     def __init__(self, persrm, persrm_ids, persrm_attention_mask=None,
@@ -100,8 +113,12 @@ class ArgsProcessor(FollowingCache):
     (following beam search's reordering) is copied k times and the new k candidates are read
     in one forward. A step where some row took no candidate of its source row (a finished
     row's padding, a -inf token taken by beam search) re-reads the last token of every row
-    instead, on [prompt, tokens so far]. Greedy `generate` gives reward_guided.decode_args's
-    tokens (mode "greedy"); with `do_sample=True, temperature=0.7` it draws as mode "topk" does.
+    instead, on [prompt, tokens so far]. Greedy `generate` without penalties gives
+    reward_guided.decode_args's tokens (mode "greedy"): on a checkpoint whose generation config
+    samples or penalises (module docstring) call
+    `generate(..., do_sample=False, repetition_penalty=1.0)`, and reset likewise any other
+    score-changing setting it lists. Sampling with `do_sample=True, temperature=0.7,
+    top_p=1.0, repetition_penalty=1.0` draws as mode "topk" does.
     """
 
     def __init__(self, reward_model, reward_ids, reward_attention_mask=None,

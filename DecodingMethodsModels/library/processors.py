@@ -3,9 +3,15 @@
 `generate` runs the preference prompt as usual; the processor runs the second (base) prompt
 through the same model with a KV cache of its own, one new token per step after a prefill, and
 returns `combine(log p_pref, log p_base)` from the project's pure rules (rules/combine.py), both
-log-softmaxed in fp32 here. Whatever `generate` does with those scores afterwards is its own:
-temperature, top-k and top-p warpers (which it applies after user processors), sampling, beam
-search, stopping criteria, streamers.
+log-softmaxed in fp32 here. What `generate` does around it is its own: penalties
+(`repetition_penalty`, `no_repeat_ngram_size`) on the preference prompt's scores before it,
+temperature, top-k and top-p warpers after it, sampling, beam search, stopping criteria,
+streamers. `generate` takes every setting the call leaves unset from the checkpoint's
+generation config (Qwen2-7B-Instruct's samples with temperature 0.7, top_k 20 and top_p 0.8
+after a repetition penalty of 1.05), while the engine (engines/two_prompt.decode_two_prompts)
+is greedy unless told and applies a penalty to the combined scores: for the engine's greedy
+tokens on such a checkpoint, call `generate(..., do_sample=False, repetition_penalty=1.0)` and
+reset likewise any other score-changing setting its `generation_config` lists.
 
 Beam search: `generate` hands a processor `input_ids` of batch * num_beams rows and reorders the
 beams between steps without telling it. Each call finds, for every row, the row of the previous
@@ -217,6 +223,9 @@ class LinearAlignmentProcessor(TwoPromptProcessor):
 
     `generate` reads the preference prompts; `base_ids` (with `base_attention_mask`) are the
     base prompts of the same questions. The scores are not renormalised (as transformers' CFG).
+    Greedy without penalties, the engine's tokens: on a checkpoint whose generation config
+    samples or penalises, `generate(..., do_sample=False, repetition_penalty=1.0)` (module
+    docstring).
     """
 
     def __init__(self, model, base_ids, base_attention_mask=None,
@@ -229,6 +238,9 @@ class AmuletProcessor(TwoPromptProcessor):
 
     `generate` reads the preference prompts; `base_ids` (with `base_attention_mask`) are the
     base prompts of the same questions. `solver` "closed_form" or "iterative" (same tokens).
+    Greedy without penalties, the engine's tokens: on a checkpoint whose generation config
+    samples or penalises, `generate(..., do_sample=False, repetition_penalty=1.0)` (module
+    docstring).
     """
 
     def __init__(self, model, base_ids, base_attention_mask=None,

@@ -9,15 +9,27 @@ For one target/baseline pair over questions q with a valid outcome ``y_q`` (1 a 
 deviation over the pair's questions (ddof 1; with no spread the length term is 0), ``d_q`` a
 per-question difficulty (omitted when there are too few other pairs, see
 :func:`question_difficulty`). The length-controlled win rate is the model read off at zero
-length difference, ``mean_q sigmoid(theta + phi * d_q)``; ``beta`` (the length coefficient)
-is reported beside it: > 0 means the judge prefers the longer text.
+length difference, ``mean_q sigmoid(theta + phi * d_q)``; ``beta`` (``length_coef``) is
+reported beside it: > 0 means the judge prefers the longer text. alpaca_eval's length
+feature is ``tanh((len(baseline) - len(model)) / sd)``, so the weight it saves for
+``np.tanh(std_delta_len)`` is ``-beta``: the same fit, the opposite sign.
 
-As in alpaca_eval's ``glm_winrate.py``: the intercept is a column of the design (so it is
-penalised like the rest), the outcome is a probability (a tie is 0.5) fitted by duplicating
-each row with label 1 weighted ``y`` and label 0 weighted ``1 - y``, and the penalty is L2
-with ``C = 100`` (their value without cross-validation; their 5-fold L1 search needs far more
-pairs than a run here has). The fit is scikit-learn's ``LogisticRegression``
-(``newton-cholesky``), minimising ``C * sum_i w_i * logloss_i + ||coef||^2 / 2``.
+The fit is alpaca_eval's ``glm_winrate.py`` with cross-validation off (``n_splits=0``): its
+formula ``np.tanh(std_delta_len) + instruction_difficulty + not_gamed_baseline - 1`` has no
+intercept of its own, and ``not_gamed_baseline`` (1 on every row of the model) is ``theta``'s
+column, penalised like the others; the outcome is a probability, fitted by duplicating each
+row with label 1 weighted ``y`` and label 0 weighted ``1 - y``; scikit-learn's
+``LogisticRegression`` with an L1 penalty, ``liblinear``, ``fit_intercept=False`` and
+``C = 100`` minimises ``C * sum_i w_i * logloss_i + |theta| + |beta| + |phi|`` (an L1 penalty
+may set a weak coefficient to exactly 0). Here the solver's tolerance is 1e-10 (alpaca_eval
+keeps liblinear's 1e-4), so the result is the optimum itself.
+
+What stays different from alpaca_eval's default (``length_controlled_v1``): it picks ``C``
+by 5-fold cross-validation (``LogisticRegressionCV``, folds grouped by question) where a run
+here has far too few pairs for it; it adds the rows of two length-gamed versions of its
+baseline (its answers made verbose and made concise, weighted 0.1 each) that anchor ``beta``; its
+``d_q`` is one difficulty per instruction estimated beforehand from many models, where here it
+comes from the target's other pairs of the same run.
 """
 
 from __future__ import annotations
@@ -27,6 +39,8 @@ from dataclasses import dataclass
 import numpy as np
 
 C_PENALTY = 100.0
+SOLVER_TOL = 1e-10  # liblinear's stopping tolerance (its default, alpaca_eval's: 1e-4)
+ONE_CLASS_WEIGHT = 1e-12  # see fit_preference
 # The target must face at least this many other baselines on a question for its difficulty
 # to be estimated (leaving out the pair being fitted).
 MIN_OTHER_BASELINES = 2
@@ -69,19 +83,24 @@ def design(delta: np.ndarray, difficulty: np.ndarray | None) -> np.ndarray:
 
 
 def fit_preference(x: np.ndarray, y: np.ndarray, c: float = C_PENALTY) -> np.ndarray:
-    """Coefficients of the L2-penalised logistic fit of probabilities ``y`` on ``x`` (no
-    separate intercept), through scikit-learn with rows duplicated as described above."""
+    """Coefficients of the L1-penalised logistic fit of probabilities ``y`` on ``x`` (no
+    separate intercept), through scikit-learn's liblinear with rows duplicated as described
+    above."""
     from sklearn.linear_model import LogisticRegression
 
     y = np.asarray(y, dtype=float)
     features = np.vstack([x, x])
     labels = np.concatenate([np.ones(len(y)), np.zeros(len(y))])
     weights = np.concatenate([y, 1.0 - y])
-    keep = weights > 0  # a zero-weight row adds nothing; all-one labels need both classes
+    keep = weights > 0  # a zero-weight row adds nothing
     if len(set(labels[keep])) < 2:
+        # One outcome only (all wins or all losses): liblinear, left with one class, labels it
+        # wrongly when it is the losses. The other label's rows at a negligible weight keep
+        # both classes; the optimum moves by far less than the solver's tolerance.
         keep = np.ones_like(keep)
-    model = LogisticRegression(C=c, fit_intercept=False, solver="newton-cholesky",
-                               tol=1e-12, max_iter=1000)
+        weights = np.maximum(weights, ONE_CLASS_WEIGHT)
+    model = LogisticRegression(C=c, l1_ratio=1.0, solver="liblinear", fit_intercept=False,
+                               tol=SOLVER_TOL, max_iter=10_000, random_state=123)
     model.fit(features[keep], labels[keep], sample_weight=weights[keep])
     return model.coef_[0]
 

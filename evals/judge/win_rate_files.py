@@ -54,8 +54,9 @@ def sidecar_text(config, counts: dict, seconds: float,
         "counts": counts, "ranking_error": ranking_error, "seconds": round(seconds, 3),
         "git": git_commit(), "python": platform.python_version(), **versions,
         "numpy": np.__version__, "scikit-learn": sklearn_version(),
-        "length_control": "scikit-learn LogisticRegression (L2, C=100, newton-cholesky) on "
-                          "[1, tanh(std length difference), question difficulty]",
+        "length_control": "scikit-learn LogisticRegression (L1, C=100, liblinear, no "
+                          "intercept, tol 1e-10) on [1, tanh(std length difference), question "
+                          "difficulty]",
         "argv": [redact(a) for a in sys.argv],
     })
     return json.dumps(data, indent=2) + "\n"

@@ -3,22 +3,43 @@
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence, Set
+
+
+def left_out(too_long: Iterable[tuple[str, int]], methods: Sequence[str],
+             per_file: bool) -> dict[str, set[int]]:
+    """Per method, the question indices left out of its average, from the ``(method, index)``
+    responses too long for a scorer. ``per_file`` (ARGS's and PAD's ``measure_reward.py``,
+    which score one method's file at a time): a method loses its own too-long responses only.
+    Otherwise a question too long for any method leaves every method's average, so that all
+    methods are averaged over the same questions.
+
+    >>> left_out([("a", 2)], ["a", "b"], per_file=True)
+    {'a': {2}, 'b': set()}
+    >>> left_out([("a", 2)], ["a", "b"], per_file=False)
+    {'a': {2}, 'b': {2}}
+    """
+    too_long = list(too_long)
+    if per_file:
+        return {m: {i for method, i in too_long if method == m} for m in methods}
+    questions = {i for _, i in too_long}
+    return {m: set(questions) for m in methods}
 
 
 def method_means(
-    values: Mapping[str, Mapping[int, float]], excluded: set[int] = frozenset()
+    values: Mapping[str, Mapping[int, float]], excluded: Mapping[str, Set[int]] | None = None
 ) -> list[dict]:
-    """Per method: ``mean = sum_i v[m][i] / n`` and the sample std over questions i not in
-    ``excluded`` (questions skipped for any method leave every method's average, so all
-    methods are averaged over the same questions).
+    """Per method m: ``mean = sum_i v[m][i] / n`` and the sample std over the questions i not
+    in ``excluded[m]`` (see :func:`left_out`; a method absent from it loses nothing).
 
-    >>> method_means({"a": {0: 1.0, 1: 3.0, 2: 100.0}}, excluded={2})
+    >>> method_means({"a": {0: 1.0, 1: 3.0, 2: 100.0}}, excluded={"a": {2}})
     [{'method': 'a', 'mean': 2.0, 'std': 1.4142135623730951, 'n': 2}]
     """
+    excluded = excluded or {}
     rows = []
     for method, by_index in values.items():
-        kept = [v for i, v in sorted(by_index.items()) if i not in excluded]
+        out = excluded.get(method, set())
+        kept = [v for i, v in sorted(by_index.items()) if i not in out]
         n = len(kept)
         mean = sum(kept) / n if n else float("nan")
         var = sum((v - mean) ** 2 for v in kept) / (n - 1) if n > 1 else float("nan")

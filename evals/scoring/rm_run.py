@@ -39,6 +39,7 @@ from evals.scoring.responses import (
     load_run,
     run_dir,
 )
+from evals.scoring.rm_report import left_out
 from evals.scoring.rm_table import (
     SETTING_COLUMNS,
     VERDICT_COLUMNS,
@@ -200,18 +201,23 @@ def _tokenize(rm, responses: RunResponses, config: RmEvalConfig, mode: str):
         )
         if config.strict_length:
             raise EvalError(f"{message}; nothing is truncated (drop --strict_length to skip them)")
-        print(
-            f"warning: {message}; skipped, and their questions are left out of every "
-            "method's average for this scorer", file=sys.stderr,
-        )
-    return rows, {index for _, index, _ in too_long}
+        per_file = config.scoring != "project"
+        where_out = ("its own method's average (as the public script averages each file)"
+                     if per_file else "every method's average")
+        print(f"warning: {message}; skipped, and left out of {where_out} for this scorer",
+              file=sys.stderr)
+    excluded = left_out([(m, i) for m, i, _ in too_long], responses.methods,
+                        per_file=config.scoring != "project")
+    return rows, excluded
 
 
 def score_run(rm, responses: RunResponses, config: RmEvalConfig, path: Path, mode: str):
     """Score the run's conversations not yet in ``path``; return ``(records, excluded)``.
 
-    ``records[(method, index)]`` is the JSONL record (all heads); ``excluded`` are the
-    question indices skipped as too long. ``mode`` is the resolved prompt mode.
+    ``records[(method, index)]`` is the JSONL record (all heads); ``excluded[method]`` the
+    question indices left out of that method's average because a response was too long
+    (:func:`evals.scoring.rm_report.left_out`: its own under ``--scoring args|pad``, any
+    method's under ``project``). ``mode`` is the resolved prompt mode.
     """
     from tqdm import tqdm
 
@@ -299,7 +305,7 @@ def _evaluate_loaded(config: RmEvalConfig, loaded: list[RunResponses]) -> dict:
     modes = {r.key: resolve_prompt_mode(config.scorer_prompt, [i.preference for i in r.items])
              for r in loaded}
     values: dict[tuple, dict] = {}  # (run key, column number) -> {method: {index: value}}
-    skipped: dict[tuple, set[int]] = {}
+    skipped: dict[tuple, dict[str, set[int]]] = {}  # (run key, column) -> per method
     for model_name, rm in models.items():
         mine = [k for k, c in enumerate(columns) if c.spec.model == model_name]
         for responses in loaded:

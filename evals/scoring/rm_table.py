@@ -163,8 +163,11 @@ _PROMPT_WORDS = {"question": "the question alone (a PAD preference prompt cut ou
 
 def table_markdown(rows: list[dict], header: list[str], meta: dict) -> str:
     """The table in markdown, preceded by what each column is."""
-    lines = ["Scorer columns (means over questions; a question too long for a scorer is left "
-             "out of that scorer's column for every method):", ""]
+    left_out = ("a response too long for a scorer is left out of its own method's mean, as "
+                "the public script averages each file" if meta["scoring"] != "project" else
+                "a question too long for a scorer is left out of that scorer's column for "
+                "every method")
+    lines = [f"Scorer columns (means over questions; {left_out}):", ""]
     for s in meta["scorers"]:
         what = {"reward": f"reward head {s['head_index']} ({s['head_name']})",
                 "score": "gated score",
@@ -234,7 +237,8 @@ def write_outputs(config, loaded, columns, names, values, skipped, modes, models
     "settings": {column: summary}, "tables": [(key or None, rows, header)], "modes"}``.
 
     ``values[(run key, k)]`` is column k's ``{method: {index: value}}`` in that run and
-    ``skipped[(run key, k)]`` the question indices it left out.
+    ``skipped[(run key, k)]`` the question indices it left out of each method's mean
+    (``{method: indices}``, :func:`evals.scoring.rm_report.left_out`).
     """
     ind_names = list(INDICATOR_COLUMNS) if config.indicators else []
     per_run, all_rows, tables, all_indicators = [], [], [], {}
@@ -244,7 +248,9 @@ def write_outputs(config, loaded, columns, names, values, skipped, modes, models
         avgs, counts = {}, {}
         for k, column in enumerate(columns):
             rows = method_means(values[(key, k)], skipped[(key, k)])
-            avgs[names[k]], counts[names[k]] = rows, len(skipped[(key, k)])
+            # questions left out of at least one method's mean (each method's n: its avg table)
+            counts[names[k]] = len(set().union(*skipped[(key, k)].values()))
+            avgs[names[k]] = rows
             base = out_dir / f"{column.slug}_{column.head.label}_avg"
             write_text_atomic(base.with_suffix(".csv"), to_csv(rows, AVG_COLUMNS))
             write_text_atomic(base.with_suffix(".md"), to_markdown(rows, AVG_COLUMNS) + "\n")
