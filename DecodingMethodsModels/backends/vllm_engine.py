@@ -55,6 +55,13 @@ def version_refusal(version: str | None) -> str | None:
             f"(pip install -r requirements-vllm.txt)")
 
 
+def check_version() -> None:
+    """A UserError outside the supported vLLM series."""
+    reason = version_refusal(installed_vllm_version())
+    if reason is not None:
+        raise UserError(reason)
+
+
 def check_runner(engine) -> None:
     """The engine must run vLLM's V1 model runner, whose logits-processor interface the
     pairing processor implements (the V2 runner's differs)."""
