@@ -94,6 +94,8 @@ def test_a_run_shows_no_known_harmless_vllm_warning(model, data, tmp_path):
     assert "known harmless warning(s) not shown" in done.stderr
     assert "INFO" not in done.stdout + done.stderr  # vLLM's INFO lines are not shown
     assert re.search(r"wrote .*la\.json", done.stderr)  # the project's own lines are
+    sidecar = json.loads(next(tmp_path.rglob("la.meta.json")).read_text())
+    assert sidecar["environment"]["backend"]["async_scheduling"] is False  # the engine's own
 
 
 def test_vllm_errors_and_unknown_warnings_still_show():

@@ -43,7 +43,7 @@ class VllmModel:
                             "max_num_seqs": s.max_num_seqs, "max_model_len": s.max_model_len,
                             "tensor_parallel_size": s.tensor_parallel_size,
                             "enable_chunked_prefill": s.enable_chunked_prefill,
-                            "async_scheduling": s.async_scheduling}}
+                            "async_scheduling": engine_async_scheduling(self.engine)}}
 
     def check_topk(self, runs) -> None:
         from DecodingMethodsModels.errors import UserError
@@ -74,6 +74,12 @@ class VllmModel:
     def decode(self, run, pref_rows, base_rows, settings, seeds) -> list[list[int]]:
         found = dict(self.stream(run, pref_rows, base_rows, settings, seeds))
         return [found[k] for k in range(len(pref_rows))]
+
+
+def engine_async_scheduling(engine) -> bool | None:
+    """Whether the built engine schedules asynchronously, read from its own configuration."""
+    config = getattr(getattr(engine, "vllm_config", None), "scheduler_config", None)
+    return getattr(config, "async_scheduling", None)
 
 
 def question_seeds(seed: int, indices) -> list[int]:
