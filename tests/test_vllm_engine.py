@@ -173,3 +173,33 @@ def test_library_engine_rebuilt_for_another_max_num_seqs_or_longer_requests(fake
     assert [b[0] for b in built] == [16, 8, 8]
     assert built[1][2] == "folder"  # a rebuild reuses the saved folder
     assert len(api._RETIRED) == 2
+
+
+def test_another_vllm_series_is_refused_before_anything_loads(monkeypatch):
+    """The CLI's and the library's refusal read the installed version from its metadata."""
+    import importlib.util
+
+    import DecodingMethodsModels.backends.vllm_engine as engine
+    from config import config_from_args
+    from DecodingMethodsModels.backends import vllm_refusal_of_library
+
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec",
+                        lambda name, *a: object() if name == "vllm" else real(name, *a))
+    monkeypatch.setattr(engine, "installed_vllm_version", lambda: "0.33.0")
+    expected = ("vLLM 0.33.0 is installed; this backend supports vLLM 0.32.x (pip install -r "
+                "requirements-vllm.txt)")
+    with pytest.raises(UserError) as err:
+        config_from_args(["--backend", "vllm", "--method", "la"])
+    assert str(err.value) == expected
+    assert vllm_refusal_of_library() == expected
+    with pytest.raises(UserError, match="vLLM 0.33.0 is installed"):
+        engine.check_version()  # the pair scheduler's check in the server
+
+
+def test_an_engine_on_vllm_s_v2_runner_is_refused():
+    from DecodingMethodsModels.backends.vllm_engine import check_runner
+
+    check_runner(SimpleNamespace(vllm_config=SimpleNamespace(use_v2_model_runner=False)))
+    with pytest.raises(UserError, match="this backend needs the V1 runner"):
+        check_runner(SimpleNamespace(vllm_config=SimpleNamespace(use_v2_model_runner=True)))
