@@ -41,13 +41,13 @@ def run_runs(model_dir: Path, root: Path, *flags: str) -> tuple[subprocess.Compl
 
 def test_only_runs_times_whole_main_py_runs_and_counts_written_tokens(tiny_model_dirs,
                                                                        tmp_path):
-    from evals.bench.efficiency_runs import NOT_INSTALLED, vllm_installed
+    from evals.bench.efficiency_runs import NOT_INSTALLED, row_key, vllm_installed
 
     flags = () if not vllm_installed() else ("--run_backends", "hf")  # vLLM: its own test
     done, out = run_runs(tiny_model_dirs["llama"], tmp_path, *flags)
     assert done.returncode == 0, done.stderr[-3000:]
     report = json.loads(out.read_text())
-    rows = {f"{r['backend']}:{r['method']}": r for r in report["runs"]["rows"]}
+    rows = {row_key(r): r for r in report["runs"]["rows"]}
     for key in ("hf:pref", "hf:amulet"):
         row = rows[key]
         assert row["status"] == "measured" and row["questions"] == 2, row
@@ -64,8 +64,10 @@ def test_only_runs_times_whole_main_py_runs_and_counts_written_tokens(tiny_model
         assert row["torch_threads"] == 1  # OMP_NUM_THREADS=1 reaches the run
         assert row["command"].startswith("python main.py --backend hf --method ")
     if not flags:
-        assert rows["vllm:pref"]["status"] == rows["vllm:amulet"]["status"] == NOT_INSTALLED
+        for key in ("vllm:pref", "vllm:amulet", "vllm:pref:sampled", "vllm:amulet:sampled"):
+            assert rows[key]["status"] == NOT_INSTALLED, key
         assert f"| vllm | amulet | {NOT_INSTALLED} |" in done.stdout
+        assert f"| vllm | amulet (sampled) | {NOT_INSTALLED} |" in done.stdout
     assert all(t["holds"] is None for t in report["targets"])  # nothing judged: not measured
     assert "| backend | method | tokens | decode s | start-up s |" in done.stdout
     assert out.with_suffix(".md").read_text() == done.stdout.rstrip("\n") + "\n"
@@ -85,22 +87,34 @@ def test_vllm_rows_say_not_installed_without_running_anything(monkeypatch, tmp_p
     assert "--backend vllm --method amulet" in row["command"]
     assert "--vllm_max_num_seqs 16" in row["command"]  # 8 questions in flight: 16 rows
     assert "--limit 64 --batch_size 8 --max_new_tokens 128" in row["command"]
+    assert "--do_sample" not in row["command"]
+    sampled = runs.measure_run(args, "vllm", "amulet", None, tmp_path, sampled=True)
+    assert sampled["sampled"] and sampled["status"] == runs.NOT_INSTALLED
+    assert sampled["command"].endswith("--do_sample --top_p 0.95 --temperature 0.7")
 
 
-def rows_of(hf_amulet: float, vllm_pref: float | None, vllm_amulet: float | None) -> list[dict]:
-    def row(backend, method, tps):
+def rows_of(hf_amulet: float, vllm_pref: float | None, vllm_amulet: float | None,
+            sampled: tuple = (None, None)) -> list[dict]:
+    """Rows of the runs part; `sampled` = (vLLM sampled pref, vLLM sampled amulet) tokens/s,
+    None: the greedy ones'."""
+    def row(backend, method, tps, is_sampled=False):
         status = "measured" if tps is not None else "not measured: vLLM not installed"
-        return {"backend": backend, "method": method, "status": status,
+        return {"backend": backend, "method": method, "sampled": is_sampled, "status": status,
                 "tokens_per_second": tps}
 
+    s_pref, s_amulet = (vllm_pref if sampled[0] is None else sampled[0],
+                        vllm_amulet if sampled[1] is None else sampled[1])
     return [row("hf", "pref", 20.0), row("hf", "amulet", hf_amulet),
-            row("vllm", "pref", vllm_pref), row("vllm", "amulet", vllm_amulet)]
+            row("vllm", "pref", vllm_pref), row("vllm", "amulet", vllm_amulet),
+            row("vllm", "pref", s_pref, True), row("vllm", "amulet", s_amulet, True)]
 
 
 @pytest.mark.parametrize(("numbers", "holds"), [
-    ((10.0, 30.0, 16.0), [True, True]),    # 16 >= 10 and 16 >= 0.5 * 30
-    ((10.0, 40.0, 16.0), [True, False]),   # 16 < 0.5 * 40
-    ((20.0, 30.0, 16.0), [False, True]),   # 16 < hf's 20
+    ((10.0, 30.0, 16.0), [True, True, True]),     # 16 >= 10 and 16 >= 0.5 * 30
+    ((10.0, 40.0, 16.0), [True, False, False]),   # 16 < 0.5 * 40
+    ((20.0, 30.0, 16.0), [False, True, True]),    # 16 < hf's 20
+    ((10.0, 30.0, 16.0, (30.0, 14.0)), [True, True, False]),  # sampled: 14 < 0.5 * 30
+    ((10.0, 40.0, 16.0, (30.0, 15.0)), [True, False, True]),  # sampled: 15 >= 0.5 * 30
 ])
 def test_runs_targets_judge_vllm_amulet_against_hf_amulet_and_vllm_pref(numbers, holds):
     from evals.bench.efficiency_runs import runs_targets
@@ -109,7 +123,9 @@ def test_runs_targets_judge_vllm_amulet_against_hf_amulet_and_vllm_pref(numbers,
     assert [t["holds"] for t in targets] == holds
     assert targets[0]["measured"] == pytest.approx(numbers[2] / numbers[0])
     assert targets[1]["measured"] == pytest.approx(numbers[2] / numbers[1])
-    assert [t["holds"] for t in runs_targets(rows_of(*numbers), judge=False)] == [None, None]
+    s_pref, s_amulet = numbers[3] if len(numbers) > 3 else numbers[1:3]
+    assert targets[2]["measured"] == pytest.approx(s_amulet / s_pref)
+    assert [t["holds"] for t in runs_targets(rows_of(*numbers), judge=False)] == [None] * 3
 
 
 def test_runs_targets_stay_open_with_the_reason_when_vllm_is_missing():
@@ -118,7 +134,7 @@ def test_runs_targets_stay_open_with_the_reason_when_vllm_is_missing():
 
     targets = runs_targets(rows_of(10.0, None, None), judge=True)
     assert [(t["measured"], t["holds"], t["note"]) for t in targets] == [
-        (None, None, NOT_INSTALLED)] * 2
+        (None, None, NOT_INSTALLED)] * 3
     assert failed_targets(targets) == []
 
 
@@ -129,7 +145,7 @@ def test_a_failed_run_fails_its_targets():
     rows[3] = {**rows[3], "status": "failed (exit 2): error: out of memory",
                "tokens_per_second": None}
     targets = runs_targets(rows, judge=True)
-    assert [t["holds"] for t in targets] == [False, False]
+    assert [t["holds"] for t in targets] == [False, False, True]
     assert targets[0]["note"] == "failed (exit 2): error: out of memory"
 
 
@@ -147,7 +163,7 @@ def test_main_exits_1_when_a_measured_runs_target_fails(monkeypatch, capsys, tmp
     assert efficiency.main(["--only", "runs", "--out", str(tmp_path / "r.json")]) == code
     err = capsys.readouterr().err.strip()
     if code:
-        assert err.startswith("2 of 2 targets failed: vLLM amulet tokens/s / hf amulet")
+        assert err.startswith("3 of 3 targets failed: vLLM amulet tokens/s / hf amulet")
 
 
 def test_quick_leaves_the_runs_out_unless_asked_for():

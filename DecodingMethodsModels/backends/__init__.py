@@ -17,7 +17,7 @@ def vllm_refusal(config) -> str | None:
     if reason is None and importlib.util.find_spec("vllm") is None:
         reason = ("--backend vllm needs vLLM, which is not installed: pip install -r "
                   "requirements-vllm.txt (DecodingMethodsModels/backends/README.md)")
-    return reason
+    return reason or _version_refusal()
 
 
 def vllm_refusal_of_library() -> str | None:
@@ -27,4 +27,11 @@ def vllm_refusal_of_library() -> str | None:
     if importlib.util.find_spec("vllm") is None:
         return ("backend='vllm' needs vLLM, which is not installed: pip install -r "
                 "requirements-vllm.txt (DecodingMethodsModels/backends/README.md)")
-    return None
+    return _version_refusal()
+
+
+def _version_refusal() -> str | None:
+    """Why the installed vLLM is not one this backend supports (read from its metadata)."""
+    from DecodingMethodsModels.backends.vllm_engine import installed_vllm_version, version_refusal
+
+    return version_refusal(installed_vllm_version())

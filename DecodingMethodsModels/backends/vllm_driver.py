@@ -40,6 +40,7 @@ class EngineSettings:
     seed: int = 0
     max_logprobs: int = 20  # beam search asks for K = max(2, 1 + #EOS) * num_beams per beam
     block_size: int | None = None  # tokens per KV-cache block (and prefix-cache unit); None: vLLM's
+    async_scheduling: bool = False  # always set: vLLM's default differs by device (README)
 
 
 def build_engine(settings: EngineSettings):
@@ -64,6 +65,7 @@ def build_engine(settings: EngineSettings):
         kv_cache_memory_bytes=settings.kv_cache_memory_bytes, seed=settings.seed,
         max_logprobs=settings.max_logprobs, block_size=settings.block_size,
         logits_processors=[PairedRuleProcessor], disable_log_stats=True,
+        async_scheduling=settings.async_scheduling,
     )
     return LLMEngine.from_engine_args(args)
 

@@ -42,7 +42,8 @@ class VllmModel:
         return {"backend": {"name": "vllm", "vllm_version": vllm.__version__,
                             "max_num_seqs": s.max_num_seqs, "max_model_len": s.max_model_len,
                             "tensor_parallel_size": s.tensor_parallel_size,
-                            "enable_chunked_prefill": s.enable_chunked_prefill}}
+                            "enable_chunked_prefill": s.enable_chunked_prefill,
+                            "async_scheduling": engine_async_scheduling(self.engine)}}
 
     def check_topk(self, runs) -> None:
         from DecodingMethodsModels.errors import UserError
@@ -75,6 +76,12 @@ class VllmModel:
         return [found[k] for k in range(len(pref_rows))]
 
 
+def engine_async_scheduling(engine) -> bool | None:
+    """Whether the built engine schedules asynchronously, read from its own configuration."""
+    config = getattr(getattr(engine, "vllm_config", None), "scheduler_config", None)
+    return getattr(config, "async_scheduling", None)
+
+
 def question_seeds(seed: int, indices) -> list[int]:
     return [question_seed(seed, i) for i in indices]
 
@@ -85,7 +92,8 @@ def load_vllm_model(source, tokenizer, config, device: str, longest_prompt: int,
     prompt plus --max_new_tokens (within the model's context)."""
     from transformers import AutoConfig, GenerationConfig
 
-    from DecodingMethodsModels.backends.vllm_driver import EngineSettings, build_engine
+    from DecodingMethodsModels.backends.vllm_driver import EngineSettings
+    from DecodingMethodsModels.backends.vllm_engine import build_checked
     from DecodingMethodsModels.models.loading import (
         generation_eos_ids,
         load_model,
@@ -118,4 +126,5 @@ def load_vllm_model(source, tokenizer, config, device: str, longest_prompt: int,
         max_logprobs=max(20, candidates_per_beam(config.num_beams, eos_ids)),
         block_size=BEAM_CPU_BLOCK if BEAM in config.methods and device.startswith("cpu") else None,
     )
-    return VllmModel(build_engine(settings), settings, hf_config, generation_config, dtype)
+    engine = build_checked(settings, on_cpu=device.startswith("cpu"))
+    return VllmModel(engine, settings, hf_config, generation_config, dtype)

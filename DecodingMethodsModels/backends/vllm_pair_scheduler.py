@@ -29,6 +29,9 @@ IDLE_S = 0.002  # pause of an engine with nothing to run but requests whose part
 
 class PairScheduler(Scheduler):
     def __init__(self, *args, **kwargs) -> None:
+        from DecodingMethodsModels.backends.vllm_engine import check_version
+
+        check_version()  # written for vLLM 0.32's Scheduler: refuse another series at start-up
         super().__init__(*args, **kwargs)
         self._seen: dict[str, tuple[str | None, float]] = {}  # request id -> (pair, first seen)
 

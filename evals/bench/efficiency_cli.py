@@ -22,7 +22,8 @@ target: amulet / pref tokens/s >= 0.65):
         --eval_data UltraFeedback_truthful_qa --dataset_questions 64 --batch_size 8 \
         --max_new_tokens 128 --out benchmarks/efficiency_dataset.json
 
-The runs part (efficiency_runs) times whole `main.py` processes, hf and vLLM, pref and amulet,
+The runs part (efficiency_runs) times whole `main.py` processes, hf and vLLM, pref and amulet
+(and on vLLM also sampled pref and amulet: top-p 0.95, temperature 0.7),
 on the same --dataset_questions questions, as a user runs them (start-up left out through the
 sidecar's decode seconds, tokens counted from the written responses), and judges the vLLM
 targets; vLLM rows read "not measured: vLLM not installed" without vLLM:
@@ -31,8 +32,9 @@ targets; vLLM rows read "not measured: vLLM not installed" without vLLM:
         --dataset_questions 64 --batch_size 8 --max_new_tokens 128 \
         --out benchmarks/efficiency_runs.json
 
-Greedy decoding throughout. Tokens are generated tokens per question, the ending EOS
-included and padding excluded; tokens/s is their sum over wall-clock seconds.
+Greedy decoding throughout, but for those sampled runs. Tokens are generated tokens per
+question, the ending EOS included and padding excluded; tokens/s is their sum over wall-clock
+seconds.
 
 This file is the command line and the run; the parts live beside it: efficiency_cases (what
 is measured), efficiency_timing and efficiency_memory (how), efficiency_report (the tables).

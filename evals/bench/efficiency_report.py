@@ -151,7 +151,7 @@ def markdown(report: dict) -> str:
     for section, part in ((methods_table, "methods"), (solver_cost_table, "solver_cost"),
                           (combine_step_table, "combine_step"), (sweep_table, "batch_sweep"),
                           (library_table, "library"), (dataset_table, "dataset"),
-                          (runs_section, "runs"), (targets_table, "targets")):
+                          (runs_table, "runs"), (targets_table, "targets")):
         if report.get(part):
             lines += section(report) + [""]
     lines += [f"- {note}" for note in report["notes"]]
@@ -286,10 +286,39 @@ def dataset_table(report: dict) -> list[str]:
     return lines
 
 
-def runs_section(report: dict) -> list[str]:
-    from evals.bench.efficiency_runs import runs_table
-
-    return runs_table(report)
+def runs_table(report: dict) -> list[str]:
+    runs = report["runs"]
+    lines = [
+        f"Whole runs: each row one `main.py` process on the first {runs['questions']} questions "
+        f"of {report['settings']['eval_data']}, batch size {runs['batch_size']}, "
+        f"{runs['max_new_tokens']} new tokens, threads: {runs['threads']}. Tokens: the written "
+        "responses re-tokenised (no EOS); decode s: the sidecar's decode_seconds (start-up = "
+        "process s - decode s); no warm-up. Greedy, except the sampled rows (--do_sample --top_p "
+        "0.95 --temperature 0.7; vs pref: against the sampled pref run).",
+        "",
+        "| backend | method | tokens | decode s | start-up s | tokens / s | vs pref | "
+        "generated tokens (EOS incl.) | generated tokens / s | torch threads |",
+        "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|",
+    ]
+    # each row against pref on its own backend, greedy or sampled alike
+    pref = {(r["backend"], bool(r.get("sampled"))): r.get("tokens_per_second")
+            for r in runs["rows"] if r["method"] == "pref"}
+    for r in runs["rows"]:
+        method = f"{r['method']} (sampled)" if r.get("sampled") else r["method"]
+        if r["status"] != "measured":
+            lines.append(f"| {r['backend']} | {method} | {r['status']} |" + " |" * 7)
+            continue
+        base = pref.get((r["backend"], bool(r.get("sampled"))))
+        lines.append(f"| {r['backend']} | {method} | {r['response_tokens']} | "
+                     f"{fmt(r['decode_seconds'])} | {fmt(r['startup_seconds'])} | "
+                     f"{fmt(r['tokens_per_second'], 1)} | "
+                     f"{fmt(ratio(r['tokens_per_second'], base))} | "
+                     f"{r['generated_tokens']} | {fmt(r['generated_tokens_per_second'], 1)} | "
+                     f"{fmt(r['torch_threads'])} |")
+    lines += ["", "Commands (one per row):", ""]
+    lines += [f"    {r['command']}" for r in runs["rows"]]
+    lines += ["", f"On a GPU: `{runs['gpu_command']}`"]
+    return lines
 
 
 def targets_table(report: dict) -> list[str]:

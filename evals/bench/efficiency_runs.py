@@ -31,12 +31,17 @@ from pathlib import Path
 from evals.bench.efficiency_cases import say
 
 ROOT = Path(__file__).resolve().parents[2]
-RUN_CASES = (("hf", "pref"), ("hf", "amulet"), ("vllm", "pref"), ("vllm", "amulet"))
+# (backend, method, sampled): sampled runs draw with SAMPLING_FLAGS, the others are greedy
+RUN_CASES = (("hf", "pref", False), ("hf", "amulet", False), ("vllm", "pref", False),
+             ("vllm", "amulet", False), ("vllm", "pref", True), ("vllm", "amulet", True))
+SAMPLING_FLAGS = ("--do_sample", "--top_p", "0.95", "--temperature", "0.7")
 NOT_INSTALLED = "not measured: vLLM not installed"
 # (target, numerator key, denominator key, factor): measured = num / den, holds if >= factor
 RUN_TARGETS = (
     ("vLLM amulet tokens/s / hf amulet tokens/s (whole runs)", "vllm:amulet", "hf:amulet", 1.0),
     ("vLLM amulet tokens/s / vLLM pref tokens/s (whole runs)", "vllm:amulet", "vllm:pref", 0.5),
+    ("vLLM sampled amulet tokens/s / vLLM sampled pref tokens/s (whole runs)",
+     "vllm:amulet:sampled", "vllm:pref:sampled", 0.5),
 )
 GPU_COMMAND = (
     "python evals/efficiency.py --only runs --device cuda --dtype bfloat16 "
@@ -53,7 +58,13 @@ def even(n: int) -> int:
     return n + n % 2
 
 
-def run_command(args, backend: str, method: str, out_dir: Path) -> list[str]:
+def row_key(row: dict) -> str:
+    """"backend:method", with ":sampled" for a sampled run (RUN_TARGETS name rows so)."""
+    return f"{row['backend']}:{row['method']}" + (":sampled" if row.get("sampled") else "")
+
+
+def run_command(args, backend: str, method: str, out_dir: Path,
+                sampled: bool = False) -> list[str]:
     """The `main.py` command line of one run: what a user would type."""
     command = [sys.executable, str(ROOT / "main.py"), "--backend", backend, "--method", method,
                "--model_name", args.model_name, "--data_dir", str(args.data_dir),
@@ -67,6 +78,8 @@ def run_command(args, backend: str, method: str, out_dir: Path) -> list[str]:
     if backend == "vllm":  # batch_size questions in flight: one row each for pref, two for amulet
         rows = 2 * args.batch_size if method == "amulet" else even(args.batch_size)
         command += ["--vllm_max_num_seqs", str(rows)]
+    if sampled:
+        command += SAMPLING_FLAGS
     if args.threads:
         command += ["--num_threads", str(args.threads)]
     return command
@@ -84,14 +97,16 @@ def response_tokens(tokenizer, records: list[dict]) -> int:
                for r in records)
 
 
-def measure_run(args, backend: str, method: str, tokenizer, work_dir: Path) -> dict:
+def measure_run(args, backend: str, method: str, tokenizer, work_dir: Path,
+                sampled: bool = False) -> dict:
     """One whole run: its process time, the sidecar's decode time and the tokens written."""
-    out_dir = work_dir / f"{backend}_{method}"
-    command = run_command(args, backend, method, out_dir)
-    row = {"backend": backend, "method": method, "command": shown(command)}
+    out_dir = work_dir / f"{backend}_{method}{'_sampled' if sampled else ''}"
+    command = run_command(args, backend, method, out_dir, sampled)
+    row = {"backend": backend, "method": method, "sampled": sampled, "command": shown(command)}
     if backend == "vllm" and not vllm_installed():
         return {**row, "status": NOT_INSTALLED}
-    say(f"runs: {backend} {method} ...")
+    name = f"{backend} {'sampled ' if sampled else ''}{method}"
+    say(f"runs: {name} ...")
     started = time.perf_counter()
     done = subprocess.run(command, capture_output=True, text=True, cwd=str(ROOT),
                           env=dict(os.environ))
@@ -104,7 +119,7 @@ def measure_run(args, backend: str, method: str, tokenizer, work_dir: Path) -> d
     records = json.loads(meta_path.with_name(f"{method}.json").read_text())
     decode = meta["decode_seconds"]
     tokens = response_tokens(tokenizer, records)
-    say(f"runs: {backend} {method}: {tokens} tokens in {decode:.2f}s of decoding")
+    say(f"runs: {name}: {tokens} tokens in {decode:.2f}s of decoding")
     return {**row, "status": "measured", "questions": len(records),
             "process_seconds": round(process_seconds, 3), "decode_seconds": decode,
             "startup_seconds": round(process_seconds - decode, 3),
@@ -117,8 +132,8 @@ def measure_run(args, backend: str, method: str, tokenizer, work_dir: Path) -> d
 def runs_part(args, tokenizer) -> dict:
     """Every run of RUN_CASES, each in its own process, one after the other."""
     with tempfile.TemporaryDirectory(prefix="efficiency_runs_") as tmp:
-        rows = [measure_run(args, backend, method, tokenizer, Path(tmp))
-                for backend, method in RUN_CASES if backend in args.run_backends]
+        rows = [measure_run(args, backend, method, tokenizer, Path(tmp), sampled)
+                for backend, method, sampled in RUN_CASES if backend in args.run_backends]
     threads = args.threads or "torch's default"
     if not args.threads and os.environ.get("OMP_NUM_THREADS"):
         threads = f"torch's default under OMP_NUM_THREADS={os.environ['OMP_NUM_THREADS']}"
@@ -131,7 +146,7 @@ def runs_targets(rows: list[dict], judge: bool) -> list[dict]:
     """The issue's vLLM targets from the runs' tokens/s (pure: rows in, targets out). A target
     whose runs were not measured stays open (holds None) with the reason, and nothing is
     judged when `judge` is false."""
-    by_key = {f"{r['backend']}:{r['method']}": r for r in rows}
+    by_key = {row_key(r): r for r in rows}
     out = []
     for name, num, den, factor in RUN_TARGETS:
         a, b = (by_key.get(k, {}).get("tokens_per_second") for k in (num, den))
@@ -149,44 +164,15 @@ def runs_targets(rows: list[dict], judge: bool) -> list[dict]:
     return out
 
 
-def runs_table(report: dict) -> list[str]:
-    runs = report["runs"]
-    lines = [
-        f"Whole runs: each row one `main.py` process on the first {runs['questions']} questions "
-        f"of {report['settings']['eval_data']}, batch size {runs['batch_size']}, "
-        f"{runs['max_new_tokens']} new tokens, threads: {runs['threads']}. Tokens: the written "
-        "responses re-tokenised (no EOS); decode s: the sidecar's decode_seconds (start-up = "
-        "process s - decode s); no warm-up.",
-        "",
-        "| backend | method | tokens | decode s | start-up s | tokens / s | vs pref | "
-        "generated tokens (EOS incl.) | generated tokens / s | torch threads |",
-        "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|",
-    ]
-    from evals.bench.efficiency_report import fmt, ratio
-
-    pref = {r["backend"]: r.get("tokens_per_second") for r in runs["rows"]
-            if r["method"] == "pref"}
-    for r in runs["rows"]:
-        if r["status"] != "measured":
-            lines.append(f"| {r['backend']} | {r['method']} | {r['status']} |"
-                         + " |" * 7)
-            continue
-        lines.append(f"| {r['backend']} | {r['method']} | {r['response_tokens']} | "
-                     f"{fmt(r['decode_seconds'])} | {fmt(r['startup_seconds'])} | "
-                     f"{fmt(r['tokens_per_second'], 1)} | "
-                     f"{fmt(ratio(r['tokens_per_second'], pref.get(r['backend'])))} | "
-                     f"{r['generated_tokens']} | {fmt(r['generated_tokens_per_second'], 1)} | "
-                     f"{fmt(r['torch_threads'])} |")
-    lines += ["", "Commands (one per row):", ""]
-    lines += [f"    {r['command']}" for r in runs["rows"]]
-    lines += ["", f"On a GPU: `{runs['gpu_command']}`"]
-    return lines
-
-
 def runs_only(args) -> dict:
     """The report of `--only runs`: no model is loaded here (only its tokenizer)."""
     from DecodingMethodsModels.models.loading import load_tokenizer, resolve_model
-    from evals.bench.efficiency_report import load_average, platform_facts, targets_table
+    from evals.bench.efficiency_report import (
+        load_average,
+        platform_facts,
+        runs_table,
+        targets_table,
+    )
 
     started = load_average()
     tokenizer = load_tokenizer(resolve_model(args.model_name))
