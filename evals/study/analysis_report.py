@@ -102,12 +102,12 @@ def side_by_side_grid(responses_dir: Path, questions: int, settings: int) -> str
             continue
         key = RunKey(*directory.relative_to(responses_dir).parts)
         try:
-            run = load_run(Path(responses_dir), key, methods)
+            run = load_run(Path(responses_dir), key, methods, skip_partial=True)
         except EvalError as exc:  # one unusable setting does not stop the report
             parts.append(f"### {' / '.join(key.parts())}\n\nnot shown: {exc}\n")
             continue
         asked = {item.index: item.question for item in run.items}
-        texts = {i: {m: run.texts[m][i] for m in methods} for i in asked}
+        texts = {i: {m: run.texts[m][i] for m in run.methods} for i in asked}
         parts.append(f"### {' / '.join(key.parts())}\n\n" + _side_by_side(asked, texts,
                                                                            questions))
     return "\n".join(parts)
