@@ -176,6 +176,11 @@ def write_report(out: Path, sweeps: list[Path], results_dir: Path | None,
                  settings: int = 2, tokenizer: str | None = None) -> Path:
     """Write ``out/report.md`` with every part that has data; returns its path."""
     out = Path(out)
+    if identity is not None and not Path(identity).is_file():
+        raise EvalError(f"cannot read --identity {identity}: no such file")
+    missing = [str(s) for s in sweeps if not Path(s).is_dir()]
+    if missing:
+        raise EvalError(f"--sweep {', '.join(missing)}: no such folder")
     out.mkdir(parents=True, exist_ok=True)
     sections = ["# What each method does to the text\n",
                 "Every figure has its data beside it as JSON. Text indicators are descriptive "
