@@ -82,7 +82,7 @@ def _decide(body: dict, prefer) -> tuple[str, tuple[str, str]]:
     is_args = body["messages"][0]["content"].startswith("[System]")
     text_1, text_2 = (_ARGS_TEXTS if is_args else _TEXTS).findall(user)
     choice = prefer(text_1, text_2)
-    order = (text_1.split()[0], text_2.split()[0])
+    order = ((text_1.split() or [""])[0], (text_2.split() or [""])[0])  # an empty text too
     if is_args:  # ARGS: two scores on the first line, then an explanation
         answer = {1: "8 3", 2: "4 9", 0: "6 6"}[choice] + "\nAn explanation."
     else:  # vary the accepted answer forms the parser must understand

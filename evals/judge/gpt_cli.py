@@ -307,7 +307,8 @@ def report(config, result: dict) -> bool:
     counts = result["counts"]
     where = " / ".join(config.run.parts())
     if config.dry_run:
-        print(f"{where}: {counts['questions']} questions x {counts['pairs']} pairs"
+        pairs = f"{counts['pairs']} pair{'s' if counts['pairs'] > 1 else ''}"
+        print(f"{where}: {counts['questions']} questions x {pairs}"
               + (" x 2 orders" if config.both_orders else "") + ": " + dry_run_text(counts))
         return False
     print(f"## {config.target} vs baselines, judge {config.judge}: {where}")

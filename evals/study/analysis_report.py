@@ -141,7 +141,7 @@ def table1_part(out: Path, results_dir: Path, rm_name: str = PAPER_RM,
         versus = to_markdown(comparison, ["model", "preference", "method", "ours", "datasets",
                                           "paper"], digits=3)
         write_text_atomic(out / "table1.md", table + "\n\n" + versus + "\n")
-        parts.append(f"Reward model {rm_name} [{rm_label}], mean per method "
+        parts.append(f"Scorer {rm_name} [{rm_label}], mean per method "
                      "(data: [table1.json](table1.json)):\n\n" + table + "\n\nAverage over the "
                      "datasets found, beside the paper's average over its four (None: the paper "
                      "has no such number):\n\n" + versus + "\n")
