@@ -38,8 +38,10 @@ def _git_state() -> list[str]:
     return sorted(line for line in out.splitlines() if "__pycache__" not in line)
 
 
-def _run(cwd: Path, script: str, *args: str, env: dict | None = None) -> tuple[str, str]:
-    proc = subprocess.Popen([PYTHON, str(ROOT / script), *args], cwd=cwd, env=env or cli_env(),
+def _run(cwd: Path, script: str, *args: str, **env: str) -> tuple[str, str]:
+    # one GGUF conversion for the whole path, as a user's machine keeps it
+    env = cli_env(AMULET_CACHE_DIR=str(cwd / "gguf_cache"), **env)
+    proc = subprocess.Popen([PYTHON, str(ROOT / script), *args], cwd=cwd, env=env,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     code, out, err = finish(proc, timeout=900)
     assert code == 0, f"{script} {' '.join(args)} exited {code}:\n{err[-3000:]}"
@@ -71,9 +73,9 @@ def test_the_readme_path_runs_in_order_on_a_fresh_folder(tmp_path, judge_server)
 
     # the judge, a scripted local OpenAI-compatible server, on the same files
     judge_server.prefer = lambda one, two: 1 if len(one) > len(two) else 2
-    env = cli_env(OPENAI_API_KEY="EMPTY")
     _run(tmp_path, "evals/gpt_evals.py", *SETTING, "--judge_base_url", judge_server.base_url,
-         "--max_questions", "2", "--bootstrap", "0", "--no_plot", "--no_progress", env=env)
+         "--max_questions", "2", "--bootstrap", "0", "--no_plot", "--no_progress",
+         OPENAI_API_KEY="EMPTY")
     assert judge_server.received <= 4 * 2
     out, _ = _run(tmp_path, "evals/analysis.py", "table1", "--rm_name", "loglik",
                   "--rm_label", "mean_logprob")

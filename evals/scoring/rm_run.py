@@ -127,6 +127,9 @@ class RmEvalConfig:
                                 "compute")
             object.__setattr__(self, "specs", ())
             return
+        if self.scoring != "project" and any(s.model == LOGLIK for s in self.scorers):
+            raise ScorerSpecError(f"--scorer {LOGLIK} reads the project's conversations; "
+                                  f"--scoring {self.scoring} builds a public code's inputs")
         legacy = []
         if self.rm_name is not None or self.rm_dimension is not None or not self.scorers:
             head = None if self.rm_dimension is None else str(self.rm_dimension)
