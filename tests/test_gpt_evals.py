@@ -82,7 +82,7 @@ def _decide(body: dict, prefer) -> tuple[str, tuple[str, str]]:
     is_args = body["messages"][0]["content"].startswith("[System]")
     text_1, text_2 = (_ARGS_TEXTS if is_args else _TEXTS).findall(user)
     choice = prefer(text_1, text_2)
-    order = (text_1.split()[0], text_2.split()[0])
+    order = ((text_1.split() or [""])[0], (text_2.split() or [""])[0])  # an empty text too
     if is_args:  # ARGS: two scores on the first line, then an explanation
         answer = {1: "8 3", 2: "4 9", 0: "6 6"}[choice] + "\nAn explanation."
     else:  # vary the accepted answer forms the parser must understand
@@ -452,12 +452,12 @@ def test_judge_request_carries_the_paper_prompt_and_presets(workspace, judge_ser
     [
         (lambda ws: (ws / "responses/creative/Tiny-Model/toy/la.json").unlink(),
          "missing la.json"),
-        (lambda ws: _drop_last_record(ws / "responses/creative/Tiny-Model/toy/pref.json"),
-         "methods cover different questions"),
+        (lambda ws: _keep_records(ws / "responses/creative/Tiny-Model/toy/pref.json", 1),
+         "the methods share no question"),
         (lambda ws: (ws / "responses/creative/Tiny-Model/toy/base.json").write_text("[{"),
          "is not valid JSON"),
     ],
-    ids=["missing-method", "mismatched-questions", "broken-json"],
+    ids=["missing-method", "no-shared-question", "broken-json"],
 )
 def test_bad_input_is_one_line_and_nonzero_exit(workspace, judge_server, capsys, change, message):
     change(workspace)
@@ -465,6 +465,14 @@ def test_bad_input_is_one_line_and_nonzero_exit(workspace, judge_server, capsys,
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and message in err[0], err
     assert judge_server.received == 0
+
+
+def _keep_records(path: Path, start: int) -> None:
+    """Keep only the records from ``start`` on, and give them other indices than the rest."""
+    records = json.loads(path.read_text())[start:]
+    for record in records:
+        record["index"] += 100
+    path.write_text(json.dumps(records))
 
 
 def _drop_last_record(path: Path) -> None:
@@ -565,5 +573,47 @@ def test_missing_key_is_one_clear_line(workspace, judge_server, capsys, monkeypa
 
 def test_dry_run_counts_without_asking(workspace, judge_server, capsys):
     assert gpt_evals.main(cli_args(workspace, judge_server, "--dry_run")) == 0
-    assert f"{3 * N_QUESTIONS} comparisons, {3 * N_QUESTIONS} not cached" in capsys.readouterr().out
+    assert (f"{N_QUESTIONS} questions x 3 pairs: {3 * N_QUESTIONS} comparisons, "
+            f"{3 * N_QUESTIONS} distinct judge requests, 0 cached, {3 * N_QUESTIONS} to ask"
+            in capsys.readouterr().out)
     assert judge_server.received == 0
+
+
+def test_dry_run_says_why_requests_are_fewer_than_comparisons(workspace, judge_server, capsys):
+    # la wrote pref's responses: la-vs-pref shows two identical texts, and base-vs-la shows
+    # base-vs-pref's texts (one request, one answer) wherever the seeded orders agree
+    from itertools import combinations
+
+    from evals.judge.judge import presentation_order
+
+    run = workspace / "responses/creative/Tiny-Model/toy"
+    (run / "la.json").write_text((run / "pref.json").read_text())
+    assert gpt_evals.main(cli_args(workspace, judge_server, "--dry_run", "--all_pairs")) == 0
+    line = capsys.readouterr().out.strip().splitlines()[-1]
+    texts = {m: json.loads((run / f"{m}.json").read_text()) for m in METHODS}
+    shown = {(i, *(texts[m][i]["response"] for m in presentation_order(42, i, a, b)))
+             for a, b in combinations(METHODS, 2) for i in range(N_QUESTIONS)}
+    repeats = 6 * N_QUESTIONS - len(shown)
+    assert repeats > 0
+    assert line == (
+        f"creative / Tiny-Model / toy: {N_QUESTIONS} questions x 6 pairs: {6 * N_QUESTIONS} "
+        f"comparisons, {len(shown)} distinct judge requests ({repeats} show the same question "
+        "and texts as other comparisons and share their answers), 0 cached, "
+        f"{len(shown)} to ask; {N_QUESTIONS} comparisons show two identical responses "
+        "(asked too)"), line
+    assert judge_server.received == 0
+
+
+def test_methods_are_compared_on_the_questions_they_share(workspace, judge_server, capsys):
+    # pref answered one question fewer (e.g. a run with a smaller --limit): the others are
+    # compared with it on the N - 1 questions all of them answered, said in one line
+    _drop_last_record(workspace / "responses/creative/Tiny-Model/toy/pref.json")
+    assert gpt_evals.main(cli_args(workspace, judge_server, "--max_questions", "3")) == 0
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err == [f"note: creative/Tiny-Model/toy: comparing {len(METHODS)} methods on the "
+                   f"{N_QUESTIONS - 1} questions they all answered (base has {N_QUESTIONS}, "
+                   f"la has {N_QUESTIONS}, amulet has {N_QUESTIONS})"], err
+    assert judge_server.received == 3 * 3  # --max_questions 3 of the shared ones, 3 pairs
+    table = read_table(table_path(workspace))
+    assert {b: sum(int(row[k]) for k in ("win", "tie", "lose")) for b, row in table.items()} \
+        == dict.fromkeys(("base", "pref", "la"), 3)

@@ -296,9 +296,11 @@ def test_settings_take_comma_lists_and_all(tmp_path, tiny_model_dirs, scripted, 
     assert gpt_evals.main(args_for(tmp_path, judge, "--dry_run", pref="verbose, creative",
                                    model="Gen", dataset="toy")) == 0
     out = capsys.readouterr().out
-    assert "verbose / Gen / toy: 8 comparisons, 0 not cached yet" in out
-    assert "creative / Gen / toy: 8 comparisons, 0 not cached yet" in out
-    assert "in all 2 settings: 16 comparisons, 0 not cached yet" in out
+    for pref in ("verbose", "creative"):
+        assert f"{pref} / Gen / toy: 8 questions x 1 pair: 8 comparisons, 8 distinct judge " \
+            "requests, 8 cached, 0 to ask" in out
+    assert "in all 2 settings: 16 comparisons, 16 distinct judge requests, 16 cached, " \
+        "0 to ask" in out
     assert len(scripted["prompts"]) == asked
 
     # a named value that does not exist is one line listing what does

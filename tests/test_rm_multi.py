@@ -434,7 +434,8 @@ def test_softmax_probability_matches_torch():
 
 
 @pytest.mark.parametrize("module_name", ["evals.scoring.scorers", "evals.scoring.scoring_inputs",
-                                         "evals.scoring.rm_table", "evals.scoring.public_scoring"])
+                                         "evals.scoring.rm_table", "evals.scoring.public_scoring",
+                                         "evals.scoring.loglik_scorer", "evals.judge.gpt_cli"])
 def test_doctests_of_the_new_modules_pass(module_name):
     import doctest
     import importlib

@@ -29,6 +29,13 @@ def test_a_shared_setting_that_differs_is_named_with_each_methods_value(tmp_path
     assert problems == ["max_new_tokens differs between methods: base=128, amulet=64"]
 
 
+def test_another_limit_is_no_problem_methods_are_compared_on_shared_questions(tmp_path):
+    # the README's order: amulet on all 12 demo questions, then the others with --limit 4
+    write_meta(tmp_path, "base", {**SHARED, "limit": 4})
+    write_meta(tmp_path, "amulet", SHARED)
+    assert settings_problems(read_fingerprints(tmp_path, ["base", "amulet"])) == []
+
+
 def test_a_missing_or_damaged_sidecar_is_reported(tmp_path):
     write_meta(tmp_path, "base", SHARED)
     (tmp_path / "pref.meta.json").write_text("{not json")

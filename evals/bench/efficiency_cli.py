@@ -242,6 +242,7 @@ def other_parts(args, tokenizer, model, source, work) -> tuple:
 
 
 def write(report: dict, text: str, out_path: Path) -> None:
+    out_path.parent.mkdir(parents=True, exist_ok=True)  # only now: a bad input writes nothing
     out_path.write_text(json.dumps(report, indent=2) + "\n")
     out_path.with_suffix(".md").write_text(text)
     print(text)
@@ -252,7 +253,6 @@ def run(args) -> dict:
     import torch
 
     out_path = Path(args.out)
-    out_path.parent.mkdir(parents=True, exist_ok=True)
     questions = questions_of(args, args.limit)  # validated before any weights load
     if set(PARTS) - args.skip == {"runs"}:  # whole runs alone: no model loaded here
         questions_of(args, args.dataset_questions)

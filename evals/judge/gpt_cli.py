@@ -263,13 +263,40 @@ def main(argv: list[str] | None = None) -> int:
         print("interrupted: finished judgments are cached; rerun to resume", file=sys.stderr)
         return 130
     if configs[0].dry_run and len(configs) > 1:
-        total = sum(r["counts"]["comparisons"] for r in results)
-        to_ask = sum(r["counts"]["to_ask"] for r in results)
-        print(f"in all {len(configs)} settings: {total} comparisons, {to_ask} not cached yet")
+        summed = {k: sum(r["counts"][k] for r in results) for k in DRY_RUN_COUNTS}
+        print(f"in all {len(configs)} settings: " + dry_run_text(summed))
     elif len(configs) > 1:
         path = write_summary(configs, results)
         print(f"\nsummary of {len(configs)} settings written to {path}")
     return 1 if failed else 0
+
+
+DRY_RUN_COUNTS = ("comparisons", "requests", "cached", "to_ask", "identical_texts")
+
+
+def dry_run_text(counts: dict[str, int]) -> str:
+    """The dry run's account of what a run would ask (the counts of
+    :func:`evals.judge.win_rate.comparison_counts`).
+
+    >>> print(dry_run_text({"comparisons": 48, "requests": 47, "cached": 0, "to_ask": 47,
+    ...                     "identical_texts": 2}))
+    48 comparisons, 47 distinct judge requests (1 shows the same question and texts as another \
+comparison and shares its answer), 0 cached, 47 to ask; 2 comparisons show two identical \
+responses (asked too)
+    """
+    text = f"{counts['comparisons']} comparisons, {counts['requests']} distinct judge requests"
+    repeats = counts["comparisons"] - counts["requests"]
+    if repeats == 1:
+        text += " (1 shows the same question and texts as another comparison and shares its answer)"
+    elif repeats:
+        text += (f" ({repeats} show the same question and texts as other comparisons and share "
+                 "their answers)")
+    text += f", {counts['cached']} cached, {counts['to_ask']} to ask"
+    same = counts["identical_texts"]
+    if same:
+        text += (f"; {same} comparison{'s show' if same > 1 else ' shows'} two identical "
+                 "responses (asked too)")
+    return text
 
 
 def report(config, result: dict) -> bool:
@@ -280,7 +307,9 @@ def report(config, result: dict) -> bool:
     counts = result["counts"]
     where = " / ".join(config.run.parts())
     if config.dry_run:
-        print(f"{where}: {counts['comparisons']} comparisons, {counts['to_ask']} not cached yet")
+        pairs = f"{counts['pairs']} pair{'s' if counts['pairs'] > 1 else ''}"
+        print(f"{where}: {counts['questions']} questions x {pairs}"
+              + (" x 2 orders" if config.both_orders else "") + ": " + dry_run_text(counts))
         return False
     print(f"## {config.target} vs baselines, judge {config.judge}: {where}")
     print(to_markdown(result["target"], TARGET_COLUMNS))

@@ -157,6 +157,7 @@ class Comparison:
     second: str
     key: str
     messages: list[dict]
+    same_texts: bool = False  # both methods wrote the same response
 
 
 def method_pairs(methods: tuple[str, ...], target: str, all_pairs: bool) -> list[tuple[str, str]]:
@@ -190,6 +191,8 @@ def build_comparisons(
     for method_a, method_b in pairs:
         for item in responses.items:
             order = presentation_order(seed, item.index, method_a, method_b)
+            text_1 = responses.texts[order[0]][item.index]
+            text_2 = responses.texts[order[1]][item.index]
             for first, second in (order, order[::-1]) if both_orders else (order,):
                 messages = protocol.messages(
                     *shown[item.index],
@@ -197,9 +200,8 @@ def build_comparisons(
                     responses.texts[second][item.index],
                 )
                 key = cache_key(preset, messages)
-                comparisons.append(
-                    Comparison(item.index, method_a, method_b, first, second, key, messages)
-                )
+                comparisons.append(Comparison(item.index, method_a, method_b, first, second,
+                                              key, messages, text_1 == text_2))
     return comparisons
 
 
@@ -217,6 +219,21 @@ def to_judgments(comparisons: list[Comparison], cache: dict[str, dict]) -> list[
         outcomes.setdefault((c.index, c.method_a, c.method_b), []).append(outcome)
     return [metrics.Judgment(index, a, b, combine_orders(found))
             for (index, a, b), found in outcomes.items()]
+
+
+def comparison_counts(comparisons: list[Comparison], cache: dict[str, dict], to_ask: int,
+                      questions: int, pairs: int) -> dict[str, int]:
+    """What a run needs from the judge: ``comparisons`` (questions x pairs, x 2 with both
+    orders); ``requests``, the distinct judge requests among them (two comparisons showing
+    the same question and the same two texts in the same order share one request and its
+    answer, e.g. when two methods wrote the same response); ``cached``, the requests already
+    answered in the cache; ``to_ask`` = requests - cached (plus cached invalid answers with
+    ``--retry_invalid``); ``identical_texts``, the comparisons of two identical responses (the
+    judge is asked them too, as the paper's protocol does)."""
+    keys = {c.key for c in comparisons}
+    return {"comparisons": len(comparisons), "questions": questions, "pairs": pairs,
+            "requests": len(keys), "cached": sum(k in cache for k in keys), "to_ask": to_ask,
+            "identical_texts": sum(c.same_texts for c in comparisons)}
 
 
 class LazyLocalJudge:
@@ -295,7 +312,7 @@ def evaluate(config: GptEvalConfig, local_judge: LazyLocalJudge | None = None) -
             meta = {"run": list(config.run.parts()), "index": c.index, "text_1": c.first,
                     "text_2": c.second}
             todo.setdefault(c.key, JudgeJob(c.key, c.messages, meta))
-    counts = {"comparisons": len(comparisons), "to_ask": len(todo)}
+    counts = comparison_counts(comparisons, cache, len(todo), len(responses.items), len(pairs))
     if config.dry_run:
         return {"counts": counts, "target": None, "ranking": None, "ranking_error": None}
     if todo:

@@ -1,8 +1,8 @@
 """Read and validate ``{output_dir}/{pref}/{model}/{dataset}/{method}.json`` response files.
 
 Each file is a JSON list of ``{"index", "question", "preference", "response"}`` records.
-All methods of one run must cover the same question indices with the same question and
-preference text; anything else is reported as one line naming the file and the fix.
+Methods of one run are compared on the question indices they share, whose question and
+preference text must agree; anything else is reported as one line naming the file and the fix.
 """
 
 from __future__ import annotations
@@ -120,30 +120,56 @@ def _read_method_file(path: Path) -> list[dict]:
     return records
 
 
-def _check_same_items(reference: dict[int, dict], records: dict[int, dict], ref: str, other: str):
-    missing = sorted(set(reference) - set(records))
-    extra = sorted(set(records) - set(reference))
-    if missing or extra:
-        detail = []
-        if missing:
-            detail.append(f"{len(missing)} missing from {other} (e.g. index {missing[0]})")
-        if extra:
-            detail.append(f"{len(extra)} only in {other} (e.g. index {extra[0]})")
-        raise EvalError(
-            f"methods cover different questions: {ref} has {len(reference)}, {other} has "
-            f"{len(records)}; {'; '.join(detail)}. Regenerate the incomplete method"
-        )
-    for index, record in reference.items():
+def _check_same_texts(reference: dict[int, dict], records: dict[int, dict], ref: str,
+                      other: str) -> None:
+    """The questions both methods answered must read the same (else: different runs)."""
+    for index in sorted(set(reference) & set(records)):
         for name in ("question", "preference"):
-            if records[index][name] != record[name]:
+            if records[index][name] != reference[index][name]:
                 raise EvalError(
                     f"index {index}: {name} differs between {ref} and {other}; "
                     "the files come from different runs"
                 )
 
 
-def load_run(output_dir: Path, key: RunKey, methods: list[str]) -> RunResponses:
-    """Load and cross-check every method's responses of one run."""
+def partial_methods(covered: dict[str, set[int]]) -> list[str]:
+    """The methods that miss a question most methods answered: the questions answered by more
+    than half of the methods are the setting's own, and a method lacking one of them is
+    partial (a short trial run beside complete ones).
+
+    >>> partial_methods({"base": {0, 1, 2, 3}, "amulet": set(range(12)), "pad": {0, 1}})
+    ['pad']
+    >>> partial_methods({"base": {0, 1, 2, 3}, "amulet": set(range(12))})
+    []
+    """
+    counts: dict[int, int] = {}
+    for indices in covered.values():
+        for index in indices:
+            counts[index] = counts.get(index, 0) + 1
+    common = {i for i, n in counts.items() if 2 * n > len(covered)}
+    return [m for m, indices in covered.items() if not common <= indices]
+
+
+def _read_records(directory: Path, method: str) -> dict[int, dict]:
+    path = directory / f"{method}.json"
+    records: dict[int, dict] = {}
+    for record in _read_method_file(path):
+        if record["index"] in records:
+            raise EvalError(f"{path}: index {record['index']} appears twice")
+        records[record["index"]] = record
+    return records
+
+
+def load_run(output_dir: Path, key: RunKey, methods: list[str],
+             skip_partial: bool = False) -> RunResponses:
+    """Load and cross-check every method's responses of one run, on the questions they share.
+
+    Methods that answered different numbers of questions (a method run with a smaller
+    ``--limit``, or one still running) are compared on the questions every one of them
+    answered, said in one line on stderr. With ``skip_partial`` (the methods were found, not
+    named) a method missing questions most methods answered (:func:`partial_methods`) is left
+    out instead, with a line saying so. No shared question at all is an error.
+    """
     directory = run_dir(output_dir, key)
     missing = [m for m in methods if not (directory / f"{m}.json").is_file()]
     if missing:
@@ -151,23 +177,36 @@ def load_run(output_dir: Path, key: RunKey, methods: list[str]) -> RunResponses:
             f"missing {', '.join(f'{m}.json' for m in missing)} in {directory}; "
             f"found: {_listing(directory, '.json')} (pass --methods to choose)"
         )
-    by_method: dict[str, dict[int, dict]] = {}
-    for method in methods:
-        path = directory / f"{method}.json"
-        records: dict[int, dict] = {}
-        for record in _read_method_file(path):
-            if record["index"] in records:
-                raise EvalError(f"{path}: index {record['index']} appears twice")
-            records[record["index"]] = record
-        by_method[method] = records
+    by_method = {method: _read_records(directory, method) for method in methods}
+    where = "/".join(key.parts())
+    covered = {m: set(records) for m, records in by_method.items()}
+    partial = partial_methods(covered) if skip_partial else []
+    if len(partial) < len(methods):  # never all of them: then the shared questions decide
+        for method in partial:
+            del by_method[method]
+            print(f"note: {where}: skipping {method} ({len(covered[method])} questions, fewer "
+                  "than the other methods share; name it in --methods to compare on its "
+                  "questions)", file=sys.stderr)
+        methods = list(by_method)
     reference_method = methods[0]
     reference = by_method[reference_method]
     for method in methods[1:]:
-        _check_same_items(reference, by_method[method], reference_method, method)
+        _check_same_texts(reference, by_method[method], reference_method, method)
+    shared = set.intersection(*(set(records) for records in by_method.values()))
+    sizes = {m: len(records) for m, records in by_method.items()}
+    if not shared:
+        listed = ", ".join(f"{m} {n}" for m, n in sizes.items())
+        raise EvalError(f"{where}: the methods share no question ({listed} questions); "
+                        "regenerate them on the same questions")
+    if any(n != len(shared) for n in sizes.values()):
+        more = ", ".join(f"{m} has {n}" for m, n in sizes.items() if n != len(shared))
+        print(f"note: {where}: comparing {len(methods)} methods on the {len(shared)} questions "
+              f"they all answered ({more})", file=sys.stderr)
     items = tuple(
-        Item(i, reference[i]["question"], reference[i]["preference"]) for i in sorted(reference)
+        Item(i, reference[i]["question"], reference[i]["preference"]) for i in sorted(shared)
     )
-    texts = {m: {i: r["response"] for i, r in recs.items()} for m, recs in by_method.items()}
+    texts = {m: {i: recs[i]["response"] for i in sorted(shared)}
+             for m, recs in by_method.items()}
     problems = tuple(settings_problems(read_fingerprints(directory, methods)))
     for problem in problems:
         print(f"warning: {directory}: {problem}", file=sys.stderr)

@@ -50,6 +50,8 @@ class RewardModel:
     dtype: str
     input_format: str = "chat_template"  # or "hh_text" (see the module doc)
     config: dict | None = None  # the raw config.json
+    # scores a batch of id lists instead of the classifier's forward (the loglik scorer)
+    rows_scorer: Callable[[RewardModel, Sequence[Sequence[int]]], list[dict]] | None = None
 
     def ensure_model(self) -> Any:
         """Load the weights now if they are not loaded yet."""
@@ -310,6 +312,8 @@ def score_rows(rm: RewardModel, id_lists: Sequence[Sequence[int]]) -> list[dict]
     """Score one batch of conversations (right-padded); returns :func:`read_outputs` dicts."""
     import torch
 
+    if rm.rows_scorer is not None:
+        return rm.rows_scorer(rm, id_lists)
     model = rm.ensure_model()
     input_ids, mask = right_pad(id_lists, rm.pad_id)
     device = next(model.parameters()).device

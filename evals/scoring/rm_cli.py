@@ -63,8 +63,10 @@ def _scorer_flags(rm) -> None:
     rm.add_argument("--scorer", action="append", default=[], metavar="NAME_OR_PATH[:HEAD]",
                     help="a reward model or classifier (hub id or local directory) and its head: "
                          "ArmoRM head index or name or 'score'; a classifier's label name or "
-                         "index (softmax probability) or logit:LABEL (raw logit); none for a "
-                         "one-label reward model. Repeat for several columns")
+                         "index (softmax probability) or logit:LABEL (raw logit); no head for a "
+                         "one-label reward model. Repeat for several columns. Offline: 'none' "
+                         "(the indicators alone, no model) or 'loglik' (the embedded model's "
+                         "mean log-probability of the response: not a reward model)")
     rm.add_argument("--rm_name", default=None,
                     help="older form of one --scorer (without any scorer: "
                          f"{ARMORM_DEFAULT})")
@@ -149,8 +151,8 @@ def main(argv: list[str] | None = None) -> int:
     for key, rows, header in result["tables"]:
         if key is None:
             continue  # the grid's rows are the runs' rows again
-        print(f"## {'/'.join(key.parts())}: "
-              + ", ".join(f"{n} [{result['labels'][n]}]" for n in result["columns"]))
+        scorers = ", ".join(f"{n} [{result['labels'][n]}]" for n in result["columns"])
+        print(f"## {'/'.join(key.parts())}: {scorers or 'judge-free indicators only'}")
         for name, count in skipped[key].items():
             if count:
                 print(f"({name}: {count} questions skipped as too long)")

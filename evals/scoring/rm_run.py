@@ -30,7 +30,8 @@ from pathlib import Path
 
 from evals.errors import EvalError, EvalFailure
 from evals.jsonl_store import JsonlAppender, repair_and_read
-from evals.scoring.public_scoring import SCORING_MODES, conversation_ids, raw_under_pad
+from evals.scoring.loglik_scorer import LOGLIK
+from evals.scoring.public_scoring import SCORING_MODES
 from evals.scoring.responses import (
     RunKey,
     RunResponses,
@@ -47,7 +48,8 @@ from evals.scoring.rm_table import (
     table_columns,
     write_outputs,
 )
-from evals.scoring.scorers import ScorerSpec, ScorerSpecError
+from evals.scoring.scored_ids import conversation_ids
+from evals.scoring.scorers import ScorerSpec, ScorerSpecError, raw_under_pad
 from evals.scoring.scoring_inputs import (
     PROMPT_MODES,
     load_args_pad_run,
@@ -55,6 +57,7 @@ from evals.scoring.scoring_inputs import (
 )
 
 ARMORM_DEFAULT = "RLHFlow/ArmoRM-Llama3-8B-v0.1"
+NO_SCORER = "none"  # --scorer none: the judge-free indicators alone, no model
 INPUT_FORMATS = ("responses", "args_pad")
 
 
@@ -115,6 +118,19 @@ class RmEvalConfig:
         clash = sorted(set(self.methods or ()) & {*SETTING_COLUMNS, *VERDICT_COLUMNS})
         if clash and not self.input_files:
             raise EvalError(f"method name(s) {', '.join(clash)} clash with a summary column")
+        if any(spec.model == NO_SCORER for spec in self.scorers):
+            if len(self.scorers) > 1 or self.scorers[0].head is not None or self.rm_name \
+                    or self.rm_dimension is not None:
+                raise ScorerSpecError(f"--scorer {NO_SCORER} (the indicators alone) takes no "
+                                      "head and no other scorer, --rm_name or --rm_dimension")
+            if not self.indicators:
+                raise EvalError(f"--scorer {NO_SCORER} with --no_indicators leaves nothing to "
+                                "compute")
+            object.__setattr__(self, "specs", ())
+            return
+        if self.scoring != "project" and any(s.model == LOGLIK for s in self.scorers):
+            raise ScorerSpecError(f"--scorer {LOGLIK} reads the project's conversations; "
+                                  f"--scoring {self.scoring} builds a public code's inputs")
         legacy = []
         if self.rm_name is not None or self.rm_dimension is not None or not self.scorers:
             head = None if self.rm_dimension is None else str(self.rm_dimension)
@@ -176,7 +192,8 @@ def load_inputs(config: RmEvalConfig) -> list[RunResponses]:
             if clash:
                 raise EvalError(f"method name(s) {', '.join(clash)} clash with a summary "
                                 "column; pass --methods without them")
-        loaded.append(load_run(config.output_dir, run, list(methods)))
+        loaded.append(load_run(config.output_dir, run, list(methods),
+                               skip_partial=not config.methods))
     return loaded
 
 
@@ -263,7 +280,8 @@ def evaluate_rm(config: RmEvalConfig) -> dict:
     from evals.scoring.reward_model import check_fetchable
 
     for model_name in dict.fromkeys(spec.model for spec in config.specs):
-        check_fetchable(model_name)
+        if model_name != LOGLIK:  # the embedded model: nothing to fetch
+            check_fetchable(model_name)
     from transformers.utils import logging as hf_logging  # after input checks: slow import
 
     bars_were_on = hf_logging.is_progress_bar_enabled()
@@ -279,12 +297,18 @@ def evaluate_rm(config: RmEvalConfig) -> dict:
 def _load_scorers(config: RmEvalConfig) -> tuple[dict, list[Column]]:
     """Every scorer model's tokenizer and config (weights wait), and the resolved columns;
     a spec naming no head fails here, before anything is scored."""
+    from evals.scoring.loglik_scorer import load_loglik_scorer
     from evals.scoring.reward_model import load_reward_model
     from evals.scoring.scorers import config_shape, resolve_head
 
     models: dict[str, object] = {}
     for spec in config.specs:
-        if spec.model not in models:
+        if spec.model in models:
+            continue
+        if spec.model == LOGLIK:
+            models[spec.model] = load_loglik_scorer(config.device, config.dtype,
+                                                    config.max_length)
+        else:
             models[spec.model] = load_reward_model(spec.model, config.trust_remote_code,
                                                    config.device, config.dtype, config.max_length)
     columns = []

@@ -173,7 +173,8 @@ def table_markdown(rows: list[dict], header: list[str], meta: dict) -> str:
                 "score": "gated score",
                 "logit": "scalar reward" if s["head_name"] == "reward"
                 else f"raw logit {s['head_index']}",
-                "prob": f"softmax probability of label {s['head_index']} ({s['head_name']})"}
+                "prob": f"softmax probability of label {s['head_index']} ({s['head_name']})",
+                "loglik": "mean log-probability per response token (not a reward model)"}
         lines.append(f"- `{s['column']}`: {s['model']}, {what[s['head_kind']]}; input: "
                      f"{s['input_format'].replace('_', ' ')}")
     modes = sorted(set(meta["prompt_mode"]["resolved"].values()))

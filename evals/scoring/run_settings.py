@@ -12,10 +12,11 @@ import json
 from pathlib import Path
 
 # Fingerprint fields every method of one setting must share (the method's own hyperparameters,
-# e.g. Amulet's T or LA's ratio, may differ).
+# e.g. Amulet's T or LA's ratio, may differ; so may --limit: methods are compared on the
+# questions they share).
 SHARED_FIELDS = (
     "version", "model", "dtype", "device_type", "system_prompt_sha256", "reference_prompts",
-    "dataset_sha256", "limit", "max_new_tokens", "do_sample", "temperature", "top_p", "top_k",
+    "dataset_sha256", "max_new_tokens", "do_sample", "temperature", "top_p", "top_k",
     "seed", "truncate_long_prompts", "repetition_penalty", "no_repeat_ngram_size",
     "use_model_generation_config",
 )

@@ -53,7 +53,8 @@ class OutputShape:
 @dataclass(frozen=True)
 class Head:
     """One number of a record: ``kind`` in ``reward`` (``rewards[index]``), ``score``,
-    ``logit`` (``logits[index]``), ``prob`` (``softmax(logits)[index]``); ``name`` is its
+    ``logit`` (``logits[index]``), ``prob`` (``softmax(logits)[index]``), ``loglik`` (the
+    loglik scorer's ``mean_logprob``, not a reward); ``name`` is its
     column name, ``label`` its file-name label (``dim6``, ``score``, ``logit0``, ``prob1``)."""
 
     kind: str
@@ -64,7 +65,7 @@ class Head:
     def label(self) -> str:
         """File-name label, as the single-scorer outputs have always been named."""
         return {"reward": f"dim{self.index}", "score": "score", "logit": f"logit{self.index}",
-                "prob": f"prob{self.index}"}[self.kind]
+                "prob": f"prob{self.index}", "loglik": "mean_logprob"}[self.kind]
 
 
 def parse_scorer(text: str) -> ScorerSpec:
@@ -99,6 +100,11 @@ def resolve_head(spec: ScorerSpec, shape: OutputShape) -> Head:
     """The :class:`Head` that ``spec`` names in a model whose outputs are ``shape``."""
     where = f"scorer {spec.model}"
     head = spec.head
+    if shape.kind == "loglik":
+        if head is not None:
+            raise ScorerSpecError(f"{where} has one number, its mean log-probability: drop "
+                                  f":{head}")
+        return Head("loglik", 0, shape.names[0])
     if shape.kind == "rewards":
         if head == "score":
             return Head("score", -1, "score")
@@ -144,6 +150,10 @@ def head_value(record: dict, head: Head) -> float:
         if record.get("score") is None:
             raise EvalError("this reward model returns no gated score; pick a head index")
         return float(record["score"])
+    if head.kind == "loglik":
+        if record.get("mean_logprob") is None:
+            raise EvalError("a saved loglik record holds no mean_logprob (an empty response?)")
+        return float(record["mean_logprob"])
     if head.kind == "reward":
         values = record.get("rewards")
     else:
@@ -170,6 +180,8 @@ def config_shape(config: dict, implementation: str) -> OutputShape | None:
     ``id2label`` entry, named by it."""
     if implementation == "remote-code":
         return None
+    if implementation == "causal-lm-loglik":
+        return OutputShape("loglik", 1, ("mean_logprob",))
     if implementation == "armorm-native":
         size = int(config.get("num_objectives", len(ARMORM_HEADS)))
         return OutputShape("rewards", size, ARMORM_HEADS if size == len(ARMORM_HEADS) else ())
@@ -178,3 +190,11 @@ def config_shape(config: dict, implementation: str) -> OutputShape | None:
         names = tuple(str(id2label[k]) for k in sorted(id2label, key=int))
         return OutputShape("logits", len(names), names)
     return OutputShape("logits", int(config.get("num_labels", 2)))
+
+
+def raw_under_pad(head, scoring: str):
+    """The head a column reads: under ``--scoring pad`` a classifier's label is read as its raw
+    logit, as PAD's ``measure_reward.py`` reports the humour classifier's logit 1."""
+    if head is None or scoring != "pad" or head.kind != "prob":
+        return head
+    return Head("logit", head.index, f"logit_{head.name}")

@@ -20,6 +20,7 @@ from pathlib import Path
 from evals.errors import EvalError, exit_code
 
 DEFAULT_DATA_DIR = str(Path(__file__).resolve().parents[2] / "data")
+DEFAULT_RESULTS_DIR = "results"
 
 
 def k_table_command(args) -> int:
@@ -94,19 +95,32 @@ def identity_command(args) -> int:
 
 
 def table1_command(args) -> int:
+    from evals.jsonl_store import write_text_atomic
     from evals.study.analysis_report import table1_part
+    from evals.study.analysis_table1 import check_table1_inputs
 
-    text = table1_part(Path(args.out), Path(args.results_dir), args.rm_name, args.rm_label)
-    (Path(args.out) / "table1_report.md").write_text(text, encoding="utf-8")
+    results_dir = Path(args.results_dir)
+    check_table1_inputs(results_dir, args.rm_name, args.rm_label)
+    text = table1_part(Path(args.out), results_dir, args.rm_name, args.rm_label)
+    write_text_atomic(Path(args.out) / "table1_report.md", text)
     print(text)
+    print(f"written to {args.out}: table1_report.md")
     return 0
 
 
 def report_command(args) -> int:
     from evals.study.analysis_report import write_report
 
+    for flag, value in (("--results_dir", args.results_dir),
+                        ("--responses_dir", args.responses_dir)):
+        if value is not None and not Path(value).is_dir():
+            raise EvalError(f"{flag} {value}: no such folder")
+    results_dir = args.results_dir
+    if results_dir is None and Path(DEFAULT_RESULTS_DIR).is_dir():
+        results_dir = DEFAULT_RESULTS_DIR
     path = write_report(
-        Path(args.out), [Path(s) for s in args.sweep], Path(args.results_dir),
+        Path(args.out), [Path(s) for s in args.sweep],
+        Path(results_dir) if results_dir is not None else None,
         Path(args.responses_dir) if args.responses_dir else None,
         Path(args.identity) if args.identity else None, args.side_by_side, args.settings,
         args.tokenizer,
@@ -208,7 +222,9 @@ def build_parser() -> argparse.ArgumentParser:
     report.add_argument("--out", default="results/analysis/report")
     report.add_argument("--sweep", nargs="*", default=[], metavar="DIR",
                         help="sweep folders (with sweep.json) or response directories")
-    report.add_argument("--results_dir", default="results")
+    report.add_argument("--results_dir", default=None,
+                        help=f"rm_evals / gpt_evals outputs (default: {DEFAULT_RESULTS_DIR} "
+                             "when it exists)")
     report.add_argument("--responses_dir", default=None,
                         help="main.py's --output_dir, for the side-by-side view of methods")
     report.add_argument("--identity", default=None, help="identity.json of the identity command")

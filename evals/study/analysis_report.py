@@ -102,12 +102,12 @@ def side_by_side_grid(responses_dir: Path, questions: int, settings: int) -> str
             continue
         key = RunKey(*directory.relative_to(responses_dir).parts)
         try:
-            run = load_run(Path(responses_dir), key, methods)
+            run = load_run(Path(responses_dir), key, methods, skip_partial=True)
         except EvalError as exc:  # one unusable setting does not stop the report
             parts.append(f"### {' / '.join(key.parts())}\n\nnot shown: {exc}\n")
             continue
         asked = {item.index: item.question for item in run.items}
-        texts = {i: {m: run.texts[m][i] for m in methods} for i in asked}
+        texts = {i: {m: run.texts[m][i] for m in run.methods} for i in asked}
         parts.append(f"### {' / '.join(key.parts())}\n\n" + _side_by_side(asked, texts,
                                                                            questions))
     return "\n".join(parts)
@@ -141,7 +141,7 @@ def table1_part(out: Path, results_dir: Path, rm_name: str = PAPER_RM,
         versus = to_markdown(comparison, ["model", "preference", "method", "ours", "datasets",
                                           "paper"], digits=3)
         write_text_atomic(out / "table1.md", table + "\n\n" + versus + "\n")
-        parts.append(f"Reward model {rm_name} [{rm_label}], mean per method "
+        parts.append(f"Scorer {rm_name} [{rm_label}], mean per method "
                      "(data: [table1.json](table1.json)):\n\n" + table + "\n\nAverage over the "
                      "datasets found, beside the paper's average over its four (None: the paper "
                      "has no such number):\n\n" + versus + "\n")
@@ -176,6 +176,11 @@ def write_report(out: Path, sweeps: list[Path], results_dir: Path | None,
                  settings: int = 2, tokenizer: str | None = None) -> Path:
     """Write ``out/report.md`` with every part that has data; returns its path."""
     out = Path(out)
+    if identity is not None and not Path(identity).is_file():
+        raise EvalError(f"cannot read --identity {identity}: no such file")
+    missing = [str(s) for s in sweeps if not Path(s).is_dir()]
+    if missing:
+        raise EvalError(f"--sweep {', '.join(missing)}: no such folder")
     out.mkdir(parents=True, exist_ok=True)
     sections = ["# What each method does to the text\n",
                 "Every figure has its data beside it as JSON. Text indicators are descriptive "

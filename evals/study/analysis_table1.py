@@ -54,6 +54,26 @@ def read_rm_scores(results_dir: Path, rm_name: str, label: str) -> list[dict]:
     return rows
 
 
+def check_table1_inputs(results_dir: Path, rm_name: str, label: str) -> None:
+    """An EvalError unless ``results_dir`` holds reward-model averages of ``rm_name`` and
+    ``label`` or GPT-judge win rates: what is missing, and what is there instead."""
+    if not Path(results_dir).is_dir():
+        raise EvalError(f"--results_dir {results_dir}: no such folder (run evals/rm_evals.py "
+                        "or evals/gpt_evals.py first, or point --results_dir at their "
+                        "--results_dir)")
+    root = Path(results_dir) / "rm_score"
+    wanted = f"{rm_slug(rm_name)}_{label}_avg.csv"
+    if any(root.glob(f"*/*/*/{wanted}")) or any(
+            (Path(results_dir) / "gpt_win_rate").glob("*/*/*/gpt_win_rate_mtx.csv")):
+        return
+    found = sorted({p.name.removesuffix("_avg.csv") for p in root.glob("*/*/*/*_avg.csv")})
+    hint = (f"; reward-model averages found: {', '.join(found)} (pass --rm_name and "
+            "--rm_label, e.g. --rm_name loglik --rm_label mean_logprob)" if found
+            else ": run evals/rm_evals.py or evals/gpt_evals.py first")
+    raise EvalError(f"no {wanted} (--rm_name {rm_name} --rm_label {label}) and no GPT-judge "
+                    f"win rates under {results_dir}{hint}")
+
+
 def table1_rows(scores: list[dict]) -> list[dict]:
     """The paper's layout: a row per (model, dataset) plus a per-model ``average`` row over
     datasets, a column per ``preference:method``. The average is the plain mean of the
