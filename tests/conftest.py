@@ -28,6 +28,28 @@ NO_SYSTEM_TEMPLATE = (
 )
 
 
+# made by Python, pytest and ruff themselves wherever they run: not the tests' writing
+TOOL_CACHES = {"__pycache__", ".pytest_cache", ".ruff_cache"}
+
+
+def repository_entries() -> set[str]:
+    """The repository's top-level entries and those of data/ (where a test could leave a
+    file by writing relative to the repository), tool caches aside."""
+    entries = {p.name for p in ROOT.iterdir()}
+    entries |= {f"data/{p.name}" for p in (ROOT / "data").iterdir()}
+    return {e for e in entries if e.rsplit("/", 1)[-1] not in TOOL_CACHES}
+
+
+@pytest.fixture(scope="session", autouse=True)
+def tests_write_nothing_into_the_repository():
+    """Every test writes into its own temporary folders: an entry the session added to the
+    repository (an output folder such as responses/ or benchmarks/) fails the session."""
+    before = repository_entries()
+    yield
+    added = sorted(repository_entries() - before)
+    assert not added, f"the tests wrote into the repository: {', '.join(added)}"
+
+
 def tiny_config(family: str, vocab_size: int):
     from transformers import LlamaConfig, MistralConfig, Qwen2Config
 
