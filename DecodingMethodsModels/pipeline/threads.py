@@ -5,8 +5,8 @@ another job holds a core, one thread waits for the scheduler while the others sp
 process with more threads than free cores decodes many times slower (the demo run: 524 s with
 torch's 2 threads against 69.5 s with one, on a 2-core machine at load 3 to 5). On an idle
 machine more threads help, but far less (the demo model: one thread instead of two costs about
-a quarter). So: as many threads as there are free cores, at least one, never more than torch's
-own default.
+a fifth of the speed). So: as many threads as there are free cores, at least one, never more
+than torch's own default.
 """
 
 from __future__ import annotations
