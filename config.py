@@ -65,7 +65,7 @@ class RunConfig:
     no_repeat_ngram_size: int | None = None
     use_model_generation_config: bool = False
     continuous_batching: bool = True
-    num_threads: int | None = None  # torch's CPU threads; changes speed, never the tokens
+    num_threads: int | None = None  # torch CPU threads; None: auto (pipeline/threads.py)
     # ARGS and PAD (reward-guided decoding)
     rm_name: str | None = None
     rm_weight: float | None = None  # None: DEFAULT_RM_WEIGHT of the method

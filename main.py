@@ -14,7 +14,7 @@ import sys
 import warnings
 
 from config import config_from_args
-from DecodingMethodsModels.errors import UserError
+from DecodingMethodsModels.errors import UserError, outside_environment
 from DecodingMethodsModels.pipeline.distributed import RankError, launched_process, launched_rank
 
 
@@ -35,6 +35,13 @@ def main(argv: list[str] | None = None) -> int:
                 print(f"error (rank {rank}): {err}", file=sys.stderr)
             elif rank == 0:
                 print(f"error: {err}", file=sys.stderr)
+            return 2
+        except ModuleNotFoundError:
+            hint = outside_environment()  # a Python without the requirements, e.g. bare python
+            if hint is None:
+                raise
+            if rank == 0:
+                print(f"error: {hint}", file=sys.stderr)
             return 2
         except KeyboardInterrupt:
             if rank == 0:

@@ -17,7 +17,31 @@ sys.path.insert(0, str(ROOT))
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
-SHARED_DATA = ROOT.parent / "shared" / "data"
+# Benchmark files some tests read (not in the repository): in the folder AMULET_TEST_DATA
+# names, else in data/ (where data/fetch_benchmarks.py puts the paper's four), else in the data
+# folder of a `shared` checkout beside the repository. Missing: those tests are skipped, or
+# fail under REQUIRE_BENCHMARK_DATA=1 (as CI runs them).
+TEST_DATA_VARIABLE = "AMULET_TEST_DATA"
+REQUIRE_DATA_VARIABLE = "REQUIRE_BENCHMARK_DATA"
+
+
+def benchmark_folders() -> list[Path]:
+    named = os.environ.get(TEST_DATA_VARIABLE)
+    return [Path(named)] if named else [ROOT / "data", ROOT.parent / "shared" / "data"]
+
+
+def benchmark_file(name: str) -> Path:
+    """The benchmark file `name`; the calling test is skipped (with the reason) when no
+    folder holds it, and fails instead under REQUIRE_BENCHMARK_DATA=1."""
+    for folder in benchmark_folders():
+        if (folder / name).is_file():
+            return folder / name
+    where = " or ".join(str(f) for f in benchmark_folders())
+    reason = (f"needs the benchmark file {name}, found in none of {where}: set "
+              f"{TEST_DATA_VARIABLE} to a folder holding it")
+    if os.environ.get(REQUIRE_DATA_VARIABLE) == "1":
+        pytest.fail(f"{REQUIRE_DATA_VARIABLE}=1 but the test {reason}", pytrace=False)
+    pytest.skip(reason)
 FAMILIES = ("llama", "qwen2", "mistral")
 # A template without a system role, as Mistral-7B-Instruct v0.2/v0.3 have.
 NO_SYSTEM_TEMPLATE = (
@@ -26,6 +50,28 @@ NO_SYSTEM_TEMPLATE = (
     "{% if m['role'] == 'user' %}{{ '[INST] ' + m['content'] + ' [/INST]' }}"
     "{% else %}{{ m['content'] + eos_token }}{% endif %}{% endfor %}"
 )
+
+
+# made by Python, pytest and ruff themselves wherever they run: not the tests' writing
+TOOL_CACHES = {"__pycache__", ".pytest_cache", ".ruff_cache"}
+
+
+def repository_entries() -> set[str]:
+    """The repository's top-level entries and those of data/ (where a test could leave a
+    file by writing relative to the repository), tool caches aside."""
+    entries = {p.name for p in ROOT.iterdir()}
+    entries |= {f"data/{p.name}" for p in (ROOT / "data").iterdir()}
+    return {e for e in entries if e.rsplit("/", 1)[-1] not in TOOL_CACHES}
+
+
+@pytest.fixture(scope="session", autouse=True)
+def tests_write_nothing_into_the_repository():
+    """Every test writes into its own temporary folders: an entry the session added to the
+    repository (an output folder such as responses/ or benchmarks/) fails the session."""
+    before = repository_entries()
+    yield
+    added = sorted(repository_entries() - before)
+    assert not added, f"the tests wrote into the repository: {', '.join(added)}"
 
 
 def tiny_config(family: str, vocab_size: int):

@@ -66,15 +66,15 @@ def psoups(tmp_path_factory) -> Path:
     """PAD's P-Soups prompts as a dataset directory, through data/fetch_pad_sets.py."""
     import sys
 
-    from conftest import ROOT, SHARED_DATA
+    from conftest import ROOT, benchmark_file
 
     sys.path.insert(0, str(ROOT / "data"))
     import fetch_pad_sets
 
+    copy = benchmark_file("psoups_koala_eval_50.json")
     out = shared_dir(tmp_path_factory, "psoups-data")
     if not (out / "psoups.json").is_file():
-        assert fetch_pad_sets.main(["--psoups_from", str(SHARED_DATA / "psoups_koala_eval_50.json"),
-                                    "--dest", str(out)]) == 0
+        assert fetch_pad_sets.main(["--psoups_from", str(copy), "--dest", str(out)]) == 0
     return out
 
 

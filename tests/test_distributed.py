@@ -40,8 +40,13 @@ def test_two_cpu_processes_write_the_single_process_file(model, data, reference,
     assert sorted(p.name for p in directory.iterdir()) == ["amulet.json", "amulet.meta.json"]
     meta = json.loads((directory / "amulet.meta.json").read_text())
     assert meta["environment"]["world_size"] == 2
-    # rank 0 alone speaks
-    assert done.stderr.count("wrote ") == 1 and done.stderr.count("[1/1] amulet") == 1
+    # rank 0 alone speaks: its start line, and a progress line per batch of its share (no
+    # terminal here), 3 of the 6 batches of 2 questions
+    assert done.stderr.count("wrote ") == 1 and done.stderr.count("questions to decode") == 1
+    progress = [line for line in done.stderr.splitlines() if " questions, " in line]
+    assert [line.split(": ")[1].split(" ")[0] for line in progress] == ["2/6", "4/6", "6/6"]
+    assert all(line.startswith("[1/1] amulet creative demo (rank 0's share of 2): ")
+               for line in progress), progress
 
 
 def free_port() -> int:

@@ -181,16 +181,34 @@ def test_quick_run_times_the_library_paths_each_with_its_engine_tokens(quick_run
     assert "Library paths" in stdout and "| ArgsProcessor in generate |" in stdout
 
 
-def test_bad_arguments_fail_in_one_line_before_loading(tmp_path):
+def test_bad_arguments_fail_in_one_line_before_loading_and_leave_no_folder(tmp_path):
+    """Started in a folder with the default --out (benchmarks/...): a run that stops on its
+    input creates no benchmarks/ folder there."""
     done = subprocess.run(
         [sys.executable, str(ROOT / "evals" / "efficiency.py"), "--data_dir", str(tmp_path),
          "--eval_data", "missing"],
-        capture_output=True, text=True, cwd=str(ROOT), timeout=120,
+        capture_output=True, text=True, cwd=str(tmp_path), timeout=120,
         env={**os.environ, "HF_HUB_OFFLINE": "1"},
     )
     assert done.returncode == 2
     assert done.stderr.startswith("error: ") and "missing" in done.stderr
     assert "Traceback" not in done.stderr
+    assert sorted(p.name for p in tmp_path.iterdir()) == []
+
+
+def test_a_report_folder_that_cannot_be_made_is_refused_before_loading(tmp_path):
+    blocker = tmp_path / "file"
+    blocker.write_text("")
+    done = subprocess.run(
+        [sys.executable, str(ROOT / "evals" / "efficiency.py"), "--out",
+         str(blocker / "sub" / "e.json")],
+        capture_output=True, text=True, cwd=str(tmp_path), timeout=120,
+        env={**os.environ, "HF_HUB_OFFLINE": "1"},
+    )
+    assert done.returncode == 2, done.stderr
+    assert done.stderr.splitlines() == [f"error: cannot write the report into {blocker}/sub/: "
+                                        f"{blocker} is not a writable folder (choose another "
+                                        "--out)"]
 
 
 # ---------------------------------------------------------------- targets and the exit code

@@ -16,20 +16,20 @@ ROOT = Path(__file__).resolve().parent.parent
 HELP = [
     ("main.py", ["--batch_size BATCH_SIZE questions decoded at once (la and amulet run 2 rows "
                  "per question) (default: 8)",
-                 "--num_threads NUM_THREADS"]),
+                 "--num_threads auto|N"]),
     ("evals/gpt_evals.py", ["--results_dir RESULTS_DIR tables, JSON and figures (default: "
                             "results/)", "--judge_max_tokens JUDGE_MAX_TOKENS the judge's answer "
                             "length limit (default: the protocol's: amulet: 5, args: 2048)",
-                            "--num_threads NUM_THREADS local judge: torch CPU threads"]),
+                            "--num_threads auto|N local judge: torch CPU threads (default auto"]),
     ("evals/rm_evals.py", ["--batch_size BATCH_SIZE conversations per forward pass (default: 8)",
-                           "--num_threads NUM_THREADS"]),
-    ("evals/efficiency.py", ["--num_threads THREADS, --threads THREADS"]),
+                           "--num_threads auto|N"]),
+    ("evals/efficiency.py", ["--num_threads auto|N, --threads auto|N"]),
     ("data/fetch_benchmarks.py", ["Fetch the paper's four benchmark files (pinned by sha256), "
                                   "or check copies you already have with --verify DIR.",
                                   f"(default: {ROOT / 'data'})"]),
-    ("evals/analysis.py sweep", ["--num_threads THREADS, --threads THREADS",
+    ("evals/analysis.py sweep", ["--num_threads auto|N, --threads auto|N",
                                  f"(default: {ROOT / 'data'})"]),
-    ("evals/analysis.py identity", ["--num_threads THREADS, --threads THREADS"]),
+    ("evals/analysis.py identity", ["--num_threads auto|N, --threads auto|N"]),
 ]
 
 

@@ -10,20 +10,25 @@ import sys
 import time
 from pathlib import Path
 
-from conftest import SHARED_DATA
+import pytest
+from conftest import benchmark_file
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "data"))
 
 import fetch_pad_sets  # noqa: E402
 
-PSOUPS_COPY = SHARED_DATA / "psoups_koala_eval_50.json"
+
+@pytest.fixture
+def psoups_copy() -> Path:
+    """PAD's koala_eval_50.json (its P-Soups prompts), as published in its repository."""
+    return benchmark_file("psoups_koala_eval_50.json")
 
 
-def test_psoups_copy_becomes_a_benchmark_file_main_py_can_load(tmp_path, capsys):
-    assert fetch_pad_sets.main(["--psoups_from", str(PSOUPS_COPY), "--dest", str(tmp_path)]) == 0
+def test_psoups_copy_becomes_a_benchmark_file_main_py_can_load(psoups_copy, tmp_path, capsys):
+    assert fetch_pad_sets.main(["--psoups_from", str(psoups_copy), "--dest", str(tmp_path)]) == 0
     assert "50 questions" in capsys.readouterr().out
-    source = json.loads(PSOUPS_COPY.read_text())
+    source = json.loads(psoups_copy.read_text())
     written = json.loads((tmp_path / "psoups.json").read_text())
     assert written == [{"index": int(item["id"]), "question": item["prompt"]} for item in source]
     assert [r["index"] for r in written] == list(range(50))
@@ -34,9 +39,9 @@ def test_psoups_copy_becomes_a_benchmark_file_main_py_can_load(tmp_path, capsys)
     assert dataset.questions[2].question == "Can you tell my a story about nuclear physics?"
 
 
-def test_a_copy_that_differs_from_pads_file_is_refused(tmp_path, capsys):
+def test_a_copy_that_differs_from_pads_file_is_refused(psoups_copy, tmp_path, capsys):
     altered = tmp_path / "koala.json"
-    altered.write_bytes(PSOUPS_COPY.read_bytes().replace(b"TCP/IP", b"TCP/IQ"))
+    altered.write_bytes(psoups_copy.read_bytes().replace(b"TCP/IP", b"TCP/IQ"))
     dest = tmp_path / "out"
     assert fetch_pad_sets.main(["--psoups_from", str(altered), "--dest", str(dest)]) == 2
     err = capsys.readouterr().err.strip().splitlines()
@@ -49,8 +54,6 @@ def test_a_copy_that_differs_from_pads_file_is_refused(tmp_path, capsys):
 
 
 def test_pad_records_are_checked():
-    import pytest
-
     assert fetch_pad_sets.psoups_records([{"id": "7", "prompt": "Hi"}], "f") == [
         {"index": 7, "question": "Hi"}]
     for bad in ([], [{"id": "x", "prompt": "Hi"}], [{"id": "1"}], {"id": "1", "prompt": "Hi"}):

@@ -78,3 +78,16 @@ def test_a_wrong_flag_is_caught(monkeypatch):
     with pytest.raises(SystemExit):
         parse_only("evals/rm_evals.py", ["--no_such_flag"], monkeypatch)
     assert readme_commands()  # and the commands above were found at all
+
+
+def test_the_top_readmes_commands_run_the_virtualenvs_python():
+    """A bare `python` outside the virtualenv lacks torch: every command README.md shows (code
+    blocks and inline code) names `.venv/bin/python`, except the one that makes the
+    virtualenv."""
+    text = (ROOT / "README.md").read_text()
+    code = re.findall(r"^```\w*\n(.*?)^```", text, flags=re.S | re.M)
+    code += re.findall(r"`([^`\n]+)`", re.sub(r"^```.*?^```", "", text, flags=re.S | re.M))
+    bare = [m.group(0) for snippet in code
+            for m in re.finditer(r"(?<![\w/.-])python3?\s+\S+", snippet)
+            if m.group(0) != "python3 -m"]
+    assert not bare, f"commands with a bare python: {bare}"

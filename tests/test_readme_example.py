@@ -6,8 +6,10 @@ from __future__ import annotations
 
 import os
 import re
+import site
 import subprocess
 import sys
+from pathlib import Path
 
 from conftest import ROOT
 
@@ -41,14 +43,41 @@ def test_the_library_section_names_only_exported_callables():
         assert callable(getattr(DecodingMethodsModels, name))
 
 
-def test_the_library_example_runs_and_its_routes_agree(tmp_path):
+def installed_python(venv: Path) -> Path:
+    """The Python of a fresh virtualenv at `venv` into which `pip install --no-deps -e` has
+    installed this repository, as the README says; the virtualenv reaches the packages of the
+    Python running the tests (torch, transformers, the embedded model) through a .pth file,
+    so nothing is downloaded."""
+    subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(venv)], check=True,
+                   timeout=120)
+    python = venv / "bin" / "python"
+    site_dir = subprocess.run([str(python), "-c", "import sysconfig; "
+                               "print(sysconfig.get_paths()['purelib'])"], check=True,
+                              capture_output=True, text=True).stdout.strip()
+    Path(site_dir, "test_runner_packages.pth").write_text(
+        "\n".join(site.getsitepackages()) + "\n")
+    done = subprocess.run([str(python), "-m", "pip", "install", "--quiet", "--no-deps",
+                           "--no-build-isolation", "--no-index", "-e", str(ROOT)],
+                          capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    return python
+
+
+def test_the_library_example_runs_outside_the_repository_once_installed(tmp_path):
+    """The example runs from another folder, with no PYTHONPATH, by the Python of an
+    environment into which the project was installed with `pip install -e .`."""
+    python = installed_python(tmp_path / "venv")
     blocks = python_blocks(library_section())
     assert blocks
     script = tmp_path / "example.py"
     script.write_text("\n".join(blocks))
-    env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1",
-           "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
-    done = subprocess.run([sys.executable, str(script)], cwd=tmp_path, env=env,
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+    env.update(OMP_NUM_THREADS="1", HF_HUB_OFFLINE="1", TOKENIZERS_PARALLELISM="false")
+    where = subprocess.run([str(python), "-c", "import DecodingMethodsModels as m; "
+                            "print(m.__file__)"], cwd=tmp_path, env=env, capture_output=True,
+                           text=True, timeout=120)
+    assert where.stdout.strip() == str(ROOT / "DecodingMethodsModels" / "__init__.py"), where
+    done = subprocess.run([str(python), str(script)], cwd=tmp_path, env=env,
                           capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stderr[-3000:]
     lines = [line for line in done.stdout.splitlines() if line.strip()]

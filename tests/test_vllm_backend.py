@@ -19,7 +19,7 @@ from vllm_helpers import (
 
 require_vllm()
 
-from conftest import SHARED_DATA  # noqa: E402
+from conftest import benchmark_file  # noqa: E402
 
 from DecodingMethodsModels.pipeline.guided_config import GuidedRunConfig  # noqa: E402
 from DecodingMethodsModels.pipeline.methods import DecodeSettings  # noqa: E402
@@ -31,7 +31,7 @@ IMPLICIT_PAD = GuidedRunConfig(rm_weight=0.8, topk=10, mode="greedy", sample_tem
 
 
 def questions(count: int = 16) -> list[str]:
-    rows = json.loads((SHARED_DATA / "UltraFeedback_truthful_qa.json").read_text())
+    rows = json.loads(benchmark_file("UltraFeedback_truthful_qa.json").read_text())
     return [r["question"] for r in rows[:count]]
 
 

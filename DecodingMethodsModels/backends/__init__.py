@@ -6,6 +6,8 @@ here imports vLLM or torch at import time: the CLI checks a command before anyth
 
 from __future__ import annotations
 
+from DecodingMethodsModels.errors import missing_package
+
 
 def vllm_refusal(config) -> str | None:
     """Why `config` cannot run with --backend vllm (one line), or None."""
@@ -15,8 +17,8 @@ def vllm_refusal(config) -> str | None:
 
     reason = refusal(config)
     if reason is None and importlib.util.find_spec("vllm") is None:
-        reason = ("--backend vllm needs vLLM, which is not installed: pip install -r "
-                  "requirements-vllm.txt (DecodingMethodsModels/backends/README.md)")
+        reason = missing_package("--backend vllm", "vLLM", "pip install -r requirements-vllm.txt"
+                                 " (DecodingMethodsModels/backends/README.md)")
     return reason or _version_refusal()
 
 
@@ -25,8 +27,8 @@ def vllm_refusal_of_library() -> str | None:
     import importlib.util
 
     if importlib.util.find_spec("vllm") is None:
-        return ("backend='vllm' needs vLLM, which is not installed: pip install -r "
-                "requirements-vllm.txt (DecodingMethodsModels/backends/README.md)")
+        return missing_package("backend='vllm'", "vLLM", "pip install -r requirements-vllm.txt"
+                               " (DecodingMethodsModels/backends/README.md)")
     return _version_refusal()
 
 

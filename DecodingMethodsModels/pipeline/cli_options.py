@@ -9,6 +9,7 @@ from pathlib import Path
 
 from DecodingMethodsModels.errors import UserError
 from DecodingMethodsModels.pipeline.guided_config import DEFAULT_RM_WEIGHT
+from DecodingMethodsModels.pipeline.threads import thread_count_arg
 from DecodingMethodsModels.prompts.pad import PRINCIPLE_SETS
 
 METHODS = ("base", "pref", "beam", "la", "amulet")  # `--method all`: the two-prompt family
@@ -183,6 +184,6 @@ def _add_hardware(parser: argparse.ArgumentParser) -> None:
                     help="shard one model over all visible GPUs (device_map='auto')")
     hw.add_argument("--trust_remote_code", action="store_true",
                     help="run a checkpoint's own Python code")
-    hw.add_argument("--num_threads", type=int, default=None,
-                    help="torch CPU threads (None: torch's choice, one per core); 1 is often "
-                    "much faster on a shared or busy machine")
+    hw.add_argument("--num_threads", type=thread_count_arg, default=None, metavar="auto|N",
+                    help="torch CPU threads (default auto: the free cores by the load average, "
+                    "at least 1, at most torch's one per core; see README Threads)")

@@ -162,6 +162,7 @@ def decode_share(config, work: Work, process: Process, decoder: Decoder, bar) ->
             records, tokens = decoder(work, b)
             store.append(b, records, seconds=round(now() - started, 4), tokens=tokens)
             bar.update(len(records))
+            bar.batch(tokens)
     finally:
         store.close()
 
@@ -183,8 +184,9 @@ def stream_share(work: Work, decoder: Decoder, store: PartialStore, bar) -> None
             done = finished.pop(b)
             outputs = [done[i] for i in work.batches[b]]
             records = decoder.records(work, work.batches[b], outputs)
-            store.append(b, records, seconds=round(now() - last, 4),
-                         tokens=sum(len(ids) for ids in outputs))
+            tokens = sum(len(ids) for ids in outputs)
+            store.append(b, records, seconds=round(now() - last, 4), tokens=tokens)
+            bar.batch(tokens)
             last = now()
 
 

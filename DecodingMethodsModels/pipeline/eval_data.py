@@ -43,6 +43,9 @@ def dataset_path(data_dir: Path, name: str) -> Path:
     """`{data_dir}/{name}.json`, refusing names that would leave the data directory."""
     if not name or "/" in name or "\\" in name or name.startswith(".") or _has_control(name):
         raise UserError(f"--eval_data {name!r} must be a plain dataset name, not a path")
+    if not data_dir.is_dir():
+        what = "is not a folder" if data_dir.exists() else "does not exist"
+        raise UserError(f"the data folder {data_dir} (--data_dir) {what}; for {GET_BENCHMARKS}")
     path = data_dir / f"{name}.json"
     if not path.is_file():
         have = ", ".join(available_datasets(data_dir)) or "none"

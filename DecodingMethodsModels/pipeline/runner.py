@@ -51,7 +51,9 @@ from DecodingMethodsModels.pipeline.plan import (
     plan_runs,
     select_todo,
 )
+from DecodingMethodsModels.pipeline.progress import Progress
 from DecodingMethodsModels.pipeline.provenance import software_facts
+from DecodingMethodsModels.pipeline.threads import ThreadChoice, choose_threads, threads_set
 
 
 def run(config) -> list[Path]:
@@ -64,20 +66,22 @@ def run(config) -> list[Path]:
     if not todo:
         return []
     clear = lambda: clear_for_rerun(todo, config.overwrite)  # noqa: E731
-    if config.backend == "vllm":
-        # vLLM's engine starts a torch.distributed world of its own in this process: the ranks
-        # meet before it is built (nothing later needs a group: rank 0 assembles the final
-        # files from what the others wrote)
-        meet_and_part(process, Path(config.output_dir), clear)
+    threads = choose_threads(config.num_threads)  # before loading adds to the load average
+    with threads_set(threads):
+        if config.backend == "vllm":
+            # vLLM's engine starts a torch.distributed world of its own in this process: the
+            # ranks meet before it is built (nothing later needs a group: rank 0 assembles the
+            # final files from what the others wrote)
+            meet_and_part(process, Path(config.output_dir), clear)
+            decoder, facts = load_and_check(config, process, todo)
+            return decode_all(config, todo, process, decoder, facts, threads)
         decoder, facts = load_and_check(config, process, todo)
-        return decode_all(config, todo, process, decoder, facts)
-    decoder, facts = load_and_check(config, process, todo)
-    join(process)
-    try:
-        meet(process, Path(config.output_dir), clear)
-        return decode_all(config, todo, process, decoder, facts)
-    finally:
-        leave(process)
+        join(process)
+        try:
+            meet(process, Path(config.output_dir), clear)
+            return decode_all(config, todo, process, decoder, facts, threads)
+        finally:
+            leave(process)
 
 
 def plan_work(config, process: Process) -> list[Work]:
@@ -115,10 +119,6 @@ def load_and_check(config, process: Process, todo: list[Work]) -> tuple[Decoder,
 
         hf_logging.disable_progress_bar()
         hf_logging.set_verbosity_error()
-    if config.num_threads is not None:
-        import torch
-
-        torch.set_num_threads(config.num_threads)
     source = resolve_model(config.model_name)
     on_vllm = config.backend == "vllm"  # each rank's engine on its own tensor-parallel GPUs
     restrict_gpus(process, config.multi_gpu or on_vllm, config.device,
@@ -199,23 +199,23 @@ def clear_for_rerun(todo: list[Work], overwrite: bool) -> None:
 
 
 def decode_all(config, todo: list[Work], process: Process, decoder: Decoder,
-               facts: dict) -> list[Path]:
-    """This rank's batches of every run, under one progress bar (rank 0's share of the work);
-    rank 0 assembles each run as soon as all its batches are on disk."""
-    from tqdm import tqdm
-
+               facts: dict, threads: ThreadChoice | None = None) -> list[Path]:
+    """This rank's batches of every run, under one progress report (rank 0's share of the
+    work: a bar on a terminal, a line per batch otherwise); rank 0 assembles each run as soon
+    as all its batches are on disk."""
     total = sum(len(w.batches[b]) for w in todo for b in w.mine)
     share = f" (rank 0's share of {process.world_size})" if process.is_distributed else ""
     written, pending = [], []
-    with tqdm(total=total, unit="q", desc=f"all runs{share}", dynamic_ncols=True,
-              disable=None if process.is_main else True) as bar:
-        say = _printer(process, bar)
+    with Progress(total, show=process.is_main) as bar:
+        say = bar.write
+        if threads is not None and facts.get("device") == "cpu":
+            say(f"torch threads: {threads.reason}")
         for number, work in enumerate(todo, 1):
             left = sum(len(work.batches[b]) for b in work.mine)
             questions = len(work.run.dataset.questions)
             say(f"[{number}/{len(todo)}] {work.run.label}: {left} of {questions} questions "
                 f"to decode{' here' if process.is_distributed else ''}")
-            bar.set_description(f"[{number}/{len(todo)}] {work.run.label}")
+            bar.set_description(f"[{number}/{len(todo)}] {work.run.label}{share}")
             decode_share(config, work, process, decoder, bar)
             if process.is_main:
                 pending.append(work)
@@ -235,14 +235,10 @@ def environment_facts(process: Process, device: str, model) -> dict:
     }
 
 
-def _printer(process: Process, bar=None) -> Callable[[str], None]:
-    """Rank 0's messages on stderr (through the progress bar, when there is one)."""
+def _printer(process: Process) -> Callable[[str], None]:
+    """Rank 0's messages on stderr."""
     def say(message: str) -> None:
-        if not process.is_main:
-            return
-        if bar is not None:
-            bar.write(message, file=sys.stderr)
-        else:
+        if process.is_main:
             print(message, file=sys.stderr)
 
     return say

@@ -12,6 +12,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from evals.errors import EvalError
+from evals.threads import set_threads
 
 SOLVERS = ("closed_form", "iterative")
 
@@ -100,8 +101,6 @@ def say(message: str) -> None:
 
 def load(args):
     """Tokenizer, model and a short description of both; the model stays in eval mode."""
-    import torch
-
     from DecodingMethodsModels.models.loading import (
         check_fetchable,
         load_model,
@@ -110,8 +109,7 @@ def load(args):
         resolve_model,
     )
 
-    if args.threads:
-        torch.set_num_threads(args.threads)
+    set_threads(args.threads)
     source = resolve_model(args.probe_model or args.model_name)
     check_fetchable(source)
     device = resolve_device(args.device)

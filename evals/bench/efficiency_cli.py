@@ -81,6 +81,7 @@ from evals.bench.efficiency_timing import (
     time_cases,
 )
 from evals.errors import EvalError, exit_code
+from evals.threads import NUM_THREADS_HELP, THREADS_TYPE
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -146,8 +147,8 @@ def build_parser() -> argparse.ArgumentParser:
     hw = parser.add_argument_group("hardware")
     hw.add_argument("--device", default="auto")
     hw.add_argument("--dtype", default="auto", choices=("auto", "float32", "bfloat16", "float16"))
-    hw.add_argument("--num_threads", "--threads", dest="threads", type=int, default=None,
-                    help="torch threads (default: torch's)")
+    hw.add_argument("--num_threads", "--threads", dest="threads", type=THREADS_TYPE,
+                    default=None, metavar="auto|N", help=NUM_THREADS_HELP)
     hw.add_argument("--out", default=None, help="JSON report; markdown beside it (default: "
                     "benchmarks/efficiency.json, or efficiency_quick.json with --quick)")
     hw.add_argument("--probe", default=None, help=argparse.SUPPRESS)  # internal: memory child
@@ -242,17 +243,30 @@ def other_parts(args, tokenizer, model, source, work) -> tuple:
 
 
 def write(report: dict, text: str, out_path: Path) -> None:
-    out_path.parent.mkdir(parents=True, exist_ok=True)  # only now: a bad input writes nothing
+    out_path.parent.mkdir(parents=True, exist_ok=True)  # made only once there is a report
     out_path.write_text(json.dumps(report, indent=2) + "\n")
     out_path.with_suffix(".md").write_text(text)
     print(text)
     say(f"wrote {out_path} and {out_path.with_suffix('.md')}")
 
 
+def check_out_folder(folder: Path) -> None:
+    """The report's folder exists and is writable, or can be made: its nearest existing
+    ancestor is a writable folder. Nothing is created here (a run that fails early leaves
+    nothing behind)."""
+    existing = folder.absolute()
+    while not existing.exists():
+        existing = existing.parent
+    if not existing.is_dir() or not os.access(existing, os.W_OK | os.X_OK):
+        raise EvalError(f"cannot write the report into {folder}/: {existing} is not a "
+                        "writable folder (choose another --out)")
+
+
 def run(args) -> dict:
     import torch
 
     out_path = Path(args.out)
+    check_out_folder(out_path.parent)
     questions = questions_of(args, args.limit)  # validated before any weights load
     if set(PARTS) - args.skip == {"runs"}:  # whole runs alone: no model loaded here
         questions_of(args, args.dataset_questions)

@@ -28,6 +28,8 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
+from evals.threads import NUM_THREADS_HELP, THREADS_TYPE, set_threads
+
 ROOT = Path(__file__).resolve().parents[2]
 
 CASES = ("pref", "implicit", "implicit_naive", "pad", "pad_naive", "args", "args_naive")
@@ -201,8 +203,8 @@ def build_parser() -> argparse.ArgumentParser:
                         help="time the naive reference on the first N questions only")
     parser.add_argument("--cases", default="pref,implicit,implicit_naive",
                         help=f"comma-separated, from {', '.join(CASES)}; or all")
-    parser.add_argument("--num_threads", type=int, default=None,
-                        help="torch CPU threads (None: torch's choice)")
+    parser.add_argument("--num_threads", type=THREADS_TYPE, default=None, metavar="auto|N",
+                        help=NUM_THREADS_HELP)
     parser.add_argument("--out", default=None, help="write the results as JSON here")
     return parser
 
@@ -219,11 +221,10 @@ def main(argv: list[str] | None = None) -> int:
     if unknown:
         print(f"error: unknown cases {unknown}; choose from {', '.join(CASES)}", file=sys.stderr)
         return 2
-    if args.num_threads is not None:
-        if args.num_threads < 1:
-            print(f"error: --num_threads must be >= 1, got {args.num_threads}", file=sys.stderr)
-            return 2
-        torch.set_num_threads(args.num_threads)
+    if args.num_threads is not None and args.num_threads < 1:
+        print(f"error: --num_threads must be >= 1, got {args.num_threads}", file=sys.stderr)
+        return 2
+    set_threads(args.num_threads)
     source = resolve_model(args.model_name)
     tokenizer, model = load_tokenizer(source), load_model(source, "cpu", "float32")
     questions = [q.question for q in

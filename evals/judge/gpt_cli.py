@@ -33,7 +33,7 @@ from evals.judge.judge import JudgePreset
 from evals.judge.judge_client import RetryPolicy
 from evals.judge.judge_protocols import DEFAULT_PROTOCOL, PROTOCOLS, get_protocol
 from evals.scoring.responses import DEFAULT_METHODS, RunKey, discover_runs, split_methods
-from evals.threads import NUM_THREADS_HELP, set_threads
+from evals.threads import NUM_THREADS_HELP, THREADS_TYPE, set_threads
 from openai_key_info import redact
 
 SETTING_FLAGS = ("--pref_name", "--model_name", "--eval_data")  # in RunKey's order
@@ -91,7 +91,7 @@ def _judge_flags(judge) -> None:
                        help="local: transformers on this machine, greedy; auto: local for a "
                             "directory, .gguf file or the embedded model, else openai")
     judge.add_argument("--judge_device", default="auto", help="local judge: auto, cpu, cuda...")
-    judge.add_argument("--num_threads", type=int, default=None,
+    judge.add_argument("--num_threads", type=THREADS_TYPE, default=None, metavar="auto|N",
                        help="local judge: " + NUM_THREADS_HELP)
     judge.add_argument("--judge_dtype", default="auto",
                        help="local judge: auto (bf16 on GPU, fp32 on CPU), float32, bfloat16")

@@ -15,7 +15,7 @@ from evals.scoring.rm_run import ARMORM_DEFAULT, INPUT_FORMATS, RmEvalConfig, ev
 from evals.scoring.scorers import ScorerSpecError, parse_scorer
 from evals.scoring.scoring_inputs import PROMPT_MODES, parse_input_file
 from evals.tables import to_markdown
-from evals.threads import NUM_THREADS_HELP, set_threads
+from evals.threads import NUM_THREADS_HELP, THREADS_TYPE, set_threads
 
 
 def _dimension(text: str | None) -> int | str | None:
@@ -86,7 +86,8 @@ def _scorer_flags(rm) -> None:
     rm.add_argument("--batch_size", type=int, default=8, help="conversations per forward pass")
     rm.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1, ...")
     rm.add_argument("--dtype", default="auto", help="auto (bf16 on GPU, fp32 on CPU), ...")
-    rm.add_argument("--num_threads", type=int, default=None, help=NUM_THREADS_HELP)
+    rm.add_argument("--num_threads", type=THREADS_TYPE, default=None, metavar="auto|N",
+                    help=NUM_THREADS_HELP)
     rm.add_argument("--max_length", type=int, default=None,
                     help="context limit in tokens (none: each model's)")
     rm.add_argument("--strict_length", action="store_true",

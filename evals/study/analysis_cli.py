@@ -18,6 +18,7 @@ import sys
 from pathlib import Path
 
 from evals.errors import EvalError, exit_code
+from evals.threads import NUM_THREADS_HELP
 
 DEFAULT_DATA_DIR = str(Path(__file__).resolve().parents[2] / "data")
 DEFAULT_RESULTS_DIR = "results"
@@ -139,6 +140,11 @@ def _positive_int(text: str) -> int:
     return value
 
 
+def _threads(text: str) -> int | None:
+    """auto (None: main.py's policy) or a whole number >= 1."""
+    return None if text == "auto" else _positive_int(text)
+
+
 def _int_list(text: str) -> list[int]:
     try:
         values = [int(v) for v in text.split(",") if v.strip()]
@@ -161,9 +167,8 @@ def _decoding_options(parser: argparse.ArgumentParser) -> None:
     what.add_argument("--batch_size", type=int, default=8)
     what.add_argument("--device", default="auto")
     what.add_argument("--dtype", default="auto")
-    what.add_argument("--num_threads", "--threads", dest="threads", type=_positive_int,
-                      default=None, help="torch CPU threads (None: torch's choice); 1 is often "
-                      "much faster on a shared or busy machine")
+    what.add_argument("--num_threads", "--threads", dest="threads", type=_threads,
+                      default=None, metavar="auto|N", help=NUM_THREADS_HELP)
     amulet = parser.add_argument_group("Amulet (the settings not swept)")
     amulet.add_argument("--iteration_num", type=int, default=60, help="T")
     amulet.add_argument("--alpha", type=float, default=2.0)
