@@ -176,3 +176,13 @@ def same_run(a, b) -> bool:
 
     return torch.equal(a.sequences, b.sequences) and all(
         torch.allclose(x, y, atol=1e-3) for x, y in zip(a.scores, b.scores, strict=True))
+
+
+@pytest.fixture(scope="session")
+def standin_dirs(request) -> dict[str, Path]:
+    """Checkpoint directories of the paper's models as tiny random stand-ins with their real
+    tokenizers, chat templates, EOS sets and generation configs (tests/standins.py), built once
+    into pytest's cache directory and reused while their inputs are unchanged."""
+    from standins import cached_standins
+
+    return cached_standins(request.config.cache.mkdir("standins"))
