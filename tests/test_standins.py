@@ -8,7 +8,7 @@ import json
 
 import pytest
 from conftest import ROOT
-from standins import DECODERS, llama3_special_tokens, package_file, spec
+from standins import DECODERS, HIDDEN, llama3_special_tokens, package_file, spec
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
@@ -134,5 +134,5 @@ def test_persrm_has_a_value_head_file(standin_dirs):
     from safetensors.torch import load_file
 
     head = load_file(str(standin_dirs["pad-persrm"] / "value_head.safetensors"))
-    assert head["v_head.summary.weight"].shape == (16, 16)
-    assert head["v_head.summary.bias"].shape == (16,)
+    assert head["v_head.summary.weight"].shape == (HIDDEN, HIDDEN)
+    assert head["v_head.summary.bias"].shape == (HIDDEN,)
