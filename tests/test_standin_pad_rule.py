@@ -196,3 +196,23 @@ def test_value_head_warning_on_the_second_rule_too(models, tokenizers):
     with pytest.warns(UserWarning, match="value head"):
         decode_pad(models[decoder], models[PERSRM], prompts_of(tokenizers[decoder]),
                    settings(tokenizers[decoder]), retokenizer=retokenizer)
+
+
+def test_cli_args_with_a_llama_3_reward_model_on_llama_3_1(standin_dirs, data, tmp_path,
+                                                           llama3_reward_model):
+    """ARGS end to end: Llama-3.1 with a reward model of the Llama-3 tokenizer (3.0's names)
+    decodes, as the same ids allow (fails before: the names differed, so it was refused)."""
+    import shutil
+
+    rm_dir = tmp_path / "llama3-reward-model"
+    llama3_reward_model.save_pretrained(rm_dir)
+    for item in standin_dirs[PERSRM].iterdir():
+        if item.name.startswith(("tokenizer", "special_tokens", "chat_template")):
+            shutil.copy(item, rm_dir / item.name)
+    args = pad_args(standin_dirs, "llama-3.1-8b-instruct", data, tmp_path / "out")
+    args[args.index("--rm_name") + 1] = str(rm_dir)
+    args[args.index("--method") + 1] = "args"
+    code, err = main_in_process(args)
+    assert code == 0, err
+    [final] = list((tmp_path / "out").rglob("args.json"))
+    assert len(json.loads(final.read_text())) == len(QUESTIONS)
