@@ -185,4 +185,7 @@ def standin_dirs(request) -> dict[str, Path]:
     into pytest's cache directory and reused while their inputs are unchanged."""
     from standins import cached_standins
 
-    return cached_standins(request.config.cache.mkdir("standins"))
+    cache = getattr(request.config, "cache", None)  # None under -p no:cacheprovider
+    root = cache.mkdir("standins") if cache is not None else \
+        request.getfixturevalue("tmp_path_factory").mktemp("standins")
+    return cached_standins(root)

@@ -201,8 +201,15 @@ def fingerprint() -> str:
 
 def cached_standins(root: Path, names=STANDINS) -> dict[str, Path]:
     """Every stand-in of `names` under `root/<fingerprint>/<name>`, built once (a `complete`
-    marker says a directory is whole)."""
+    marker says a directory is whole); stand-ins of other fingerprints untouched for a day
+    are removed (a session of another version may still read a younger one)."""
+    import shutil
+    import time
+
     base = root / fingerprint()
+    for stale in root.iterdir() if root.is_dir() else []:
+        if stale.is_dir() and stale != base and time.time() - stale.stat().st_mtime > 86400:
+            shutil.rmtree(stale, ignore_errors=True)
     dirs = {}
     for name in names:
         target = base / name
