@@ -20,6 +20,7 @@ from DecodingMethodsModels.pipeline.cli_options import (
     GUIDED_METHODS,
     GUIDED_MODES,
     METHODS,
+    PAD_RULES,
     PREFERENCES,
     PROMPT_STYLES,
     SOLVERS,
@@ -79,6 +80,7 @@ class RunConfig:
     rm_device: str | None = None  # None: the decoding model's device
     rm_dtype: str | None = None  # None: --dtype
     rm_batch_size: int | None = None
+    pad_rule: str = "auto"  # PAD_RULES: auto (by the tokenizers' ids), same_ids, retokenized, path
     # the decoding backend: "hf" (transformers, the reference) or "vllm" (backends/)
     backend: str = "hf"
     vllm_max_num_seqs: int = 16  # rows vLLM runs at once (la, amulet, implicit PAD: 2 each)
@@ -171,6 +173,8 @@ class RunConfig:
         _positive("sample_temp", self.sample_temp)
         if self.rm_batch_size is not None:
             _at_least("rm_batch_size", self.rm_batch_size, 1)
+        if self.pad_rule not in PAD_RULES:
+            raise UserError(_unknown("pad_rule", self.pad_rule, PAD_RULES))
         if self.rm_dtype is not None and self.rm_dtype not in DTYPES:
             raise UserError(_unknown("dtype", self.rm_dtype, DTYPES))
         if self.do_sample:
@@ -246,7 +250,8 @@ class RunConfig:
 
     def _ineffective_guided_flags(self, given: set[str]) -> list[str]:
         guide_flags = {"rm_name", "rm_weight", "topk", "mode", "sample_temp", "ignore_eos",
-                       "rm_device", "rm_dtype", "rm_batch_size", "public_sample_temp"}
+                       "rm_device", "rm_dtype", "rm_batch_size", "public_sample_temp",
+                       "pad_rule"}
         if not self.guided_methods:
             flags = guide_flags & given
             return [f"{', '.join(sorted(flags))} only affect --method args and pad"] if flags \
@@ -266,6 +271,8 @@ class RunConfig:
                          "decoding model is its own PersRM")
         elif "rm_batch_size" in given and self.guided_methods == ["pad"]:
             notes.append("rm_batch_size only affects --method args")
+        if "pad_rule" in given and (self.guided_methods != ["pad"] or self.rm_name == "self"):
+            notes.append("pad_rule only affects --method pad with a PersRM (--rm_name)")
         return notes
 
 

@@ -34,7 +34,7 @@ _PUBLIC = {
     "la_rule": "rules.combine",
     "decode_two_prompts": "engines.two_prompt",
     "GuidedSettings": "engines.guided_settings",
-    "check_same_tokenizer": "engines.guided_settings",
+    "check_same_tokenizer": "engines.token_ids",
     "decode_args": "engines.reward_guided",
     "decode_pad": "engines.reward_guided",
     "decode_pad_implicit": "engines.reward_guided",

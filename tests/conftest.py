@@ -238,3 +238,16 @@ def guided_engine_tokens(method: str, model, guides: dict, pref, base, settings)
     if method == "pad":
         return decode_pad(model, guides["persrm"], pref, settings).token_ids
     return decode_pad_implicit(model, base, pref, settings).token_ids
+
+
+@pytest.fixture(scope="session")
+def standin_dirs(request) -> dict[str, Path]:
+    """Checkpoint directories of the paper's models as tiny random stand-ins with their real
+    tokenizers, chat templates, EOS sets and generation configs (tests/standins.py), built once
+    into pytest's cache directory and reused while their inputs are unchanged."""
+    from standins import cached_standins
+
+    cache = getattr(request.config, "cache", None)  # None under -p no:cacheprovider
+    root = cache.mkdir("standins") if cache is not None else \
+        request.getfixturevalue("tmp_path_factory").mktemp("standins")
+    return cached_standins(root)

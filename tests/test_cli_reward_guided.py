@@ -364,7 +364,7 @@ REFUSED = [
     ("config_without_guided", ["--method", "pref", "--config", "grid.jsonl"],
      "--config FILE (one reward-guided run per line) is for --method args or pad"),
     ("other_tokenizer", ["--method", "args", "--rm_name", "OTHER"],
-     "the reward model's tokenizer differs from the decoding model's"),
+     "the reward model's tokenizer gives other ids than the decoding model's"),
     ("persrm_without_lm_head", ["--method", "pad", "--rm_name", "CLASSIFIER"],
      "no LM head in its checkpoint"),
     ("causal_lm_as_reward_model", ["--method", "args", "--rm_name", "PERSRM"],

@@ -304,8 +304,9 @@ def test_guides_of_another_vocabulary_are_refused(models, prompts, tokenizer, tm
     ids, mask = left_pad(pref, PAD)
     small_rm = LlamaForSequenceClassification(tiny_llama_config(other, num_labels=1)).eval()
     small_lm = LlamaForCausalLM(tiny_llama_config(other)).eval()
-    for processor in (ArgsProcessor(small_rm, ids, mask), PadProcessor(small_lm, ids, mask)):
-        with pytest.raises(UserError, match="must share one tokenizer") as err:
+    for processor, says in ((ArgsProcessor(small_rm, ids, mask), "must share one tokenizer"),
+                            (PadProcessor(small_lm, ids, mask), "PAD's second rule")):
+        with pytest.raises(UserError, match=says) as err:
             generate(models["llama"], pref, processor)
         one_line(err)
 

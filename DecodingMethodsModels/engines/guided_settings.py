@@ -110,15 +110,3 @@ def flight_size(settings: GuidedSettings, batch_size: int | None, count: int) ->
         raise ValueError("continuous batching is greedy only: mode 'topk' draws for the whole "
                          "batch from one generator, so it decodes all its questions at once")
     return batch_size
-
-
-def check_same_tokenizer(tokenizer, other, role: str = "reward model") -> None:
-    """Raise a UserError unless `other` maps every token to the same id as `tokenizer`."""
-    ours, theirs = tokenizer.get_vocab(), other.get_vocab()
-    if ours == theirs:
-        return
-    differing = sorted(t for t in ours.keys() | theirs.keys() if ours.get(t) != theirs.get(t))
-    raise UserError(
-        f"the {role}'s tokenizer differs from the decoding model's ({len(ours)} vs {len(theirs)} "
-        f"tokens, {len(differing)} with other ids, e.g. {differing[0]!r}): they must share one"
-    )

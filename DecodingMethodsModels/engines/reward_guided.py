@@ -57,7 +57,6 @@ from DecodingMethodsModels.engines.guided_settings import (
     check_generator,
     check_prompts,
     check_reward_model,
-    check_same_tokenizer,
     check_topk,
     flight_size,
     vocabulary_size,
@@ -72,7 +71,7 @@ from DecodingMethodsModels.engines.guides import (
     stream_guided,
 )
 from DecodingMethodsModels.engines.retokenized_pad import stream_pad_retokenized
-from DecodingMethodsModels.errors import UserError
+from DecodingMethodsModels.engines.token_ids import check_guide_reads_ids, check_same_tokenizer
 from DecodingMethodsModels.models.value_head import warn_if_not_applied
 from DecodingMethodsModels.rules.guided import args_scores, pad_scores
 
@@ -82,19 +81,23 @@ __all__ = ["GuidedSettings", "check_same_tokenizer", "decode_args", "decode_pad"
 
 def stream_args(model, reward_model, prompt_ids: list[list[int]], settings: GuidedSettings,
                 batch_size: int | None = None, generator: torch.Generator | None = None,
-                reward_prompt_ids: list[list[int]] | None = None) -> Iterator[tuple[int, list]]:
+                reward_prompt_ids: list[list[int]] | None = None,
+                tokenizers=None) -> Iterator[tuple[int, list]]:
     """ARGS over every prompt, at most `batch_size` questions in flight (all by default):
     yields (prompt number, generated ids, the ending EOS included) as each finishes.
 
     `score = z_k + w r_k` over the top-k candidates. The reward model reads
     `reward_prompt_ids` (default: the same prompts) followed by the tokens so far and each
-    candidate. Both models must share one tokenizer (`check_same_tokenizer`).
+    candidate. Both models must give the same ids: with `tokenizers` (the decoding model's,
+    the reward model's) checked on them and the prompts (token_ids.check_same_tokenizer), else
+    on the models' vocabularies and BOS ids (token_ids.check_guide_reads_ids).
     """
     reward_prompt_ids = reward_prompt_ids or prompt_ids
     check_prompts(prompt_ids, reward_prompt_ids)
     vocab = vocabulary_size(model)
     check_topk(settings, vocab)
     check_reward_model(reward_model, vocab)
+    check_guide_reads_ids(model, reward_model, "reward model", tokenizers, prompt_ids)
     check_generator(settings, generator)
     flight = flight_size(settings, batch_size, len(prompt_ids))
     decoder_prefix = prefix_of(model, read_logits, prompt_ids, settings)
@@ -110,7 +113,7 @@ def stream_args(model, reward_model, prompt_ids: list[list[int]], settings: Guid
 
 def stream_pad(model, persrm, prompt_ids: list[list[int]], settings: GuidedSettings,
                batch_size: int | None = None, generator: torch.Generator | None = None,
-               retokenizer=None) -> Iterator[tuple[int, list]]:
+               retokenizer=None, tokenizers=None) -> Iterator[tuple[int, list]]:
     """PAD over every prompt, at most `batch_size` in flight; the PersRM (a causal LM) reads
     the same ids as `model`. `score = z_k + w (log_softmax_k(u_k) - log_softmax_k(z_k))` over
     the top-k candidates of z. Yields (prompt number, generated ids) as each finishes.
@@ -118,23 +121,22 @@ def stream_pad(model, persrm, prompt_ids: list[list[int]], settings: GuidedSetti
     apply models/value_head.attach_value_head) for PAD's value head; a warning says when one is
     left out.
 
+    Both models must give the same ids: with `tokenizers` (the decoding model's, the
+    PersRM's) checked on them and the prompts, else on the models' vocabularies and BOS ids
+    (token_ids.check_guide_reads_ids); a refusal names PAD's second rule.
     With a `retokenizer` (retokenized_pad.Retokenizer: a PersRM with another tokenizer),
     PAD's second rule instead: the PersRM reads the text so far in its own ids and
     `score = z_k + w (u_mapped(k) - z_k)` on raw logits.
     """
+    warn_if_not_applied(persrm)
     if retokenizer is not None:
         return stream_pad_retokenized(model, persrm, retokenizer, prompt_ids, settings,
                                       batch_size, generator)
     check_prompts(prompt_ids)
     vocab = vocabulary_size(model)
     check_topk(settings, vocab)
-    warn_if_not_applied(persrm)
-    persrm_vocab = vocabulary_size(persrm)
-    if persrm_vocab < vocab:
-        raise UserError(
-            f"the PersRM scores {persrm_vocab} token ids but the decoding model writes {vocab}: "
-            "they must share one tokenizer"
-        )
+    vocabulary_size(persrm)  # a UserError without an LM head
+    check_guide_reads_ids(model, persrm, "PersRM", tokenizers, prompt_ids)
     check_generator(settings, generator)
     flight = flight_size(settings, batch_size, len(prompt_ids))
     decoder_prefix = prefix_of(model, read_logits, prompt_ids, settings)
@@ -170,18 +172,18 @@ def stream_pad_implicit(model, base_ids: list[list[int]], pref_ids: list[list[in
 def decode_args(model, reward_model, prompt_ids: list[list[int]], settings: GuidedSettings,
                 generator: torch.Generator | None = None,
                 reward_prompt_ids: list[list[int]] | None = None,
-                batch_size: int | None = None) -> DecodeResult:
+                batch_size: int | None = None, tokenizers=None) -> DecodeResult:
     """`stream_args` collected in prompt order (by default all prompts in one batch)."""
     return collect(stream_args(model, reward_model, prompt_ids, settings, batch_size,
-                                generator, reward_prompt_ids), len(prompt_ids))
+                                generator, reward_prompt_ids, tokenizers), len(prompt_ids))
 
 
 def decode_pad(model, persrm, prompt_ids: list[list[int]], settings: GuidedSettings,
                generator: torch.Generator | None = None, batch_size: int | None = None,
-               retokenizer=None) -> DecodeResult:
+               retokenizer=None, tokenizers=None) -> DecodeResult:
     """`stream_pad` collected in prompt order (by default all prompts in one batch)."""
     return collect(stream_pad(model, persrm, prompt_ids, settings, batch_size, generator,
-                               retokenizer), len(prompt_ids))
+                               retokenizer, tokenizers), len(prompt_ids))
 
 
 def decode_pad_implicit(model, base_ids: list[list[int]], pref_ids: list[list[int]],

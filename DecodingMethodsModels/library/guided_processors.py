@@ -22,6 +22,7 @@ import torch
 from DecodingMethodsModels.engines.core import read_logits, select_cache_rows
 from DecodingMethodsModels.engines.guided_settings import check_reward_model, vocabulary_size
 from DecodingMethodsModels.engines.guides import read_reward
+from DecodingMethodsModels.engines.token_ids import SECOND_RULE, check_guide_reads_ids
 from DecodingMethodsModels.errors import UserError
 from DecodingMethodsModels.library.processors import FollowingCache, checked_scores
 from DecodingMethodsModels.models.value_head import warn_if_not_applied
@@ -51,6 +52,20 @@ def _candidates_only(like: torch.Tensor, candidates: torch.Tensor,
     return checked_scores(out.scatter_(1, candidates, candidate_scores.to(out.dtype)))
 
 
+def _check_reads_ids(model, guide, role: str, tokenizers, ids, mask) -> None:
+    """token_ids.check_guide_reads_ids on the guide's prompts (a list of id lists, or (Q, L)
+    left-padded ids with their mask), when `tokenizers` or the decoding `model` is given."""
+    if tokenizers is None and model is None:
+        return
+    if isinstance(ids, torch.Tensor):
+        keep = torch.ones_like(ids, dtype=torch.bool) if mask is None else mask.bool()
+        ids = [row[k].tolist() for row, k in zip(ids, keep, strict=True)]
+    if tokenizers is None:
+        check_guide_reads_ids(model, guide, role)
+    else:
+        check_guide_reads_ids(None, guide, role, tokenizers, ids)
+
+
 class PadProcessor(FollowingCache):
     """PAD inside `generate`: `score_k = z_k + w (log_softmax_k(u_k) - log_softmax_k(z_k))`.
 
@@ -69,6 +84,13 @@ class PadProcessor(FollowingCache):
     PAD's value head: load the PersRM with `attach_value_head` applied (models/value_head.py), or a
     warning says that its checkpoint's head is left out.
 
+    The PersRM's logits are read at the decoding model's ids, so both must give the same ids:
+    pass `tokenizers=(tokenizer, persrm_tokenizer)` to have them checked on the tokenizers and
+    `persrm_ids` (engines/token_ids.py), or `model=` the decoding model to have the models'
+    vocabularies and BOS ids checked; a PersRM of another tokenizer is refused, naming PAD's
+    second rule (reward_guided.decode_pad with a retokenizer). At every step the PersRM's
+    vocabulary must cover the decoding model's.
+
     The PersRM keeps a KV cache of its own (one token per row per step) that follows beam
     search's reordering. Greedy `generate` without penalties gives reward_guided.decode_pad's
     tokens (mode "greedy"): on a checkpoint whose generation config samples or penalises
@@ -79,10 +101,11 @@ class PadProcessor(FollowingCache):
     """
 
     def __init__(self, persrm, persrm_ids, persrm_attention_mask=None,
-                 weight: float = PAD_WEIGHT, topk: int = TOPK):
+                 weight: float = PAD_WEIGHT, topk: int = TOPK, tokenizers=None, model=None):
         _check_guidance(weight, topk)
         self.persrm_vocab = vocabulary_size(persrm)  # a UserError without an LM head
         warn_if_not_applied(persrm)
+        _check_reads_ids(model, persrm, "PersRM", tokenizers, persrm_ids, persrm_attention_mask)
         super().__init__(persrm, persrm_ids, persrm_attention_mask, read_logits)
         self.weight, self.topk = weight, topk
 
@@ -91,7 +114,7 @@ class PadProcessor(FollowingCache):
         if self.persrm_vocab < z.shape[-1]:
             raise UserError(
                 f"the PersRM scores {self.persrm_vocab} token ids but the decoding model writes "
-                f"{z.shape[-1]}: they must share one tokenizer")
+                f"{z.shape[-1]}; {SECOND_RULE}")
         candidate_logits, candidates = _over_candidates(z, self.topk)
         with torch.no_grad():
             u = self._extra_output(input_ids)  # (R, V') fp32
@@ -119,12 +142,17 @@ class ArgsProcessor(FollowingCache):
     `generate(..., do_sample=False, repetition_penalty=1.0)`, and reset likewise any other
     score-changing setting it lists. Sampling with `do_sample=True, temperature=0.7,
     top_p=1.0, repetition_penalty=1.0` draws as mode "topk" does.
+    Both models must give the same ids: `tokenizers=(tokenizer, reward_tokenizer)` has them
+    checked on the tokenizers and `reward_ids`, `model=` the decoding model on the models'
+    vocabularies and BOS ids (engines/token_ids.py).
     """
 
     def __init__(self, reward_model, reward_ids, reward_attention_mask=None,
-                 weight: float = ARGS_WEIGHT, topk: int = TOPK):
+                 weight: float = ARGS_WEIGHT, topk: int = TOPK, tokenizers=None, model=None):
         _check_guidance(weight, topk)
         check_reward_model(reward_model, 0)  # a one-label classifier; its vocabulary: later
+        _check_reads_ids(model, reward_model, "reward model", tokenizers, reward_ids,
+                         reward_attention_mask)
         self.reward_vocab = reward_model.get_input_embeddings().weight.shape[0]
         super().__init__(reward_model, reward_ids, reward_attention_mask, read_reward)
         self.weight, self.topk = weight, topk

@@ -19,6 +19,9 @@ PREFERENCES = (
 )
 SOLVERS = ("closed_form", "iterative")
 GUIDED_MODES = ("greedy", "topk")
+# PAD's rule for a PersRM: by whether its tokenizer gives the decoding model's ids, forced, or by
+# PAD.py's own test ("Llama-3" in the decoding model's name: first rule)
+PAD_RULES = ("auto", "same_ids", "retokenized", "path")
 PROMPT_STYLES = ("chat", "raw")  # raw: public ARGS's untemplated question (args only)
 DTYPES = ("auto", "float32", "bfloat16", "float16")
 BACKENDS = ("hf", "vllm")  # hf: transformers and the engines (the reference); vllm: backends/
@@ -150,6 +153,11 @@ def _add_reward_guided(parser: argparse.ArgumentParser) -> None:
     rg.add_argument("--ignore_eos", action="store_true",
                     help="always generate --max_new_tokens tokens, as the public codes do "
                     "(off: stop at the first EOS)")
+    rg.add_argument("--pad_rule", default="auto", choices=PAD_RULES,
+                    help="PAD's rule for the PersRM: auto: the first (same ids) when its "
+                    "tokenizer gives the decoding model's ids, else the second (text re-encoded "
+                    "by its tokenizer); same_ids or retokenized: that rule; path: PAD.py's test, "
+                    "the first rule when the model name contains 'Llama-3'")
     rg.add_argument("--rm_device", default=None, help="the guide's device (None: --device)")
     rg.add_argument("--rm_dtype", default=None, choices=DTYPES,
                     help="the guide's dtype (None: --dtype)")

@@ -155,6 +155,8 @@ def guided_parameters(config, run: GuidedRunConfig, rm_dtype: str | None) -> dic
             digest = value_head_sha256(config.rm_name)
             if digest is not None:  # absent without a head: those runs' fingerprints stay
                 params["rm_value_head_sha256"] = digest
+            if config.pad_rule != "auto":  # auto's rule follows from the two models' names
+                params["pad_rule"] = config.pad_rule
     return params
 
 

@@ -29,27 +29,60 @@ def guide_device(config, process, decoding_device: str) -> str:
     return rank_device(resolve_device(config.rm_device), process, False)
 
 
-def check_guide_tokenizer(config, tokenizer):
-    """The guide's tokenizer against the decoding model's, on the tokenizers alone before any
-    weight loads. ARGS's reward model must map every token to the same id; a PersRM that does
-    not takes PAD's second rule: returns its retokenized_pad.Retokenizer (else None)."""
-    from DecodingMethodsModels.engines.reward_guided import check_same_tokenizer
-    from DecodingMethodsModels.errors import UserError
+def check_guide_tokenizer(config, tokenizer, prompt_ids=(), say=None):
+    """The guide's tokenizer against the decoding model's, on the tokenizers and the run's
+    prompts before any weight loads (engines/token_ids.py: every token string text can produce
+    and every prompt must get the same ids). ARGS's reward model must give the same ids. PAD:
+    `pad_rule` picks the first rule (same ids) or the second (re-encoded text) and says which in
+    the log (`say`). Returns (the retokenized_pad.Retokenizer of the second rule or None, the
+    rule's facts for the sidecar)."""
+    from DecodingMethodsModels.engines.token_ids import check_same_tokenizer, id_differences
     from DecodingMethodsModels.models.guides import load_guide_tokenizer
 
     if config.rm_name == SELF:
-        return None
+        return None, {}
     guide_tokenizer = load_guide_tokenizer(config.rm_name, config.trust_remote_code)
     if config.guided_methods == ["args"]:
-        check_same_tokenizer(tokenizer, guide_tokenizer, "reward model")
-        return None
-    try:
-        check_same_tokenizer(tokenizer, guide_tokenizer, "PersRM")
-    except UserError:
-        from DecodingMethodsModels.engines.retokenized_pad import Retokenizer
+        check_same_tokenizer(tokenizer, guide_tokenizer, "reward model", prompt_ids)
+        return None, {}
+    differences = id_differences(tokenizer, guide_tokenizer, prompt_ids, limit=1)
+    rule, why = pad_rule(config.pad_rule, config.model_name, differences)
+    facts = {"pad_rule": rule, "pad_rule_chosen_by": config.pad_rule, "pad_rule_why": why}
+    if say is not None:
+        say(f"PAD: {RULE_NAMES[rule]}: {why}")
+    if rule == "same_ids":
+        return None, facts
+    from DecodingMethodsModels.engines.retokenized_pad import Retokenizer
 
-        return Retokenizer(tokenizer, guide_tokenizer)
-    return None
+    return Retokenizer(tokenizer, guide_tokenizer), facts
+
+
+RULE_NAMES = {"same_ids": "the first rule (the PersRM reads the decoding model's ids)",
+              "retokenized": "the second rule (the PersRM reads the text re-encoded by its "
+                             "tokenizer)"}
+
+
+def pad_rule(choice: str, model_name: str, differences: list[str]) -> tuple[str, str]:
+    """(rule, why) for `--pad_rule choice`: "same_ids" or "retokenized". auto: same_ids
+    exactly when the tokenizers give the same ids (`differences` empty); path: PAD.py's test,
+    same_ids when `model_name` contains "Llama-3". The first rule on tokenizers that give other
+    ids is refused: the PersRM's logits would be read at ids meaning other tokens."""
+    same = not differences
+    if choice == "auto":
+        rule = "same_ids" if same else "retokenized"
+        why = ("the PersRM's tokenizer gives the decoding model's ids" if same else
+               f"the PersRM's tokenizer gives other ids ({differences[0]})")
+    elif choice == "path":
+        rule = "same_ids" if "Llama-3" in model_name else "retokenized"
+        why = (f"--pad_rule path: {model_name!r} "
+               f"{'contains' if rule == 'same_ids' else 'does not contain'} 'Llama-3'")
+    else:
+        rule, why = choice, f"--pad_rule {choice}"
+    if rule == "same_ids" and not same:
+        raise UserError(f"PAD's first rule ({why}) needs a PersRM whose tokenizer gives the "
+                        f"decoding model's ids, but {differences[0]}: use --pad_rule auto or "
+                        "retokenized")
+    return rule, why
 
 
 def guide_context(config) -> int | None:
@@ -150,9 +183,10 @@ class Guide:
 
 
 def load_guide(config, device: str, model, eos_ids: list[int], pad_id: int,
-               runs: list[GuidedRunConfig], retokenizer=None) -> tuple[Guide, dict]:
+               runs: list[GuidedRunConfig], retokenizer=None,
+               rule_facts: dict | None = None) -> tuple[Guide, dict]:
     """The guide of the command's reward-guided method, loaded and checked; facts for the
-    sidecar. `retokenizer`: check_guide_tokenizer's, for a PersRM of another tokenizer."""
+    sidecar. `retokenizer`, `rule_facts`: check_guide_tokenizer's (PAD's rule)."""
     from DecodingMethodsModels.models.guides import load_persrm, load_reward_model
 
     method = config.guided_methods[0]
@@ -167,6 +201,7 @@ def load_guide(config, device: str, model, eos_ids: list[int], pad_id: int,
     facts = {"rm_name": config.rm_name}
     if retokenizer is not None:
         facts["retokenized"] = True  # PAD's second rule
+    facts.update(rule_facts or {})
     if guide_model is not None:
         facts.update(rm_device=device, rm_dtype=str(guide_model.dtype).removeprefix("torch."))
     if guide_model is not None and method == "pad":

@@ -127,11 +127,15 @@ def load_and_check(config, process: Process, todo: list[Work]) -> tuple[Decoder,
     tokenizer = load_tokenizer(source, config.trust_remote_code, config.prompt_style == "chat")
     system_role = template_accepts_system(tokenizer)
     guided = [w.run.guided for w in todo if w.run.guided is not None]
-    retokenizer = check_guide_tokenizer(config, tokenizer) if guided else None  # no weights yet
     guide_limit = guide_context(config) if guided else None  # the guide reads the same ids
     # every prompt is encoded and checked before anything is written or any weight loaded
     context = configured_context(source, config.trust_remote_code)
     prompts = encode_all(todo, tokenizer, system_role, _smaller(context, guide_limit), config)
+    retokenizer, rule_facts = None, {}
+    if guided:  # the guide's tokenizer on the run's prompts, before any weight loads
+        prompt_ids = [ids for pair in prompts.values() for rows in pair for ids in rows]
+        retokenizer, rule_facts = check_guide_tokenizer(config, tokenizer, prompt_ids,
+                                                        _printer(process))
     model = decoding_model(config, source, tokenizer, device, prompts, context)
     if context is None and model_context(model.config) is not None:
         prompts = encode_all(todo, tokenizer, system_role,
@@ -153,7 +157,7 @@ def load_and_check(config, process: Process, todo: list[Work]) -> tuple[Decoder,
                             f"(--use_model_generation_config) cannot be applied by --method "
                             f"{config.guided_methods[0]}: run it without that flag")
         guide, guide_facts = guide_of(config, process, device, model, eos_ids, pad_id, guided,
-                                      retokenizer)
+                                      retokenizer, rule_facts)
     decoder = backend(model, tokenizer, prompts, settings, eos_ids, config.seed,
                       config.batch_size, config.continuous_batching, guide)
     backend_facts = model.facts() if config.backend == "vllm" else {}
@@ -173,14 +177,15 @@ def decoding_model(config, source, tokenizer, device, prompts: dict, context: in
     return load_model(source, device, config.dtype, config.multi_gpu, config.trust_remote_code)
 
 
-def guide_of(config, process, device, model, eos_ids, pad_id, guided, retokenizer):
+def guide_of(config, process, device, model, eos_ids, pad_id, guided, retokenizer,
+             rule_facts=None):
     """(guide, its sidecar facts) of ARGS's or PAD's runs. On vLLM only implicit PAD runs (the
     model guides itself inside vLLM): no guide is loaded."""
     if config.backend == "vllm":
         model.check_topk(guided)
         return None, {"guide": {"rm_name": config.rm_name}}
     return load_guide(config, guide_device(config, process, device), model, eos_ids, pad_id,
-                      guided, retokenizer)
+                      guided, retokenizer, rule_facts)
 
 
 def _smaller(a: int | None, b: int | None) -> int | None:
