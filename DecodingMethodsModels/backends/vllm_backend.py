@@ -120,7 +120,8 @@ def refusal(config) -> str | None:
     unsupported = sorted(methods - {*SINGLE, BEAM, *PAIRED, "pad"})
     if unsupported:
         return (f"--backend vllm runs base, pref, beam, la, amulet, costeer (its own SLM) and "
-                f"implicit PAD (--method pad --rm_name self); run --method {','.join(unsupported)} with --backend hf")
+                f"implicit PAD (--method pad --rm_name self); run --method "
+                f"{','.join(unsupported)} with --backend hf")
     if BEAM in methods and config.do_sample:
         return ("--method beam with --do_sample (beam sampling) is not supported with "
                 "--backend vllm; use --backend hf")

@@ -20,6 +20,7 @@ from pathlib import Path
 
 from DecodingMethodsModels.errors import UserError
 from DecodingMethodsModels.pipeline.assemble import assemble_ready, wait_for_ranks
+from DecodingMethodsModels.pipeline.costeer_slm import check_slm_tokenizer, load_slm
 from DecodingMethodsModels.pipeline.decode import (
     Decoder,
     decode_settings,
@@ -37,7 +38,6 @@ from DecodingMethodsModels.pipeline.distributed import (
     rank_device,
     restrict_gpus,
 )
-from DecodingMethodsModels.pipeline.costeer_slm import check_slm_tokenizer, load_slm
 from DecodingMethodsModels.pipeline.encode import configured_context, encode_all, model_context
 from DecodingMethodsModels.pipeline.guided_runs import (
     check_guide_tokenizer,
