@@ -119,8 +119,8 @@ def refusal(config) -> str | None:
     methods = set(config.methods)
     unsupported = sorted(methods - {*SINGLE, BEAM, *PAIRED, "pad"})
     if unsupported:
-        return (f"--backend vllm runs base, pref, beam, la, amulet, costeer (its own SLM) and "
-                f"implicit PAD (--method pad --rm_name self); run --method "
+        return (f"--backend vllm runs base, pref, beam, la, amulet and implicit PAD (--method "
+                f"pad --rm_name self), and costeer with the model as its own SLM; run --method "
                 f"{','.join(unsupported)} with --backend hf")
     if BEAM in methods and config.do_sample:
         return ("--method beam with --do_sample (beam sampling) is not supported with "
