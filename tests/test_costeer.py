@@ -19,8 +19,12 @@ from cli_helpers import (
     write_dataset,
 )
 
-from DecodingMethodsModels.models.loading import EMBEDDED_MODEL, load_model, load_tokenizer, \
-    resolve_model
+from DecodingMethodsModels.models.loading import (
+    EMBEDDED_MODEL,
+    load_model,
+    load_tokenizer,
+    resolve_model,
+)
 from DecodingMethodsModels.rules.costeer import costeer_ratio
 
 SIXTEEN = QUESTIONS + [
