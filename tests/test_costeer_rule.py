@@ -112,3 +112,15 @@ def test_inputs_are_checked_and_never_modified():
         costeer_ratio(20, 2.0, 1.0, 0.0, 10.0)
     with pytest.raises(ValueError, match="solver"):
         costeer_rule(20, 2.0, 1.0, 2.0, 10.0, "newton")
+
+
+def test_the_k_table_gives_costeers_ratio_beside_amulets_k():
+    from evals.study import analysis_k
+
+    rows = analysis_k.k_table()
+    for row in rows:
+        c = costeer_ratio(row["T"], row["alpha"], 1.0, row["lambda"], row["eta"])
+        assert row["costeer_c_T"] == c and row["costeer_la_ratio"] == c - 1.0
+    at_20 = next(r for r in rows if r["swept"] == "T" and r["T"] == 20)
+    assert at_20["costeer_c_T"] == pytest.approx(1.7833, abs=5e-5)
+    assert "| CoSteer c_T | 0 | 1.783 |" in analysis_k.markdown_tables(rows)
