@@ -5,6 +5,7 @@ solver the closed form's, sampling is reproducible; and its bad inputs are one-l
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pytest
@@ -145,3 +146,33 @@ def test_a_bad_costeer_input_is_one_line_exit_2_and_writes_nothing(name, outcome
 def test_another_tokenizer_is_refused_before_any_weight_loads(outcomes):
     err = outcomes["slm_other_tokenizer"][2]
     assert "Loading weights" not in err and "combines the two models' log-probs" in err
+
+
+# ----- output files, --limit extension, refused settings, grids ----------------------------
+
+
+def test_a_costeer_run_extends_with_limit_and_refuses_other_settings(tmp_path, tiny_model_dirs,
+                                                                     tmp_path_factory):
+    from cli_helpers import main_in_process
+
+    model = sensitive_model(tmp_path_factory, tiny_model_dirs)
+    slm = build_variant(tiny_model_dirs["qwen2"], shared_dir(tmp_path_factory, "tiny-slm"),
+                        initializer_range=0.5)
+    write_dataset(tmp_path / "data", "demo", QUESTIONS[:4])
+    common = ["--model_name", str(model), "--data_dir", str(tmp_path / "data"), "--output_dir",
+              str(tmp_path / "out"), "--method", "costeer", "--slm_name", str(slm),
+              "--max_new_tokens", "6", "--device", "cpu", "--batch_size", "2",
+              "--pref_name", "concise,verbose"]
+    assert main_in_process([*common, "--limit", "2"])[0] == 0
+    final = tmp_path / "out" / "concise" / model.name / "demo" / "costeer.json"
+    first = json.loads(final.read_text())
+    code, err = main_in_process(common)
+    assert code == 0, err
+    extended = json.loads(final.read_text())
+    assert [r["index"] for r in extended] == [0, 1, 2, 3] and extended[:2] == first
+    assert (tmp_path / "out" / "verbose" / model.name / "demo" / "costeer.json").is_file()
+    code, err = main_in_process([*common, "--costeer_beta", "2"])
+    assert code == 2 and "costeer_beta" in err and "--overwrite" in err
+    sidecar = json.loads(final.with_suffix(".meta.json").read_text())
+    assert sidecar["environment"]["costeer"]["slm"] == str(slm)
+    assert sidecar["fingerprint"]["slm"] == str(slm)
