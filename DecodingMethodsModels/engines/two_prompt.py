@@ -1,10 +1,13 @@
-"""The one two-prompt decode engine behind every method that contrasts two prompts (LA, Amulet).
+"""The prompt-rows engine behind every method that contrasts prompts (LA, Amulet, CoSteer).
 
-Each question has a preference prompt and a base prompt. Per step the engine runs all of them
-as one stacked batch `[pref rows; base rows]` of 2B rows through the model with a KV cache,
-takes fp32 log-probs of the last position only, lets a pure `combine` rule turn the pair of
-(B, V) log-prob tensors into scores, picks one token per question and appends that same
-token to both of its rows. Rows that have finished are dropped from the batch and its cache.
+Each question has a preference prompt and a base prompt; each `Reader` is a model reading some
+of them, as one block of rows per prompt. LA and Amulet have one reader, the model on
+`[pref rows; base rows]`; CoSteer with a small model of its own has two, the LLM on its base
+rows and the SLM on `[pref; base]` (they may sit on different devices). Per step every reader
+runs its rows as one batch with a KV cache, takes fp32 log-probs of the last position only, a
+pure `combine` rule turns the blocks' (B, V) log-prob tensors into scores, one token is picked
+per question and that same token appended to all of its rows. Rows that have finished are
+dropped from the batch and every cache.
 
 Continuous batching (`stream_two_prompts`, through the engine core's `stream_batches`,
 engines/core.py): over a list of questions longer than the batch, the next question is admitted
@@ -15,9 +18,9 @@ no live row attends to are trimmed away. A question's tokens do not depend on wh
 shared its batch (the tests check batch 1 against continuous batches of questions of very
 different lengths).
 
-All 2B prompts of a batch usually open with the same tokens: the chat header and the system
+All prompts a reader reads usually open with the same tokens: the chat header and the system
 text up to the preference sentence (59 of about 90 tokens for SmolLM2 and the paper's system
-prompt). That shared prefix is encoded once per stream, for one row, and its cache copied to
+prompt). That shared prefix is encoded once per stream and reader, for one row, and copied to
 every row of every admission; only the rest of each prompt is left-padded and encoded per row,
 so the padding sits between the prefix and each row's own tokens, where the attention mask
 hides it.

@@ -31,6 +31,16 @@ def check_slm_tokenizer(config, tokenizer) -> None:
                         "log-probs token by token)") from None
 
 
+def slm_context(config) -> int | None:
+    """The SLM's context length from its configuration (None: unknown, or no separate SLM)."""
+    from DecodingMethodsModels.models.loading import resolve_model
+    from DecodingMethodsModels.pipeline.encode import configured_context
+
+    name = separate_slm(config)
+    return None if name is None else configured_context(resolve_model(name),
+                                                         config.trust_remote_code)
+
+
 def load_slm(config, process, decoding_device: str, tokenizer) -> tuple[object | None, dict]:
     """(the SLM, its sidecar facts); the SLM is None when the decoding model steers itself."""
     from DecodingMethodsModels.models.loading import load_model, resolve_device, resolve_model

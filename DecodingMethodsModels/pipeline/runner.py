@@ -20,7 +20,7 @@ from pathlib import Path
 
 from DecodingMethodsModels.errors import UserError
 from DecodingMethodsModels.pipeline.assemble import assemble_ready, wait_for_ranks
-from DecodingMethodsModels.pipeline.costeer_slm import check_slm_tokenizer, load_slm
+from DecodingMethodsModels.pipeline.costeer_slm import check_slm_tokenizer, load_slm, slm_context
 from DecodingMethodsModels.pipeline.decode import (
     Decoder,
     decode_settings,
@@ -132,6 +132,7 @@ def load_and_check(config, process: Process, todo: list[Work]) -> tuple[Decoder,
     retokenizer = check_guide_tokenizer(config, tokenizer) if guided else None  # no weights yet
     guide_limit = guide_context(config) if guided else None  # the guide reads the same ids
     check_slm_tokenizer(config, tokenizer)  # CoSteer's SLM: no weights yet
+    guide_limit = _smaller(guide_limit, slm_context(config))  # the SLM reads the same ids
     # every prompt is encoded and checked before anything is written or any weight loaded
     context = configured_context(source, config.trust_remote_code)
     prompts = encode_all(todo, tokenizer, system_role, _smaller(context, guide_limit), config)
