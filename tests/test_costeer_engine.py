@@ -176,3 +176,26 @@ def test_a_costeer_run_extends_with_limit_and_refuses_other_settings(tmp_path, t
     sidecar = json.loads(final.with_suffix(".meta.json").read_text())
     assert sidecar["environment"]["costeer"]["slm"] == str(slm)
     assert sidecar["fingerprint"]["slm"] == str(slm)
+
+
+def test_an_slm_with_a_wider_padded_vocabulary_is_read_over_the_shared_ids(pair):
+    """Checkpoints pad their embeddings to different widths (Qwen2.5-7B against 1.5B): the
+    engine compares the ids both score, as the rule on the cut log-probs says."""
+    from transformers import Qwen2Config, Qwen2ForCausalLM
+
+    llm, _, tokenizer = pair
+    config = Qwen2Config(vocab_size=len(tokenizer) + 64, hidden_size=32, intermediate_size=64,
+                         num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
+                         initializer_range=0.5)
+    torch.manual_seed(3)
+    wide = Qwen2ForCausalLM(config).eval()
+    ids, rule = prompts(tokenizer, QUESTIONS[:3]), costeer_rule(20, 2.0, 1.0, 2.0, 10.0)
+    first = [t[0] for t in decode_prompt_rows(readers(llm, wide), ids, rule, 1, [2],
+                                              2).token_ids]
+    vocab = len(tokenizer)
+    for i in range(3):
+        with torch.no_grad():
+            b = torch.log_softmax(llm(torch.tensor([ids["base"][i]])).logits[:, -1].float(), -1)
+            pers, plain = (torch.log_softmax(wide(torch.tensor([ids[k][i]])).logits[:, -1]
+                                             .float(), -1)[:, :vocab] for k in ("pref", "base"))
+        assert first[i] == int(rule(b[:, :vocab], pers, plain).argmax())
