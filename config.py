@@ -24,6 +24,7 @@ from DecodingMethodsModels.pipeline.cli_options import (
     PREFERENCES,
     PROMPT_STYLES,
     SOLVERS,
+    STEERED_METHODS,
     build_parser,
 )
 from DecodingMethodsModels.prompts.pad import PRINCIPLE_SETS
@@ -86,11 +87,21 @@ class RunConfig:
     vllm_max_num_seqs: int = 16  # rows vLLM runs at once (la, amulet, implicit PAD: 2 each)
     vllm_tensor_parallel_size: int = 1
     vllm_kv_cache_gb: float | None = None  # None: 1 GiB on CPU, vLLM's own share of a GPU
+    # CoSteer: a small model (SLM, None: the decoding model) steers the decoding model
+    slm_name: str | None = None
+    slm_device: str | None = None  # None: --device
+    costeer_iterations: int = 20
+    costeer_alpha: float = 2.0
+    costeer_beta: float = 1.0
+    costeer_lambda: float = 2.0
+    costeer_eta: float = 10.0
+    costeer_solver: str = "closed_form"
 
     def __post_init__(self) -> None:
+        known = METHODS + GUIDED_METHODS + STEERED_METHODS
         for method in self.methods:
-            if method not in METHODS + GUIDED_METHODS:
-                raise UserError(_unknown("method", method, METHODS + GUIDED_METHODS))
+            if method not in known:
+                raise UserError(_unknown("method", method, known))
         if self.pref_text is None:
             for pref in self.pref_names:
                 if pref not in PREFERENCES and pref not in PRINCIPLE_SETS:
@@ -140,7 +151,34 @@ class RunConfig:
             raise UserError("--reference_prompts rebuilds the Amulet paper's prompts; PAD's "
                             "principle sets have their own prompt: drop one of the two")
         self._check_guided()
+        self._check_costeer()
         self._check_backend()
+
+    def _check_costeer(self) -> None:
+        """CoSteer's flags and prompt style, before any model loads."""
+        _at_least("costeer_iterations", self.costeer_iterations, 0)
+        _positive("costeer_lambda", self.costeer_lambda)
+        _positive("costeer_eta", self.costeer_eta)
+        if not (self.costeer_alpha >= 0 and math.isfinite(self.costeer_alpha)):
+            raise UserError(f"--costeer_alpha must be a finite number >= 0, got "
+                            f"{self.costeer_alpha}")
+        if not math.isfinite(self.costeer_beta):
+            raise UserError(f"--costeer_beta must be a finite number, got {self.costeer_beta}")
+        if self.costeer_solver not in SOLVERS:
+            raise UserError(_unknown("CoSteer solver", self.costeer_solver, SOLVERS))
+        if self.slm_name is not None and (not self.slm_name.strip()
+                                          or _unsafe_name(self.slm_name.replace("/", ""))):
+            raise UserError("--slm_name must be a model name without control characters")
+        if self.prompt_style == "costeer":
+            if self.guided_methods:
+                raise UserError("--prompt_style costeer (CoSteer's prompts) is for base, pref, "
+                                "beam, la, amulet and costeer; args and pad have their own")
+            if self.reference_prompts:
+                raise UserError("--reference_prompts rebuilds the Amulet paper's prompts and "
+                                "--prompt_style costeer CoSteer's: drop one of the two")
+            if self.pref_text is None and any(p in PRINCIPLE_SETS for p in self.pref_names):
+                raise UserError("--prompt_style costeer takes a named preference or "
+                                "--pref_text, not PAD's principle sets")
 
     def _check_guided(self) -> None:
         """Flags of ARGS and PAD, and the --config file, checked before any model loads."""
@@ -237,6 +275,13 @@ class RunConfig:
             notes.append("reinforce_ratio only affects --method la")
         if "num_beams" in given and "beam" not in self.methods:
             notes.append("num_beams only affects --method beam")
+        costeer = {f for f in given if f.startswith("costeer_") or f.startswith("slm_")}
+        if costeer and "costeer" not in self.methods:
+            notes.append(f"{', '.join(sorted(costeer))} only affect --method costeer")
+        if "costeer" in self.methods and self.costeer_alpha > self.costeer_lambda:
+            notes.append(f"costeer_alpha {self.costeer_alpha} > costeer_lambda "
+                         f"{self.costeer_lambda}: CoSteer's ratio c_T diverges as "
+                         "costeer_iterations grows")
         notes += self._ineffective_guided_flags(given)
         vllm_flags = {f for f in given if f.startswith("vllm_")}
         if vllm_flags and self.backend != "vllm":

@@ -9,6 +9,9 @@ so that the CLI's argument checks never wait for torch:
   `model.generate(custom_generate=...)`;
 - `personalise`: answers to a list of questions for a preference, as strings (library/api.py);
 - `amulet_rule`, `la_rule`, `decode_two_prompts`: the pure rules and the engine themselves;
+- `CoSteerProcessor`, `costeer_rule`, `costeer_ratio`: CoSteer (a small model steering the
+  decoding one) as a logits processor and as its rule; `decode_prompt_rows` with `Reader`:
+  the engine with several models, each reading some of a question's prompts;
 - `ArgsProcessor`, `PadProcessor`: ARGS and PAD (explicit or implicit) as logits processors
   (library/guided_processors.py);
   `decode_args`, `decode_pad`, `decode_pad_implicit` with `GuidedSettings`: their batched
@@ -22,6 +25,7 @@ from importlib import import_module
 
 _PUBLIC = {
     "AmuletProcessor": "library.processors",
+    "CoSteerProcessor": "library.processors",
     "ArgsProcessor": "library.guided_processors",
     "PadProcessor": "library.guided_processors",
     "LinearAlignmentProcessor": "library.processors",
@@ -32,6 +36,10 @@ _PUBLIC = {
     "personalise": "library.api",
     "amulet_rule": "rules.combine",
     "la_rule": "rules.combine",
+    "costeer_rule": "rules.costeer",
+    "costeer_ratio": "rules.costeer",
+    "Reader": "engines.two_prompt",
+    "decode_prompt_rows": "engines.two_prompt",
     "decode_two_prompts": "engines.two_prompt",
     "GuidedSettings": "engines.guided_settings",
     "check_same_tokenizer": "engines.token_ids",

@@ -1,6 +1,7 @@
 """The floors of DecodingMethodsModels (its README, "Architecture"), read from the code: every
 import of a package module, at module level or inside a function, goes to its own floor or one
-below, and the modules import each other in no circle."""
+below, and the modules import each other in no circle; nor do the modules of any subpackage of
+DecodingMethodsModels or evals among themselves."""
 
 import ast
 import re
@@ -43,8 +44,8 @@ def sources() -> dict[str, Path]:
     return {module_name(path): path for path in files}
 
 
-def imported_modules(module: str, path: Path, known: set[str]):
-    """(line, imported module) of every import of a package module in `path`."""
+def imported_modules(module: str, path: Path, known: set[str], root_package: str = PACKAGE):
+    """(line, imported module) of every import of a `root_package` module in `path`."""
     package = module if path.name == "__init__.py" else module.rpartition(".")[0]
     for node in ast.walk(ast.parse(path.read_text(), str(path))):
         if isinstance(node, ast.Import):
@@ -60,7 +61,7 @@ def imported_modules(module: str, path: Path, known: set[str]):
         else:
             continue
         for target in targets:
-            if target == PACKAGE or target.startswith(PACKAGE + "."):
+            if target == root_package or target.startswith(root_package + "."):
                 while target not in known and "." in target:
                     target = target.rpartition(".")[0]
                 yield node.lineno, target
@@ -111,6 +112,45 @@ def find_circle(graph) -> list[str] | None:
             if circle:
                 return circle
     return None
+
+
+def package_graph(package: str) -> dict[str, list[tuple[int, str]]]:
+    """The import graph of one top-level package's modules (imports inside functions too)."""
+    found = {module_name(path): path for path in sorted((ROOT / package).rglob("*.py"))}
+    return {module: sorted(set(imported_modules(module, path, set(found), package)))
+            for module, path in found.items()}
+
+
+def subpackage_circles(graph) -> list[list[str]]:
+    """One import circle per subpackage (`pkg.sub`) whose modules import each other in a
+    circle, the graph restricted to that subpackage's modules."""
+    groups = sorted({".".join(m.split(".")[:2]) for m in graph if m.count(".") >= 2})
+    circles = []
+    for group in groups:
+        inside = {m: [(line, t) for line, t in imports if t.startswith(group + ".")]
+                  for m, imports in graph.items() if m.startswith(group + ".")}
+        circle = find_circle(inside)
+        if circle:
+            circles.append(circle)
+    return circles
+
+
+@pytest.mark.parametrize("package", [PACKAGE, "evals"])
+def test_no_subpackage_imports_itself_in_a_circle(package):
+    circles = subpackage_circles(package_graph(package))
+    assert not circles, "import circles inside subpackages:\n" + "\n".join(
+        " -> ".join(circle) for circle in circles)
+
+
+def test_the_checker_finds_a_circle_inside_a_subpackage(tmp_path):
+    graph = {"evals.bench.a": [(1, "evals.bench.b")], "evals.bench.b": [(4, "evals.bench.a")],
+             "evals.scoring.c": [(2, "evals.bench.a")], "evals.judge.d": []}
+    assert subpackage_circles(graph) == [["evals.bench.a", "evals.bench.b", "evals.bench.a"]]
+    fake = tmp_path / "x.py"
+    fake.write_text("def f():\n    from evals.bench import efficiency_report\n")
+    known = {"evals.bench.efficiency_report"}
+    assert list(imported_modules("evals.bench.x", fake, known, "evals")) == [
+        (2, "evals.bench.efficiency_report")]
 
 
 def test_every_module_sits_on_a_floor():

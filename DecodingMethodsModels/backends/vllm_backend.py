@@ -15,7 +15,7 @@ import hashlib
 from dataclasses import dataclass
 from pathlib import Path
 
-PAIRED = ("la", "amulet")
+PAIRED = ("la", "amulet", "costeer")  # costeer: its own model as SLM, an la pair (below)
 SINGLE = ("base", "pref")
 BEAM = "beam"
 
@@ -73,6 +73,13 @@ class VllmRequests:
         rule, params, sampling = method, {}, None
         if method == "la":
             params = {"ratio": s.reinforce_ratio}
+        elif method == "costeer":  # the SLM is the model: LA with ratio c_T - 1 (rules/costeer)
+            from DecodingMethodsModels.rules.costeer import costeer_ratio
+
+            c = s.costeer
+            rule = "la"
+            params = {"ratio": costeer_ratio(c.iterations, c.alpha, c.beta, c.player_lambda,
+                                             c.eta) - 1.0}
         elif method == "amulet":
             params = {"iterations": s.iteration_num, "alpha": s.alpha,
                       "player_lambda": s.player_lambda, "eta": s.eta, "solver": s.amulet_solver}
@@ -113,10 +120,14 @@ def refusal(config) -> str | None:
     unsupported = sorted(methods - {*SINGLE, BEAM, *PAIRED, "pad"})
     if unsupported:
         return (f"--backend vllm runs base, pref, beam, la, amulet and implicit PAD (--method "
-                f"pad --rm_name self); run --method {','.join(unsupported)} with --backend hf")
+                f"pad --rm_name self), and costeer with the model as its own SLM; run --method "
+                f"{','.join(unsupported)} with --backend hf")
     if BEAM in methods and config.do_sample:
         return ("--method beam with --do_sample (beam sampling) is not supported with "
                 "--backend vllm; use --backend hf")
+    if "costeer" in methods and config.slm_name not in (None, config.model_name):
+        return ("--backend vllm runs costeer with the model as its own SLM (no --slm_name): "
+                "a separate SLM needs a second model each step; run it with --backend hf")
     if "pad" in methods and config.rm_name != "self":
         return ("--backend vllm runs implicit PAD only (--rm_name self): explicit PAD needs a "
                 "second model each step; run it with --backend hf")

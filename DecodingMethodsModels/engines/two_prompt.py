@@ -1,10 +1,13 @@
-"""The one two-prompt decode engine behind every method that contrasts two prompts (LA, Amulet).
+"""The prompt-rows engine behind every method that contrasts prompts (LA, Amulet, CoSteer).
 
-Each question has a preference prompt and a base prompt. Per step the engine runs all of them
-as one stacked batch `[pref rows; base rows]` of 2B rows through the model with a KV cache,
-takes fp32 log-probs of the last position only, lets a pure `combine` rule turn the pair of
-(B, V) log-prob tensors into scores, picks one token per question and appends that same
-token to both of its rows. Rows that have finished are dropped from the batch and its cache.
+Each question has a preference prompt and a base prompt; each `Reader` is a model reading some
+of them, as one block of rows per prompt. LA and Amulet have one reader, the model on
+`[pref rows; base rows]`; CoSteer with a small model of its own has two, the LLM on its base
+rows and the SLM on `[pref; base]` (they may sit on different devices). Per step every reader
+runs its rows as one batch with a KV cache, takes fp32 log-probs of the last position only, a
+pure `combine` rule turns the blocks' (B, V) log-prob tensors into scores, one token is picked
+per question and that same token appended to all of its rows. Rows that have finished are
+dropped from the batch and every cache.
 
 Continuous batching (`stream_two_prompts`, through the engine core's `stream_batches`,
 engines/core.py): over a list of questions longer than the batch, the next question is admitted
@@ -15,9 +18,9 @@ no live row attends to are trimmed away. A question's tokens do not depend on wh
 shared its batch (the tests check batch 1 against continuous batches of questions of very
 different lengths).
 
-All 2B prompts of a batch usually open with the same tokens: the chat header and the system
+All prompts a reader reads usually open with the same tokens: the chat header and the system
 text up to the preference sentence (59 of about 90 tokens for SmolLM2 and the paper's system
-prompt). That shared prefix is encoded once per stream, for one row, and its cache copied to
+prompt). That shared prefix is encoded once per stream and reader, for one row, and copied to
 every row of every admission; only the rest of each prompt is left-padded and encoded per row,
 so the padding sits between the prefix and each row's own tokens, where the attention mask
 hides it.
@@ -32,7 +35,7 @@ combination.
 
 from __future__ import annotations
 
-from collections.abc import Generator
+from collections.abc import Callable, Generator
 from dataclasses import dataclass
 
 import torch
@@ -55,10 +58,21 @@ from DecodingMethodsModels.rules.sampling import SamplingSettings, choose_tokens
 
 
 @dataclass(frozen=True)
+class Reader:
+    """One model reading some of each question's prompts: `prompts` names them ("pref",
+    "base"), and its rows are one block per name, `[block 1 rows; block 2 rows; ...]`. The
+    two-prompt methods have one reader, `Reader(model, ("pref", "base"))`; CoSteer with a small
+    model of its own has two, the LLM on ("base",) and the SLM on ("pref", "base")."""
+
+    model: object
+    prompts: tuple[str, ...]
+
+
+@dataclass(frozen=True)
 class _Rule:
     """Everything that turns a step's log-probs into tokens."""
 
-    combine: CombineRule
+    combine: Callable[..., torch.Tensor]
     max_new_tokens: int
     eos: torch.Tensor
     pad_id: int
@@ -67,27 +81,43 @@ class _Rule:
     penalties: Penalties | None
 
 
-class _Pairs:
-    """Live question pairs (a core `Batch`): row i of `rows` is pair i's preference prompt,
-    row b + i its base prompt; `logprobs` (2b, V) fp32 are their next-token log-probs."""
+class _Questions:
+    """Live questions (a core `Batch`): for each reader, a `CachedRows` whose block k holds
+    every live question's prompt `reader.prompts[k]`; `logprobs` are the blocks' fp32 (b, V)
+    next-token log-probs in reader order, on the first reader's device (where tokens are
+    chosen), cut to the vocabulary all readers share."""
 
-    def __init__(self, model, keys: list[int], pref_ids: list[list[int]],
-                 base_ids: list[list[int]], prefix: SharedPrefix, rule: _Rule):
-        self.rule = rule
-        self.rows = CachedRows(model, read_logits, pref_ids + base_ids, rule.pad_id, prefix)
-        self.logprobs = torch.log_softmax(self.rows.prefill(), dim=-1)  # (2b, V)
+    def __init__(self, readers: tuple[Reader, ...], keys: list[int],
+                 prompts: dict[str, list[list[int]]], prefixes: list[SharedPrefix],
+                 rule: _Rule, context: str):
+        self.rule, self.readers = rule, readers
+        self.rows = [
+            CachedRows(r.model, read_logits, [prompts[name][k] for name in r.prompts
+                                              for k in keys], rule.pad_id, prefix)
+            for r, prefix in zip(readers, prefixes, strict=True)]
+        self.logprobs = self._blocks([rows.prefill() for rows in self.rows])
         self.keys = list(keys)
-        self.tokens = torch.empty(0, dtype=torch.long)  # (b,) the token each pair chose last
+        self.tokens = torch.empty(0, dtype=torch.long)  # (b,) the token each question chose last
         self.generated: list[list[int]] = [[] for _ in keys]
-        # prompt + generated per pair, for penalties
-        self.contexts = [list(p) for p in pref_ids] if rule.penalties else None
+        # prompt + generated per question, for penalties
+        self.contexts = [list(prompts[context][k]) for k in keys] if rule.penalties else None
         self.ended = [False] * len(keys)
 
+    def _blocks(self, logits: list[torch.Tensor]) -> list[torch.Tensor]:
+        """Each reader's (blocks * b, V) logits as fp32 (b, V) log-probs per block."""
+        vocab = min(x.shape[-1] for x in logits)  # a model's padded embedding rows never decode
+        device = logits[0].device
+        out = []
+        for reader, x in zip(self.readers, logits, strict=True):
+            logprobs = torch.log_softmax(x, dim=-1)[:, :vocab].to(device)  # (blocks * b, V)
+            out += logprobs.chunk(len(reader.prompts))
+        return out
+
     def choose(self) -> list[bool]:
-        """Choose each live pair's next token from the (2b, V) log-probs; returns which pairs
+        """Choose each live question's next token from its log-probs; returns which questions
         are done. Raises NonFiniteScoresError before anything is kept."""
-        rule, live = self.rule, len(self.keys)
-        scores = rule.combine(self.logprobs[:live], self.logprobs[live:])  # (b, V)
+        rule = self.rule
+        scores = rule.combine(*self.logprobs)  # (b, V)
         if rule.penalties:
             scores = apply_penalties(scores, self.contexts, rule.penalties)
         tokens = choose_tokens(scores, rule.sampling, rule.generator)  # (b,)
@@ -102,20 +132,24 @@ class _Pairs:
         return record_tokens(self.generated, chosen, at_eos, rule.max_new_tokens, self.ended)
 
     def step(self) -> None:
-        """One forward of every live row on its pair's last token (kept finished rows are fed
-        padding)."""
+        """One forward of every live row of every reader on its question's last token (kept
+        finished rows are fed padding)."""
         tokens = self.tokens
         if any(self.ended):
             ended = torch.tensor(self.ended, device=tokens.device)
             tokens = tokens.masked_fill(ended, self.rule.pad_id)
-        self.logprobs = torch.log_softmax(self.rows.step(torch.cat([tokens, tokens])), dim=-1)
+        self.logprobs = self._blocks([
+            rows.step(torch.cat([tokens] * len(reader.prompts)))
+            for reader, rows in zip(self.readers, self.rows, strict=True)])
 
     def keep(self, rows: list[int]) -> None:
-        """Keep only the pairs at positions `rows`, in both halves of every tensor and the cache."""
+        """Keep only the questions at positions `rows`, in every block of every reader."""
         live = len(self.keys)
-        index = torch.tensor(rows + [i + live for i in rows], dtype=torch.long)  # on the host
-        self.rows.drop(index)
-        self.tokens = self.tokens[index[: len(rows)].to(self.tokens.device)]
+        for reader, cached in zip(self.readers, self.rows, strict=True):
+            index = torch.tensor([i + k * live for k in range(len(reader.prompts)) for i in rows],
+                                 dtype=torch.long)  # on the host
+            cached.drop(index)
+        self.tokens = self.tokens[torch.tensor(rows, dtype=torch.long).to(self.tokens.device)]
         self.keys = [self.keys[i] for i in rows]
         self.generated = [self.generated[i] for i in rows]
         self.ended = [self.ended[i] for i in rows]
@@ -123,11 +157,12 @@ class _Pairs:
             self.contexts = [self.contexts[i] for i in rows]
 
     def mergeable(self) -> bool:
-        return self.rows.mergeable()
+        return all(rows.mergeable() for rows in self.rows)
 
-    def merge(self, newcomers: _Pairs) -> None:
-        """One batch of both: [pref running; pref new; base running; base new]."""
-        self.rows.merge(newcomers.rows, parts=2)
+    def merge(self, newcomers: _Questions) -> None:
+        """One batch of both, block by block: [block 1 running; block 1 new; ...]."""
+        for reader, mine, theirs in zip(self.readers, self.rows, newcomers.rows, strict=True):
+            mine.merge(theirs, parts=len(reader.prompts))
         self.tokens = torch.cat([self.tokens, newcomers.tokens.to(self.tokens.device)])
         self.keys += newcomers.keys
         self.generated += newcomers.generated
@@ -137,6 +172,64 @@ class _Pairs:
 
 
 @torch.inference_mode()
+def stream_prompt_rows(
+    readers: tuple[Reader, ...] | list[Reader],
+    prompts: dict[str, list[list[int]]],
+    combine: Callable[..., torch.Tensor],
+    max_new_tokens: int,
+    eos_ids: list[int],
+    pad_id: int,
+    batch_size: int,
+    sampling: SamplingSettings | None = None,
+    generator: torch.Generator | None = None,
+    penalties: Penalties | None = None,
+    share_prefix: bool = True,
+    drop_finished: bool = True,
+    context: str = "pref",
+) -> Generator[tuple[int, list[int]], None, int]:
+    """Decode every question under `combine`, each reader's model reading its prompts of the
+    question (`prompts[name][k]`), with at most `batch_size` questions in flight; yields
+    (question number, generated ids) as each question finishes, the EOS that ended it included.
+
+    `combine(*logprobs)` takes one fp32 (B, V) tensor per block, in reader order, on the first
+    reader's device, where tokens are chosen (its models may sit on other devices).
+    `penalties` apply to the combined scores, with `prompts[context]` and the generated tokens
+    as each row's context (rules/penalties.py). A question is admitted as soon as a slot frees;
+    on a cache that cannot be merged (sliding-window layers, say), and with
+    `drop_finished=False`, the next questions wait for the whole batch instead.
+    """
+    readers = tuple(readers)
+    counts = {len(rows) for rows in prompts.values()}
+    if len(counts) != 1 or not counts.pop():
+        raise ValueError("need the same positive number of prompts of every kind")
+    count = len(next(iter(prompts.values())))
+    penalties = penalties if penalties is not None and penalties.active else None
+    device = model_input_device(readers[0].model)
+    rule = _Rule(combine, max_new_tokens,
+                 torch.tensor(sorted(set(eos_ids)), dtype=torch.long, device=device), pad_id,
+                 sampling or SamplingSettings(), generator, penalties)
+    prefixes = [SharedPrefix(r.model, [row for name in r.prompts for row in prompts[name]],
+                             share_prefix, model_input_device(r.model), forward_kwargs(r.model))
+                for r in readers]
+
+    def start(keys: list[int]) -> _Questions:
+        return _Questions(readers, keys, prompts, prefixes, rule, context)
+    return (yield from stream_batches(start, count, batch_size, drop_finished))
+
+
+def decode_prompt_rows(readers, prompts: dict[str, list[list[int]]], combine,
+                       max_new_tokens: int, eos_ids: list[int], pad_id: int,
+                       sampling: SamplingSettings | None = None,
+                       generator: torch.Generator | None = None, penalties: Penalties | None = None,
+                       batch_size: int | None = None, drop_finished: bool = True) -> DecodeResult:
+    """`stream_prompt_rows` collected in question order; by default every question in one
+    batch."""
+    count = len(next(iter(prompts.values())))
+    return collect(stream_prompt_rows(
+        readers, prompts, combine, max_new_tokens, eos_ids, pad_id, batch_size or count,
+        sampling, generator, penalties, drop_finished=drop_finished), count)
+
+
 def stream_two_prompts(
     model,
     pref_ids: list[list[int]],
@@ -152,30 +245,16 @@ def stream_two_prompts(
     share_prefix: bool = True,
     drop_finished: bool = True,
 ) -> Generator[tuple[int, list[int]], None, int]:
-    """Decode every question (a preference and a base prompt each) under `combine`, with at
-    most `batch_size` questions in flight; yields (question number, generated ids) as each
-    question finishes, the EOS that ended it included.
-
-    `combine(pref_logprobs, base_logprobs) -> scores` takes two fp32 (B, V) tensors.
-    `penalties` apply to the combined scores, with the preference prompt and the generated
-    tokens as each row's context (rules/penalties.py). A question is admitted as soon as a
-    slot frees; on a cache that cannot be merged (sliding-window layers, say),
-    and with `drop_finished=False`, the next questions wait for the whole batch instead.
-    """
+    """Decode every question (a preference and a base prompt each) under
+    `combine(pref_logprobs, base_logprobs)`, one model reading both as stacked `[pref; base]`
+    rows (`stream_prompt_rows` with one reader); yields (question number, generated ids) as
+    each question finishes, the EOS that ended it included."""
     if len(pref_ids) != len(base_ids) or not pref_ids:
         raise ValueError("need the same positive number of preference and base prompts")
-    penalties = penalties if penalties is not None and penalties.active else None
-    device = model_input_device(model)
-    rule = _Rule(combine, max_new_tokens,
-                 torch.tensor(sorted(set(eos_ids)), dtype=torch.long, device=device), pad_id,
-                 sampling or SamplingSettings(), generator, penalties)
-    prefix = SharedPrefix(model, pref_ids + base_ids, share_prefix, device,
-                          forward_kwargs(model))
-
-    def start(keys: list[int]) -> _Pairs:
-        return _Pairs(model, keys, [pref_ids[k] for k in keys], [base_ids[k] for k in keys],
-                      prefix, rule)
-    return (yield from stream_batches(start, len(pref_ids), batch_size, drop_finished))
+    return (yield from stream_prompt_rows(
+        (Reader(model, ("pref", "base")),), {"pref": pref_ids, "base": base_ids}, combine,
+        max_new_tokens, eos_ids, pad_id, batch_size, sampling, generator, penalties,
+        share_prefix, drop_finished))
 
 
 def decode_two_prompts(

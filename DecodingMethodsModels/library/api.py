@@ -25,19 +25,26 @@ from transformers.generation.utils import GenerateDecoderOnlyOutput
 
 from DecodingMethodsModels.engines.core import model_input_device
 from DecodingMethodsModels.engines.reward_guided import GuidedSettings, decode_pad_implicit
-from DecodingMethodsModels.engines.two_prompt import decode_two_prompts
+from DecodingMethodsModels.engines.two_prompt import decode_prompt_rows, decode_two_prompts
 from DecodingMethodsModels.errors import UserError
 from DecodingMethodsModels.library.guided_processors import PAD_WEIGHT, TOPK
 from DecodingMethodsModels.library.processors import PAPER
 from DecodingMethodsModels.models.loading import eos_token_ids, pad_token_id
 from DecodingMethodsModels.pipeline.decode import decode_response
+from DecodingMethodsModels.pipeline.methods import (
+    CoSteerSettings,
+    DecodeSettings,
+    engine_configuration,
+)
 from DecodingMethodsModels.prompts.amulet import (
     PREFERENCE_NAMES,
     encode_prompt,
     preference_sentence,
     template_accepts_system,
 )
+from DecodingMethodsModels.prompts.costeer import costeer_sentence, encode_costeer_prompt
 from DecodingMethodsModels.rules.combine import CombineRule, amulet_rule, la_rule
+from DecodingMethodsModels.rules.costeer import costeer_ratio
 from DecodingMethodsModels.rules.penalties import Penalties
 from DecodingMethodsModels.rules.sampling import SamplingSettings
 
@@ -48,6 +55,9 @@ METHOD_SETTINGS: dict[str, dict] = {
                "player_lambda": PAPER.player_lambda, "eta": PAPER.eta,
                "solver": PAPER.amulet_solver},
     "pad_implicit": {"weight": PAD_WEIGHT, "topk": TOPK},
+    "costeer": {"iterations": PAPER.costeer.iterations, "alpha": PAPER.costeer.alpha,
+                "beta": PAPER.costeer.beta, "player_lambda": PAPER.costeer.player_lambda,
+                "eta": PAPER.costeer.eta, "solver": PAPER.costeer.solver},
 }
 
 
@@ -73,9 +83,12 @@ def method_rule(method: str, **settings) -> CombineRule:
     raise UserError(f"{method} is not a combination of two prompts' log-probs")
 
 
-def preference_text(preference: str) -> str:
-    """The sentence for the system prompt: a named preference's sentence, or free text as is."""
+def preference_text(preference: str, prompt_style: str = "chat") -> str:
+    """The preference sentence: a named preference's (the project's, or CoSteer's with
+    `prompt_style="costeer"`), or free text as is."""
     if preference in PREFERENCE_NAMES:
+        if prompt_style == "costeer":
+            return costeer_sentence(preference)
         return preference_sentence(preference)
     if not preference.strip():
         raise UserError(f"empty preference; give one of {PREFERENCE_NAMES} or a sentence")
@@ -97,6 +110,8 @@ def personalise(
     top_p: float = 1.0,
     seed: int = 0,
     backend: str = "hf",
+    slm=None,
+    prompt_style: str = "chat",
     **settings,
 ) -> list[str]:
     """Answers to `questions` personalised for `preference`, one string per question.
@@ -106,9 +121,12 @@ def personalise(
     solver), "la" (ratio) or "pad_implicit" (weight, topk: PAD with the model itself on the
     preference prompt as PersRM, reward_guided.decode_pad_implicit; sampling draws from
     softmax(score / temperature) over the k candidates, without top_k/top_p); unset settings
-    take the paper's values. Prompts are the CLI's (prompts.encode_prompt, with and without the
-    preference); questions go through the engine in batches of `batch_size`; decoding stops at
-    any of the model's EOS ids.
+    take the paper's values. "costeer" (settings iterations, alpha, beta, player_lambda, eta,
+    solver): `slm`, a small model with the same tokenizer, reads the preference, `model` only
+    the plain prompt (`slm` None: `model` steers itself). Prompts are the CLI's
+    (prompts.encode_prompt, with and without the preference), or with `prompt_style="costeer"`
+    CoSteer's (prompts/costeer.py); questions go through the engine in batches of
+    `batch_size`; decoding stops at any of the model's EOS ids.
 
     `backend="vllm"` decodes on vLLM (backends/README.md): `model` is then the loaded model
     (saved once to a temporary float32 folder) or a Hugging Face folder's path; greedy answers
@@ -120,13 +138,34 @@ def personalise(
     guided = method == "pad_implicit"
     if guided and (top_k is not None or top_p != 1.0):
         raise UserError("pad_implicit samples from its k candidates: it takes no top_k or top_p")
-    rule = None if guided else method_rule(method, **settings)
-    sentence = preference_text(preference)
+    if slm is not None and method != "costeer":
+        raise UserError(f"slm= is for method='costeer', not {method!r}")
+    if prompt_style not in ("chat", "costeer"):
+        raise UserError(f"unknown prompt_style {prompt_style!r}; use 'chat' or 'costeer'")
+    sentence = preference_text(preference, prompt_style)
     system_role = template_accepts_system(tokenizer)
+
+    def encode(question: str, text: str) -> list[int]:
+        if prompt_style == "costeer":
+            return encode_costeer_prompt(tokenizer, question, text, system_role)
+        return encode_prompt(tokenizer, question, text, system_role)
+
     if backend != "hf":
-        return _personalise_vllm(model, tokenizer, questions, sentence, system_role, method,
-                                 values, backend, max_new_tokens, do_sample, temperature,
-                                 top_k, top_p, seed)
+        if method == "costeer":  # its own SLM: LA with ratio c_T - 1 (rules/costeer.py)
+            if slm is not None and slm is not model:
+                raise UserError("backend='vllm' runs costeer with the model as its own SLM; "
+                                "pass no slm=, or use backend='hf'")
+            ratio = costeer_ratio(values["iterations"], values["alpha"], values["beta"],
+                                  values["player_lambda"], values["eta"])
+            method, values = "la", {"ratio": ratio - 1.0}
+        return _personalise_vllm(model, tokenizer, questions, encode, method, values, backend,
+                                 max_new_tokens, do_sample, temperature, top_k, top_p, seed,
+                                 sentence)
+    if not guided:
+        steering = CoSteerSettings(**values, slm=slm) if method == "costeer" else None
+        readers, combine = (engine_configuration(
+            "costeer", model, DecodeSettings(1, [], 0, costeer=steering)) if steering else
+            ((), method_rule(method, **settings)))
     eos_ids = eos_token_ids(model, tokenizer)
     pad_id = pad_token_id(tokenizer, eos_ids)
     sampling = SamplingSettings(do_sample, temperature, top_k, top_p)
@@ -140,19 +179,22 @@ def personalise(
     texts = []
     for start in range(0, len(questions), batch_size):
         batch = questions[start: start + batch_size]
-        pref = [encode_prompt(tokenizer, q, sentence, system_role) for q in batch]
-        base = [encode_prompt(tokenizer, q, "", system_role) for q in batch]
+        pref = [encode(q, sentence) for q in batch]
+        base = [encode(q, "") for q in batch]
         if guided:
             result = decode_pad_implicit(model, base, pref, run, generator)
+        elif readers:
+            result = decode_prompt_rows(readers, {"pref": pref, "base": base}, combine,
+                                        max_new_tokens, eos_ids, pad_id, sampling, generator)
         else:
-            result = decode_two_prompts(model, pref, base, rule, max_new_tokens, eos_ids, pad_id,
-                                        sampling, generator)
+            result = decode_two_prompts(model, pref, base, combine, max_new_tokens, eos_ids,
+                                        pad_id, sampling, generator)
         texts += [decode_response(tokenizer, ids, eos_ids) for ids in result.token_ids]
     return texts
 
 
-def _personalise_vllm(model, tokenizer, questions, sentence, system_role, method, values,
-                      backend, max_new_tokens, do_sample, temperature, top_k, top_p, seed):
+def _personalise_vllm(model, tokenizer, questions, encode, method, values, backend,
+                      max_new_tokens, do_sample, temperature, top_k, top_p, seed, sentence):
     if backend != "vllm":
         raise UserError(f"unknown backend {backend!r}; use 'hf' or 'vllm'")
     from DecodingMethodsModels.backends import vllm_refusal_of_library
@@ -162,8 +204,8 @@ def _personalise_vllm(model, tokenizer, questions, sentence, system_role, method
         raise UserError(reason)
     from DecodingMethodsModels.library.vllm_api import personalise_vllm
 
-    pref = [encode_prompt(tokenizer, q, sentence, system_role) for q in questions]
-    base = [encode_prompt(tokenizer, q, "", system_role) for q in questions]
+    pref = [encode(q, sentence) for q in questions]
+    base = [encode(q, "") for q in questions]
     sampling = SamplingSettings(do_sample, temperature, top_k, top_p)
     name = "pad" if method == "pad_implicit" else method
     ids, eos_ids = personalise_vllm(model, tokenizer, pref, base, name, values,

@@ -1,4 +1,5 @@
-"""LA and Amulet as logits processors: `model.generate(pref_ids, logits_processor=[p])`.
+"""LA, Amulet and CoSteer as logits processors: `model.generate(pref_ids, logits_processor=[p])`
+(CoSteer: `llm.generate(plain_ids, logits_processor=[CoSteerProcessor(slm, ...)])`).
 
 `generate` runs the preference prompt as usual; the processor runs the second (base) prompt
 through the same model with a KV cache of its own, one new token per step after a prefill, and
@@ -39,6 +40,7 @@ from DecodingMethodsModels.engines.core import (
 )
 from DecodingMethodsModels.pipeline.methods import DecodeSettings
 from DecodingMethodsModels.rules.combine import CombineRule, amulet_rule, la_rule
+from DecodingMethodsModels.rules.costeer import costeer_rule
 from DecodingMethodsModels.rules.sampling import unusable_rows
 
 # The paper's settings, as the CLI's defaults, for every entry point of the API.
@@ -249,3 +251,39 @@ class AmuletProcessor(TwoPromptProcessor):
                  solver: str = PAPER.amulet_solver):
         rule = amulet_rule(iterations, alpha, player_lambda, eta, solver)
         super().__init__(model, base_ids, rule, base_attention_mask)
+
+
+class CoSteerProcessor(LogitsProcessor):
+    """CoSteer inside the LLM's `generate`: `pi_T = log_softmax(b + c_T D)` (rules/costeer.py).
+
+    `generate` reads the plain prompts (b: its own scores); the small model `slm` reads
+    `pers_ids` (the personalised prompts) and `plain_ids` (the plain prompts in the SLM's
+    ids; its tokenizer must be the LLM's), each with a KV cache of its own that follows
+    generate's rows (greedy, sampling, beam search). `plain_ids` None: the SLM is generate's
+    own model, whose scores on the plain prompt are then used, not computed twice. Masks go
+    with tensors of left-padded ids; lists of id lists need none.
+    """
+
+    def __init__(self, slm, pers_ids, plain_ids=None, pers_attention_mask=None,
+                 plain_attention_mask=None, iterations: int = PAPER.costeer.iterations,
+                 alpha: float = PAPER.costeer.alpha, beta: float = PAPER.costeer.beta,
+                 player_lambda: float = PAPER.costeer.player_lambda,
+                 eta: float = PAPER.costeer.eta, solver: str = PAPER.costeer.solver):
+        self.rule = costeer_rule(iterations, alpha, beta, player_lambda, eta, solver)
+        self.pers = FollowingCache(slm, pers_ids, pers_attention_mask, read_logits)
+        self.plain = (None if plain_ids is None else
+                      FollowingCache(slm, plain_ids, plain_attention_mask, read_logits))
+
+    def __call__(self, input_ids: torch.LongTensor, scores: torch.Tensor) -> torch.Tensor:
+        base = torch.log_softmax(scores.float(), dim=-1)  # (R, V) the LLM on the plain prompt
+        with torch.no_grad():
+            pers = torch.log_softmax(self.pers._extra_output(input_ids), dim=-1)
+            plain = base if self.plain is None else torch.log_softmax(
+                self.plain._extra_output(input_ids), dim=-1)
+        vocab = min(base.shape[-1], pers.shape[-1])  # a padded embedding's rows never decode
+        combined = self.rule(base[:, :vocab], pers[:, :vocab].to(base.device),
+                             plain[:, :vocab].to(base.device))
+        if vocab < base.shape[-1]:
+            combined = torch.cat([combined, combined.new_full(
+                (combined.shape[0], base.shape[-1] - vocab), float("-inf"))], dim=-1)
+        return checked_scores(combined)

@@ -79,9 +79,11 @@ def assemble(config, work: Work, entries: dict[int, dict], facts: dict) -> Path:
         "generated_tokens": tokens,
         "decode_seconds": round(seconds, 3),
         "tokens_per_second": round(tokens / seconds, 3) if seconds else None,
-        # the guide of ARGS or PAD belongs to their runs only, not to others of the command
+        # the guide of ARGS or PAD and CoSteer's SLM belong to their runs only, not to others
+        # of the command
         "environment": {k: v for k, v in facts.items()
-                        if k != "generation" and (k != "guide" or planned.guided)},
+                        if k != "generation" and (k != "guide" or planned.guided)
+                        and (k != "costeer" or planned.method == "costeer")},
     }
     # the sidecar first: a final file without its sidecar would look like another config's
     write_json_atomic(planned.meta_path, meta)

@@ -14,6 +14,7 @@ from DecodingMethodsModels.prompts.pad import PRINCIPLE_SETS
 
 METHODS = ("base", "pref", "beam", "la", "amulet")  # `--method all`: the two-prompt family
 GUIDED_METHODS = ("args", "pad")  # reward-guided: they need a guide model (--rm_name)
+STEERED_METHODS = ("costeer",)  # a small model steers the decoding one (--slm_name)
 PREFERENCES = (
     "creative", "sycophantic", "verbose", "complex", "formal", "pleasant", "concise", "uplifting",
 )
@@ -22,7 +23,8 @@ GUIDED_MODES = ("greedy", "topk")
 # PAD's rule for a PersRM: by whether its tokenizer gives the decoding model's ids, forced, or by
 # PAD.py's own test ("Llama-3" in the decoding model's name: first rule)
 PAD_RULES = ("auto", "same_ids", "retokenized", "path")
-PROMPT_STYLES = ("chat", "raw")  # raw: public ARGS's untemplated question (args only)
+PROMPT_STYLES = ("chat", "raw", "costeer")  # raw: public ARGS's question (args only);
+# costeer: CoSteer's prompts (its system turn, the preference after the question)
 DTYPES = ("auto", "float32", "bfloat16", "float16")
 BACKENDS = ("hf", "vllm")  # hf: transformers and the engines (the reference); vllm: backends/
 DEFAULT_MODEL = "SmolLM2-135M-Instruct"
@@ -56,6 +58,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_decoding(parser)
     _add_la_and_amulet(parser)
     _add_reward_guided(parser)
+    _add_costeer(parser)
     _add_hardware(parser)
     return parser
 
@@ -63,7 +66,8 @@ def build_parser() -> argparse.ArgumentParser:
 def _add_what_to_run(parser: argparse.ArgumentParser) -> None:
     run = parser.add_argument_group("what to run")
     run.add_argument("--method", default="amulet",
-                     help="base, pref, beam, la, amulet, args, pad; a comma list, or 'all' for "
+                     help="base, pref, beam, la, amulet, args, pad, costeer; a comma list, or "
+                     "'all' for "
                      "the five that need no reward model (base, pref, beam, la, amulet)")
     run.add_argument("--model_name", default=DEFAULT_MODEL,
                      help="embedded default, a hub id, a local model directory or a .gguf file")
@@ -142,7 +146,9 @@ def _add_reward_guided(parser: argparse.ArgumentParser) -> None:
                     help="chat: pref's templated prompt; raw (args only): the question text "
                     "alone, tokenised with special tokens and no chat template, as public ARGS "
                     "(its HH-RLHF prompts already hold the dialogue); the preference is then "
-                    "the reward model's alone")
+                    "the reward model's alone; costeer (not args, pad): CoSteer's prompts, "
+                    "system 'You are a helpful assistant.', the user turn the question, "
+                    "followed by the preference in the personalised prompt")
     rg.add_argument("--public_sample_temp", action="store_true",
                     help="sample every topk run at 0.7 whatever --sample_temp or the --config "
                     "line says, as ARGS's and PAD's collect_model_outs.py do (they never pass "
@@ -163,6 +169,26 @@ def _add_reward_guided(parser: argparse.ArgumentParser) -> None:
                     help="the guide's dtype (None: --dtype)")
     rg.add_argument("--rm_batch_size", type=int, default=None,
                     help="rows per reward-model forward in args (None: batch_size x topk)")
+
+
+def _add_costeer(parser: argparse.ArgumentParser) -> None:
+    co = parser.add_argument_group(
+        "CoSteer", "--method costeer: per token, pi_T = log_softmax(b + c_T D), b the model's "
+        "log-probs on the plain (base) prompt, D the SLM's log-probs on the personalised minus "
+        "the plain prompt, c_T CoSteer's T FTRL steps collapsed to one ratio.")
+    co.add_argument("--slm_name", default=None,
+                    help="the small model (SLM) that reads the preference, with the decoding "
+                    "model's tokenizer (None: the decoding model itself)")
+    co.add_argument("--slm_device", default=None, help="the SLM's device (None: --device)")
+    co.add_argument("--costeer_iterations", type=int, default=20, help="CoSteer's T")
+    co.add_argument("--costeer_alpha", type=float, default=2.0,
+                    help="CoSteer's alpha: utility U = alpha (pi - b) + beta D")
+    co.add_argument("--costeer_beta", type=float, default=1.0, help="CoSteer's beta")
+    co.add_argument("--costeer_lambda", type=float, default=2.0,
+                    help="CoSteer's lambda: weight of the plain prompt's log-probs b")
+    co.add_argument("--costeer_eta", type=float, default=10.0, help="CoSteer's eta")
+    co.add_argument("--costeer_solver", default="closed_form", choices=SOLVERS,
+                    help="closed form (one ratio c_T), or CoSteer's T steps")
 
 
 def _add_hardware(parser: argparse.ArgumentParser) -> None:

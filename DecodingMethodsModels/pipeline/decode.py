@@ -239,7 +239,7 @@ def nan_message(work: Work, batch: int, model, err: Exception,
 
 
 def decode_settings(config, eos_ids: list[int], pad_id: int, penalties=None):
-    from DecodingMethodsModels.pipeline.methods import DecodeSettings
+    from DecodingMethodsModels.pipeline.methods import CoSteerSettings, DecodeSettings
     from DecodingMethodsModels.rules.penalties import Penalties
     from DecodingMethodsModels.rules.sampling import SamplingSettings
 
@@ -250,6 +250,9 @@ def decode_settings(config, eos_ids: list[int], pad_id: int, penalties=None):
         num_beams=config.num_beams, reinforce_ratio=config.reinforce_ratio,
         iteration_num=config.iteration_num, alpha=config.alpha,
         player_lambda=config.player_lambda, eta=config.eta, amulet_solver=config.amulet_solver,
+        costeer=CoSteerSettings(
+            config.costeer_iterations, config.costeer_alpha, config.costeer_beta,
+            config.costeer_lambda, config.costeer_eta, config.costeer_solver),
     )
 
 

@@ -20,14 +20,20 @@ def encode_questions(tokenizer, dataset: Dataset, preference: str, system_role: 
     so that the longer of its two prompts fits, and both prompts are built from that cut text:
     LA and Amulet then contrast two prompts about the same question. `--prompt_style raw`
     (args only) is public ARGS's prompt: the question text tokenised with the tokenizer's
-    special tokens, no chat template, no system or preference text, for both prompts."""
+    special tokens, no chat template, no system or preference text, for both prompts.
+    `--prompt_style costeer` is CoSteer's (prompts/costeer.py): the preference after the
+    question in the user turn, the plain question for the base prompt."""
     from DecodingMethodsModels.prompts.amulet import encode_prompt
+    from DecodingMethodsModels.prompts.costeer import encode_costeer_prompt
     from DecodingMethodsModels.prompts.pad import encode_pad_prompt
 
     def encode(question: str) -> tuple[list[int], list[int]]:
         if config.prompt_style == "raw":
             ids = tokenizer(question)["input_ids"]
             return ids, ids
+        if config.prompt_style == "costeer":
+            return tuple(encode_costeer_prompt(tokenizer, question, sentence, system_role)
+                         for sentence in (preference, ""))
         if pad_set is not None:
             return tuple(encode_pad_prompt(tokenizer, question, name) for name in (pad_set, None))
         return tuple(

@@ -1,8 +1,10 @@
-"""The five methods as a registry of runners with one signature.
+"""The methods as a registry of runners with one signature.
 
 A runner takes a model, the preference and base prompt ids of a batch and the decode
 settings, and returns the generated ids per question (with the ending EOS when there is one).
-base, pref and beam are `model.generate` calls; la and amulet go through the two-prompt engine.
+base, pref and beam are `model.generate` calls; la, amulet and costeer go through the prompt-rows
+engine (engines/two_prompt.py), each with an engine configuration (`engine_configuration`:
+which model reads which prompts, and the rule that combines their log-probs).
 """
 
 from __future__ import annotations
@@ -15,10 +17,29 @@ import torch
 from transformers import GenerationConfig, LogitsProcessor, LogitsProcessorList
 
 from DecodingMethodsModels.engines.core import NonFiniteScoresError, left_pad, model_input_device
-from DecodingMethodsModels.engines.two_prompt import decode_two_prompts, stream_two_prompts
+from DecodingMethodsModels.engines.two_prompt import (
+    Reader,
+    decode_prompt_rows,
+    stream_prompt_rows,
+)
 from DecodingMethodsModels.rules.combine import CombineRule, amulet_rule, la_rule
+from DecodingMethodsModels.rules.costeer import costeer_rule, on_one_model
 from DecodingMethodsModels.rules.penalties import Penalties, apply_penalties
 from DecodingMethodsModels.rules.sampling import SamplingSettings, unusable_rows, warp_scores
+
+
+@dataclass(frozen=True)
+class CoSteerSettings:
+    """CoSteer's hyperparameters (rules/costeer.py) and its small model: `slm` None is the
+    decoding model itself (the LLM and SLM then share the plain prompt's row)."""
+
+    iterations: int = 20
+    alpha: float = 2.0
+    beta: float = 1.0
+    player_lambda: float = 2.0
+    eta: float = 10.0
+    solver: str = "closed_form"
+    slm: object = None
 
 
 @dataclass(frozen=True)
@@ -35,6 +56,7 @@ class DecodeSettings:
     eta: float = 10.0
     amulet_solver: str = "closed_form"
     penalties: Penalties = field(default_factory=Penalties)
+    costeer: CoSteerSettings = field(default_factory=CoSteerSettings)
 
 
 Runner = Callable[..., list[list[int]]]
@@ -150,14 +172,19 @@ def cut_at_eos(ids: list[int], eos_ids: list[int]) -> list[int]:
 
 
 def two_prompt(
-    model, pref_ids, base_ids, settings: DecodeSettings, combine: CombineRule, seed: int
+    model, pref_ids, base_ids, settings: DecodeSettings, combine: CombineRule, seed: int,
+    readers: tuple[Reader, ...] | None = None,
 ) -> list[list[int]]:
+    """One batch through the prompt-rows engine: `readers` (default: `model` on both prompts)
+    and `combine` are a method's engine configuration."""
+    readers = readers or (Reader(model, ("pref", "base")),)
     generator = None
     if settings.sampling.do_sample:
         generator = torch.Generator(device=model_input_device(model)).manual_seed(seed)
-    result = decode_two_prompts(
-        model, pref_ids, base_ids, combine, settings.max_new_tokens, settings.eos_ids,
-        settings.pad_id, settings.sampling, generator, penalties=settings.penalties,
+    result = decode_prompt_rows(
+        readers, {"pref": pref_ids, "base": base_ids}, combine, settings.max_new_tokens,
+        settings.eos_ids, settings.pad_id, settings.sampling, generator,
+        penalties=settings.penalties,
     )
     return result.token_ids
 
@@ -182,17 +209,36 @@ def combine_rule(method: str, settings: DecodeSettings) -> CombineRule:
                        settings.eta, settings.amulet_solver)
 
 
-def run_la(model, pref_ids, base_ids, settings: DecodeSettings, seed: int):
-    return two_prompt(model, pref_ids, base_ids, settings, combine_rule("la", settings), seed)
+def engine_configuration(method: str, model, settings: DecodeSettings
+                         ) -> tuple[tuple[Reader, ...], CombineRule]:
+    """(readers, combine) of a prompt-rows method: which model reads which prompts, and the
+    rule over their log-probs. CoSteer: the LLM on the plain (base) prompt, the SLM on the
+    personalised (pref) and plain ones; with the SLM the LLM itself, the plain row is shared."""
+    if method != "costeer":
+        return (Reader(model, ("pref", "base")),), combine_rule(method, settings)
+    c = settings.costeer
+    rule = costeer_rule(c.iterations, c.alpha, c.beta, c.player_lambda, c.eta, c.solver)
+    if c.slm is None or c.slm is model:
+        return (Reader(model, ("pref", "base")),), on_one_model(rule)
+    return (Reader(model, ("base",)), Reader(c.slm, ("pref", "base"))), rule
 
 
-def run_amulet(model, pref_ids, base_ids, settings: DecodeSettings, seed: int):
-    return two_prompt(model, pref_ids, base_ids, settings, combine_rule("amulet", settings), seed)
+def run_prompt_rows(method: str):
+    """The runner of a prompt-rows method."""
+    def run(model, pref_ids, base_ids, settings: DecodeSettings, seed: int):
+        readers, combine = engine_configuration(method, model, settings)
+        return two_prompt(model, pref_ids, base_ids, settings, combine, seed, readers)
+    run.__name__ = f"run_{method}"
+    return run
 
+
+run_la = run_prompt_rows("la")
+run_amulet = run_prompt_rows("amulet")
+run_costeer = run_prompt_rows("costeer")
 
 # Methods that can decode a whole list of questions with continuous batching (greedy only: a
 # sampled token would depend on which questions share the random stream).
-STREAMING_METHODS = ("la", "amulet")
+STREAMING_METHODS = ("la", "amulet", "costeer")
 
 
 def stream_method(method: str, model, pref_ids, base_ids, settings: DecodeSettings,
@@ -200,8 +246,9 @@ def stream_method(method: str, model, pref_ids, base_ids, settings: DecodeSettin
     """(position in the lists, generated ids) of every question as it finishes."""
     if method not in STREAMING_METHODS or settings.sampling.do_sample:
         raise ValueError(f"{method} with these settings cannot stream")
-    return stream_two_prompts(
-        model, pref_ids, base_ids, combine_rule(method, settings), settings.max_new_tokens,
+    readers, combine = engine_configuration(method, model, settings)
+    return stream_prompt_rows(
+        readers, {"pref": pref_ids, "base": base_ids}, combine, settings.max_new_tokens,
         settings.eos_ids, settings.pad_id, batch_size, penalties=settings.penalties,
     )
 
@@ -212,4 +259,5 @@ METHOD_RUNNERS: dict[str, Runner] = {
     "beam": run_beam,
     "la": run_la,
     "amulet": run_amulet,
+    "costeer": run_costeer,
 }

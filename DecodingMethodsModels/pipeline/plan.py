@@ -26,6 +26,7 @@ from DecodingMethodsModels.pipeline.outputs import (
     run_dir,
 )
 from DecodingMethodsModels.prompts.amulet import SYSTEM_PROMPT, preference_sentence
+from DecodingMethodsModels.prompts.costeer import costeer_sentence
 from DecodingMethodsModels.prompts.pad import PRINCIPLE_SETS, preference_prompt
 
 FINGERPRINT_VERSION = 2
@@ -137,7 +138,27 @@ def method_parameters(config, method: str) -> dict:
                 config.iteration_num, config.alpha, config.player_lambda, config.eta
             ),
         }
+    if method == "costeer":
+        return costeer_parameters(config)
     return {}
+
+
+def costeer_parameters(config) -> dict:
+    """CoSteer's hyperparameters, its ratio c_T and its SLM (None: the decoding model)."""
+    from DecodingMethodsModels.rules.costeer import costeer_ratio
+
+    slm = None if config.slm_name in (None, config.model_name) else config.slm_name
+    return {
+        "costeer_iterations": config.costeer_iterations, "costeer_alpha": config.costeer_alpha,
+        "costeer_beta": config.costeer_beta, "costeer_lambda": config.costeer_lambda,
+        "costeer_eta": config.costeer_eta, "costeer_solver": config.costeer_solver,
+        "costeer_ratio": costeer_ratio(config.costeer_iterations, config.costeer_alpha,
+                                       config.costeer_beta, config.costeer_lambda,
+                                       config.costeer_eta),
+        "slm": slm,
+        **({"slm_device_type": (config.slm_device or config.device).split(":")[0]}
+           if slm and config.slm_device else {}),
+    }
 
 
 def fingerprint(config, run: PlannedRun, model_short_name: str,
@@ -194,7 +215,9 @@ def plan_runs(config, model_short_name: str) -> list[PlannedRun]:
         slug = preference_slug(pref_name, config.pref_text)
         pad_set = pref_name if config.pref_text is None and pref_name in PRINCIPLE_SETS else None
         sentence = config.pref_text or (
-            preference_prompt(pad_set) if pad_set else preference_sentence(pref_name))
+            preference_prompt(pad_set) if pad_set else
+            costeer_sentence(pref_name) if config.prompt_style == "costeer" else
+            preference_sentence(pref_name))
         for dataset in datasets:
             directory = run_dir(config.output_dir, slug, model_short_name, dataset.name)
             for method in config.methods:

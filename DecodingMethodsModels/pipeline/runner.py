@@ -15,10 +15,12 @@ from __future__ import annotations
 
 import sys
 from collections.abc import Callable
+from dataclasses import replace
 from pathlib import Path
 
 from DecodingMethodsModels.errors import UserError
 from DecodingMethodsModels.pipeline.assemble import assemble_ready, wait_for_ranks
+from DecodingMethodsModels.pipeline.costeer_slm import check_slm_tokenizer, load_slm, slm_context
 from DecodingMethodsModels.pipeline.decode import (
     Decoder,
     decode_settings,
@@ -124,10 +126,12 @@ def load_and_check(config, process: Process, todo: list[Work]) -> tuple[Decoder,
     restrict_gpus(process, config.multi_gpu or on_vllm, config.device,
                   config.vllm_tensor_parallel_size if on_vllm else None)
     device = rank_device(resolve_device(config.device), process, config.multi_gpu)
-    tokenizer = load_tokenizer(source, config.trust_remote_code, config.prompt_style == "chat")
+    tokenizer = load_tokenizer(source, config.trust_remote_code, config.prompt_style != "raw")
     system_role = template_accepts_system(tokenizer)
     guided = [w.run.guided for w in todo if w.run.guided is not None]
     guide_limit = guide_context(config) if guided else None  # the guide reads the same ids
+    check_slm_tokenizer(config, tokenizer)  # CoSteer's SLM: no weights yet
+    guide_limit = _smaller(guide_limit, slm_context(config))  # the SLM reads the same ids
     # every prompt is encoded and checked before anything is written or any weight loaded
     context = configured_context(source, config.trust_remote_code)
     prompts = encode_all(todo, tokenizer, system_role, _smaller(context, guide_limit), config)
@@ -150,6 +154,10 @@ def load_and_check(config, process: Process, todo: list[Work]) -> tuple[Decoder,
     penalties, generation_facts = resolve_penalties(config, model)
     pad_id = pad_token_id(tokenizer, eos_ids)
     settings = decode_settings(config, eos_ids, pad_id, penalties)
+    slm, slm_facts = (None, {}) if config.backend == "vllm" else load_slm(
+        config, process, device, tokenizer)
+    if slm is not None:
+        settings = replace(settings, costeer=replace(settings.costeer, slm=slm))
     guide, guide_facts = None, {}
     if guided:
         if penalties.active:
@@ -162,7 +170,7 @@ def load_and_check(config, process: Process, todo: list[Work]) -> tuple[Decoder,
                       config.batch_size, config.continuous_batching, guide)
     backend_facts = model.facts() if config.backend == "vllm" else {}
     return decoder, {**environment_facts(process, device, model), **guide_facts,
-                     **generation_facts, **backend_facts}
+                     **slm_facts, **generation_facts, **backend_facts}
 
 
 def decoding_model(config, source, tokenizer, device, prompts: dict, context: int | None):

@@ -8,6 +8,12 @@ with ``k ~ c t^p`` the mean is ``c t^p / (p + 1)``, so ``p = alpha / lambda - 1`
 - ``alpha = lambda``: p = 0, and k grows like ``ln T`` (``k(2T) - k(T) -> ln 2``);
 - ``alpha > lambda``: k diverges like ``T^(alpha / lambda - 1)``.
 
+CoSteer (Amulet's successor, a small model steering a large one) collapses the same way, to
+``log_softmax(b + c_T D)``: each row also gives ``c_T = costeer_ratio(T, alpha, beta, lambda,
+eta)`` at the same hyperparameters and CoSteer's beta 1, and ``c_T - 1``, the LA ratio it is
+when the small model is the large one (rules/costeer.py). Same regimes, limit
+``beta / (lambda - alpha)``.
+
 Pure functions build the table; ``plot_k`` draws it (matplotlib, Agg).
 """
 
@@ -17,6 +23,9 @@ import math
 from pathlib import Path
 
 from DecodingMethodsModels.rules.combine import amulet_ratio
+from DecodingMethodsModels.rules.costeer import costeer_ratio
+
+COSTEER_BETA = 1.0  # CoSteer's default beta, for its c_T beside Amulet's k
 
 DEFAULTS = {"T": 60, "eta": 10.0, "alpha": 2.0, "lambda": 2.0}
 SWEEPS = {  # the paper's sweeps, the other three at their defaults
@@ -61,12 +70,14 @@ def k_row(T: int, eta: float, alpha: float, player_lambda: float, swept: str) ->
     """One row of the table: the four hyperparameters, k, its LA / CFG / PAD equivalents and
     the regime of (alpha, lambda)."""
     k = amulet_ratio(T, alpha, player_lambda, eta)
+    c = costeer_ratio(T, alpha, COSTEER_BETA, player_lambda, eta)
     return {
         "swept": swept, "T": T, "eta": eta, "alpha": alpha, "lambda": player_lambda, "k": k,
         "cfg_guidance_scale": 1.0 + k, "pad_implicit_w": 1.0 + k,
         "regime": regime(alpha, player_lambda),
         "limit": limit_of_k(alpha, player_lambda),
         "regime_detail": describe_regime(alpha, player_lambda),
+        "costeer_c_T": c, "costeer_la_ratio": c - 1.0,
     }
 
 
@@ -107,9 +118,10 @@ def markdown_tables(rows: list[dict]) -> str:
         sweep = [r for r in rows if r["swept"] == name]
         header = "| " + name + " | " + " | ".join(f"{r[name]:g}" for r in sweep) + " |"
         ks = "| k | " + " | ".join(f"{r['k']:.4g}" for r in sweep) + " |"
+        cs = "| CoSteer c_T | " + " | ".join(f"{r['costeer_c_T']:.4g}" for r in sweep) + " |"
         regimes = "| regime | " + " | ".join(r["regime"] for r in sweep) + " |"
         rule = "|---|" + "---|" * len(sweep)
-        parts.append("\n".join([header, rule, ks, regimes]))
+        parts.append("\n".join([header, rule, ks, cs, regimes]))
     return "\n\n".join(parts)
 
 
