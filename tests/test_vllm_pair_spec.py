@@ -68,3 +68,13 @@ def test_ledger_refuses_a_reused_key_and_role_and_stays_bounded():
     for i in range(10):
         ledger.admit(la_spec(pair=f"other{i}"))
     assert len(ledger.seen) == 3
+
+
+@pytest.mark.parametrize("change", [
+    {"params": {"ratio": "2"}}, {"params": {"ratio": None}}, {"params": {"ratio": float("nan")}},
+    {"params": {"ratio": True}}, {"params": [2.0]}, {"sampling": {"temperature": "hot"}},
+    {"sampling": {"temperature": 1.0, "top_k": "5"}}, {"seed": 1.5}, {"pair": 7},
+])
+def test_a_field_of_the_wrong_kind_is_a_value_error_never_a_type_error(change):
+    with pytest.raises(ValueError, match="pair spec"):
+        check_spec(la_spec(**change), [2, S, U], 0.0)

@@ -87,7 +87,7 @@ def test_settings_the_rule_cannot_read_are_refused_before_the_engine(params, sam
             "unusable": 15, "sampling": sampling}
     xargs = {"dmm": json.dumps(spec)}
     with pytest.raises(ValueError, match="pair spec: (rule la needs params|ratio must be|"
-                                         "sampling of rule la|top_p must be)"):
+                                         "sampling)"):
         PairedRuleProcessor.validate_params(
             SamplingParams(temperature=0.0, stop_token_ids=[16, 15], extra_args=xargs))
 
@@ -105,8 +105,11 @@ def test_the_backends_own_specs_pass_validation(method, do_sample, mode):
                               sampling=SamplingSettings(do_sample, 0.7, 5, 0.9))
     guided = GuidedRunConfig(rm_weight=0.8, topk=10, mode=mode,
                              sample_temp=0.5 if mode == "topk" else None, line=0)
+    from DecodingMethodsModels.backends.vllm_driver import paired
+
+    key = f"own-{method}-{do_sample}-{mode}"  # as the driver sends them: key and sentinels set
     for params in VllmRequests(settings).pair_params(method, 3, guided):
-        PairedRuleProcessor.validate_params(params)
+        PairedRuleProcessor.validate_params(paired(params, key, (16, 15)))
 
 
 def test_processor_pairs_rows_whose_spec_is_a_json_string():

@@ -96,8 +96,8 @@ def _is_number(value) -> bool:
 
 def _check_number(name: str, value, low: float, low_open: bool, high: float = math.inf) -> None:
     """A finite number in [low, high] ((low, high] when `low_open`)."""
-    above = value > low if low_open else value >= low
-    if not (_is_number(value) and above and value <= high):
+    if not (_is_number(value) and (value > low if low_open else value >= low)
+            and value <= high):
         bound = f"> {low}" if low_open else f">= {low}"
         if high < math.inf:
             bound += f" and <= {high}"
