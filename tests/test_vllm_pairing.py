@@ -313,3 +313,20 @@ def test_draw_by_inversion_follows_the_probabilities():
     picks = [vllm_pairing.draw(scores, torch.tensor([u])).item() for u in (0.0, 0.49, 0.5, 0.74,
                                                                          0.75, 0.999)]
     assert picks == [0, 0, 2, 2, 3, 3]
+
+
+def test_late_partner_caught_with_the_engine_core_in_its_own_process(tiny, case):
+    """The engine core in a process of its own (vLLM's default for LLMEngine): nothing the
+    processor knows reaches this process, yet every pair whose partner came late is caught
+    from the returned tokens and decoded again."""
+    from DecodingMethodsModels.backends.vllm_driver import Driver
+
+    pref, base, settings, want = case
+    engine = build(tiny[2], kv_cache_memory_bytes=64 * 2**20, engine_process=True)
+    try:
+        assert type(engine.engine_core).__name__ == "SyncMPClient"  # not InprocClient
+        driver = Driver(LateBase(engine), 16)
+        assert vllm_tokens(driver, "la", pref[:8], base[:8], settings) == want[:8]
+        assert sorted(driver.reran) == [(k, "out_of_step") for k in range(8)]
+    finally:
+        engine.engine_core.shutdown()  # its process ends with the test

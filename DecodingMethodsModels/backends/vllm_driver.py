@@ -116,9 +116,9 @@ class Driver:
 
     A pair is kept only when `pair_verdict` accepts its two answers. A broken one (a row ended
     on the out-of-step sentinel, or the answers differ) is decoded again as soon as it is
-    found (its partner aborted, the new attempt first in line); its last try
-    runs alone in the engine (the whole token budget and KV cache for it), so that what broke
-    it before cannot recur; then a one-line error. `reran`: (job, reason) of each re-run of the
+    found (its partner aborted, the new attempt first in line); from its second re-run on it
+    runs alone in the engine (`_admits`), so that what broke it before cannot recur; after
+    `retries` re-runs, a one-line error. `reran`: (job, reason) of each re-run of the
     last `run`; `reruns`: re-runs over the driver's life."""
 
     def __init__(self, engine, max_num_seqs: int, retries: int = RETRIES):
@@ -203,9 +203,12 @@ class Driver:
         return None
 
     def _admits(self, rows: int, job: Job, attempt: int) -> bool:
-        """Room for the job's rows; a pair's last try runs alone (the whole token budget and
-        KV cache for it), so what broke it before cannot recur."""
-        if 0 < attempt and attempt >= self.retries:
+        """Room for the job's rows. A pair's first re-run starts as soon as two rows are free
+        (a late partner, a preemption in passing); from its second on, and on its last try, it
+        runs alone (the whole token budget and KV cache for it): what broke it twice is the
+        engine's load (measured under a small KV cache, tensor parallel 2 on CPU: re-runs
+        among other pairs mostly broke again, as vLLM preempts the latest arrivals first)."""
+        if attempt >= min(2, self.retries) and attempt > 0:
             return rows == 0
         return rows + (1 if job.base is None else 2) <= self.max_rows
 

@@ -1,0 +1,82 @@
+"""Tensor parallelism on CPU: a tiny Llama whose heads divide by 2 (4 heads, 2 KV heads) split
+over two vLLM worker processes (`--vllm_tensor_parallel_size 2`), under a KV cache small enough
+that vLLM preempts rows. The pairing processor runs in the workers, so nothing it knows reaches
+the driver: pairs are judged by the tokens returned. la, amulet and implicit PAD on 16
+questions write the hf backend's files, the re-runs are recorded in the sidecars and named on
+the run's last line, and NaN scores are the hf backend's one-line error."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from cli_helpers import cli_env, gen_args, run_main, write_dataset
+from vllm_helpers import build_sharp_model, require_vllm
+
+require_vllm()
+
+TIMEOUT = 900
+STEPS = "32"
+KV_GB = "0.0015"  # about 880 tokens per worker: six rows of a prompt and its answer
+QUESTIONS = [f"Question {i}: name {'a few ' * (i % 5)}things that are "
+             f"{['blue', 'green', 'red', 'soft'][i % 4]}." for i in range(16)]
+TP2 = ("--backend", "vllm", "--vllm_tensor_parallel_size", "2", "--vllm_kv_cache_gb", KV_GB)
+
+
+@pytest.fixture(scope="module")
+def setup(tmp_path_factory, smol_tokenizer_dir):
+    from transformers import AutoTokenizer
+
+    root = tmp_path_factory.mktemp("vllm_tp")
+    tokenizer = AutoTokenizer.from_pretrained(smol_tokenizer_dir)
+    model = build_sharp_model("llama", tokenizer, root / "tiny-tp", heads=4, kv_heads=2)
+    nan = build_sharp_model("llama", tokenizer, root / "tiny-tp-nan", heads=4, kv_heads=2,
+                            nan=True)
+    write_dataset(root / "data", "demo", QUESTIONS)
+    return model, nan, root / "data"
+
+
+def run(model, data, out, *extra, method="la,amulet,pad"):
+    args = gen_args(model, data, out, "--rm_name", "self", "--pref_name", "creative", *extra,
+                    method=method, max_new_tokens=int(STEPS), batch_size=16)
+    # one OpenMP thread per worker, each on its own core
+    return run_main(args, env=cli_env(VLLM_CPU_OMP_THREADS_BIND="0|1"), timeout=TIMEOUT)
+
+
+def files(out, method):
+    folder = next(out.glob("creative/*/demo"))
+    return ((folder / f"{method}.json").read_text(),
+            json.loads((folder / f"{method}.meta.json").read_text()))
+
+
+def test_tensor_parallel_under_preemption_writes_the_hf_files(setup, tmp_path):
+    model, _, data = setup
+    hf = run(model, data, tmp_path / "hf")
+    assert hf.returncode == 0, hf.stderr[-3000:]
+    tp = run(model, data, tmp_path / "tp2", *TP2)
+    assert tp.returncode == 0, tp.stderr[-3000:]
+    assert "Traceback" not in tp.stderr
+    total = 0
+    for method in ("la", "amulet", "pad"):
+        want, _ = files(tmp_path / "hf", method)
+        got, meta = files(tmp_path / "tp2", method)
+        assert got == want, method
+        assert meta["environment"]["backend"]["tensor_parallel_size"] == 2
+        reran = meta["pairs_rerun"]
+        assert reran["count"] == len(reran["questions"]) == sum(reran["reasons"].values())
+        total += reran["count"]
+        print(f"{method}: {reran['count']} pairs decoded again {reran['reasons']}")
+    assert total > 0  # the cache was small enough to break pairs, and none slipped by
+    last = tp.stderr.strip().splitlines()[-1]
+    assert f"vLLM decoded {total} pair(s) again" in last
+
+
+def test_nan_scores_under_tensor_parallel_are_the_one_line_error(setup, tmp_path):
+    _, nan, data = setup
+    done = run(nan, data, tmp_path, *TP2, method="la")
+    assert done.returncode == 2, done.stderr[-3000:]
+    assert "Traceback" not in done.stderr
+    last = done.stderr.strip().splitlines()[-1]
+    assert last.startswith("error: the scores became NaN in batch"), last
+    assert "question indices" in last and "weights" in last
+    assert not list(tmp_path.glob("creative/*/demo/la.json"))
