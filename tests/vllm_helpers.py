@@ -33,12 +33,12 @@ def require_vllm() -> None:
 
 
 def build_sharp_model(family: str, tokenizer, out_dir: Path, seed: int = 0, heads: int = 2,
-                      kv_heads: int = 1, nan: bool = False) -> Path:
+                      kv_heads: int = 1, nan_ids: tuple[int, ...] = ()) -> Path:
     """A tiny random `family` ("llama", "qwen2") model with head size 64 (vLLM's CPU attention
     needs a supported head size) and a sharpened LM head, so that greedy choices are decided
     by clear margins, not by rounding; saved with `tokenizer`, float32. `heads` and
-    `kv_heads` divisible by a tensor-parallel size run split; `nan` poisons the final norm
-    (every logit NaN)."""
+    `kv_heads` divisible by a tensor-parallel size run split; `nan_ids` poisons those tokens'
+    embeddings (a prompt holding one gives NaN logits, the others are untouched)."""
     import torch
     from transformers import AutoModelForCausalLM, LlamaConfig, Qwen2Config
 
@@ -51,8 +51,7 @@ def build_sharp_model(family: str, tokenizer, out_dir: Path, seed: int = 0, head
     model = AutoModelForCausalLM.from_config(config).float().eval()
     with torch.no_grad():
         model.lm_head.weight.mul_(30.0)
-        if nan:
-            model.model.norm.weight.fill_(float("nan"))
+        model.model.embed_tokens.weight[list(nan_ids)] = float("nan")
     model.generation_config.eos_token_id = [2]
     model.save_pretrained(out_dir)
     tokenizer.save_pretrained(out_dir)
