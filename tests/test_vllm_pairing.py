@@ -100,6 +100,19 @@ def test_partner_absent_behind_or_doubled_gets_the_sentinel():
     assert forced(processor.apply(torch.randn(2, VOCAB))) == [SENTINEL, SENTINEL]
 
 
+def test_two_rows_that_disagree_on_the_rule_are_not_combined():
+    """A pref and a base row under one key but with other settings (a client's mistake): each
+    ends on its own sentinel instead of decoding under one of the two rules."""
+    other = PairSpec(pair="mixed", role="base", rule="la", params={"ratio": 5.0}, sentinel=9,
+                     unusable=UNUSABLE)
+    base = SamplingParams(temperature=0.0, stop_token_ids=[9, UNUSABLE],
+                          extra_args=other.as_extra_args())
+    processor = PairedRuleProcessor(None, torch.device("cpu"), False)
+    processor.update_state(update(added=[(0, params("mixed", "pref"), [5], []),
+                                         (1, base, [6], [])], size=2))
+    assert forced(processor.apply(torch.randn(2, VOCAB))) == [SENTINEL, 9]
+
+
 def test_nonfinite_scores_get_the_unusable_sentinel():
     processor = PairedRuleProcessor(None, torch.device("cpu"), False)
     processor.update_state(update(added=[(0, params("nan", "pref"), [5], []),

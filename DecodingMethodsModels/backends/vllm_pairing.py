@@ -26,6 +26,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+from dataclasses import replace
 
 import torch
 from vllm.v1.sample.logits_processor import (
@@ -172,26 +173,33 @@ class PairedRuleProcessor(LogitsProcessor):
         for index, (spec, _output) in self.rows.items():
             if index < logits.shape[0]:
                 pairs.setdefault(spec.pair, []).append((spec.role, index))
+        if not pairs:
+            return logits
         tokens = self._pair_tokens(pairs, logits)  # all read before any row is forced
-        rows = [index for members in pairs.values() for _role, index in members]
-        forced = [tokens[key] for key, members in pairs.items() for _ in members]
+        rows, forced = [], []
+        for key, members in pairs.items():
+            for _role, index in members:  # a sentinel is the row's own
+                token = tokens[key]
+                rows.append(index)
+                forced.append(getattr(self.rows[index][0], token) if isinstance(token, str)
+                              else token)
         index = torch.tensor(rows, device=logits.device)
         logits[index] = float("-inf")
         logits[index, torch.tensor(forced, device=logits.device)] = 0.0
         return logits
 
     def _pair_tokens(self, pairs: dict[str, list[tuple[str, int]]],
-                     logits: torch.Tensor) -> dict[str, int]:
-        """Each pair's token this step: the rule's, or a sentinel."""
-        tokens: dict[str, int] = {}
+                     logits: torch.Tensor) -> dict[str, int | str]:
+        """Each pair's token this step: the rule's, or "sentinel" / "unusable" (each row is
+        then forced to its own spec's)."""
+        tokens: dict[str, int | str] = {}
         ready: dict[str, list[tuple[str, int, int, PairSpec, int]]] = {}
         for key, members in pairs.items():
             roles = dict(members)
-            spec = self.rows[members[0][1]][0]
-            if (len(members) != 2 or roles.keys() != {"pref", "base"}
-                    or len(self.rows[roles["pref"]][1]) != len(self.rows[roles["base"]][1])):
-                tokens[key] = spec.sentinel  # partner absent, behind, or a role twice
+            if not self._in_step(members, roles):
+                tokens[key] = "sentinel"
                 continue
+            spec = self.rows[roles["pref"]][0]
             step = len(self.rows[roles["pref"]][1])
             ready.setdefault(_group(spec), []).append(
                 (key, roles["pref"], roles["base"], spec, step))
@@ -201,16 +209,24 @@ class PairedRuleProcessor(LogitsProcessor):
             except Exception:  # noqa: BLE001 - a failing rule must not stop the engine
                 logger.exception("pairing: rule %s failed; its pairs end on the unusable "
                                  "sentinel", group[0][3].rule)
-                chosen = [spec.unusable for _, _, _, spec, _ in group]
+                chosen = ["unusable"] * len(group)
             for (key, *_), token in zip(group, chosen, strict=True):
                 tokens[key] = token
         return tokens
 
+    def _in_step(self, members: list[tuple[str, int]], roles: dict[str, int]) -> bool:
+        """One pref and one base row, with the same spec but the role, at equal lengths (not:
+        a partner absent or behind, a role twice, two requests that disagree on the rule)."""
+        if len(members) != 2 or roles.keys() != {"pref", "base"}:
+            return False
+        (pref, pref_out), (base, base_out) = self.rows[roles["pref"]], self.rows[roles["base"]]
+        return replace(pref, role="") == replace(base, role="") and len(pref_out) == len(base_out)
+
     @staticmethod
-    def _group_tokens(group, logits: torch.Tensor) -> list[int]:
+    def _group_tokens(group, logits: torch.Tensor) -> list[int | str]:
         choice, bad = group_choice(group, logits)
-        return [spec.unusable if b else int(t)
-                for (*_, spec, _), b, t in zip(group, bad.tolist(), choice.tolist(), strict=True)]
+        return ["unusable" if b else int(t) for b, t in zip(bad.tolist(), choice.tolist(),
+                                                            strict=True)]
 
 
 def group_choice(group, logits: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
