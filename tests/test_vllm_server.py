@@ -43,7 +43,7 @@ from DecodingMethodsModels.rules.combine import la_rule  # noqa: E402
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 ROOT = Path(__file__).resolve().parents[1]
-SPEC = PairSpec(pair="q7", role="base", rule="amulet", sentinel=16, seed=3,
+SPEC = PairSpec(pair="q7", role="base", rule="amulet", sentinel=16, unusable=15, seed=3,
                 params={"iterations": 5, "alpha": 2.0, "player_lambda": 2.0, "eta": 10.0,
                         "solver": "closed_form"})
 LA = client.PairRule("la", {"ratio": 2.0})
@@ -84,11 +84,12 @@ def test_settings_the_rule_cannot_read_are_refused_before_the_engine(params, sam
     """Caught in validate_params (the server's one-line 400): inside `apply` they would stop
     the engine, and the server with it."""
     spec = {"pair": "q", "role": "pref", "rule": "la", "params": params, "sentinel": 16,
-            "sampling": sampling}
+            "unusable": 15, "sampling": sampling}
     xargs = {"dmm": json.dumps(spec)}
-    with pytest.raises(ValueError, match="needs numbers as params"):
+    with pytest.raises(ValueError, match="pair spec: (rule la needs params|ratio must be|"
+                                         "sampling)"):
         PairedRuleProcessor.validate_params(
-            SamplingParams(temperature=0.0, stop_token_ids=[16], extra_args=xargs))
+            SamplingParams(temperature=0.0, stop_token_ids=[16, 15], extra_args=xargs))
 
 
 @pytest.mark.parametrize("method, do_sample, mode", [
@@ -104,33 +105,34 @@ def test_the_backends_own_specs_pass_validation(method, do_sample, mode):
                               sampling=SamplingSettings(do_sample, 0.7, 5, 0.9))
     guided = GuidedRunConfig(rm_weight=0.8, topk=10, mode=mode,
                              sample_temp=0.5 if mode == "topk" else None, line=0)
+    from DecodingMethodsModels.backends.vllm_driver import paired
+
+    key = f"own-{method}-{do_sample}-{mode}"  # as the driver sends them: key and sentinels set
     for params in VllmRequests(settings).pair_params(method, 3, guided):
-        PairedRuleProcessor.validate_params(params)
+        PairedRuleProcessor.validate_params(paired(params, key, (16, 15)))
 
 
 def test_processor_pairs_rows_whose_spec_is_a_json_string():
-    vllm_pairing.OUT_OF_STEP.clear()
     processor = PairedRuleProcessor(None, torch.device("cpu"), False)
     added = []
     for row, role in enumerate(("pref", "base")):
-        xargs = PairSpec(pair="q", role=role, rule="la", params={"ratio": 2.0},
-                         sentinel=2).as_xargs()
-        params = SamplingParams(temperature=0.0, stop_token_ids=[2], extra_args=xargs)
+        xargs = PairSpec(pair="json-q", role=role, rule="la", params={"ratio": 2.0},
+                         sentinel=10, unusable=11).as_xargs()
+        params = SamplingParams(temperature=0.0, stop_token_ids=[2, 10, 11], extra_args=xargs)
         PairedRuleProcessor.validate_params(params)
         added.append((row, params, [5 + row], []))
     processor.update_state(BatchUpdate(batch_size=2, removed=[], added=added, moved=[]))
     torch.manual_seed(0)
     logits = torch.randn(2, 12)
     pref, base = (torch.log_softmax(row.unsqueeze(0), dim=-1) for row in logits)
-    want = int(la_rule(2.0)(pref, base).argmax())
+    want = int(la_rule(2.0)(pref, base)[:, :10].argmax())  # 10 and 11 are the sentinels
     out = processor.apply(logits)
     assert (torch.isfinite(out).sum(dim=-1) == 1).all()
     assert out.argmax(dim=-1).tolist() == [want, want]
-    assert not vllm_pairing.OUT_OF_STEP
 
 
 def test_client_spec_is_the_processors_pair_spec():
-    pair = client.PairClient("http://unused", "m", AMULET, 4, [2], 16)
+    pair = client.PairClient("http://unused", "m", AMULET, 4, [2], (16, 15))
     xargs = pair.xargs("q7", "base", 3)
     assert client.KEY == vllm_pairing.KEY and spec_of(xargs) == SPEC
 
@@ -145,7 +147,7 @@ def test_client_imports_neither_vllm_nor_torch():
 
 def test_client_refuses_an_eos_sentinel():
     with pytest.raises(ValueError, match="EOS"):
-        client.PairClient("http://unused", "m", LA, 4, [0, 2], 2)
+        client.PairClient("http://unused", "m", LA, 4, [0, 2], (2, 16))
 
 
 def test_client_stops_at_a_server_that_does_not_pair(monkeypatch):
@@ -154,7 +156,7 @@ def test_client_stops_at_a_server_that_does_not_pair(monkeypatch):
     sent = []
     monkeypatch.setattr(client, "complete", lambda url, model, prompt, *rest: sent.append(
         prompt) or [5, 6])
-    pair = client.PairClient("http://unused", "m", LA, 4, [2], 16)
+    pair = client.PairClient("http://unused", "m", LA, 4, [2], (16, 15))
     with pytest.raises(UserError, match="--logits-processors") as err:
         pair.decode([[1, 2], [3]], [[4], [5]])
     assert sent == [[1, 2]] and "\n" not in str(err.value)
@@ -165,7 +167,8 @@ def test_client_stops_at_a_server_that_does_not_pair(monkeypatch):
 
 def request(rid: str, pair: str | None = None, role: str = "pref", output=()):
     extra = None if pair is None else PairSpec(pair=pair, role=role, rule="la",
-                                               params={"ratio": 2.0}, sentinel=16).as_xargs()
+                                               params={"ratio": 2.0}, sentinel=16,
+                                               unusable=15).as_xargs()
     return SimpleNamespace(request_id=rid, sampling_params=SamplingParams(extra_args=extra),
                            num_computed_tokens=0, output_token_ids=list(output))
 
@@ -281,21 +284,22 @@ def case(tiny, tokenizer):
     settings = DecodeSettings(max_new_tokens=STEPS, eos_ids=eos,
                               pad_id=pad_token_id(tokenizer, eos),
                               iteration_num=SPEC.params["iterations"])
-    sentinel = tokenizer.convert_tokens_to_ids("<empty_output>")  # a special token never written
-    return pref, base, settings, sentinel
+    # special tokens never written (what vllm_driver.engine_sentinels picks for this tokenizer)
+    sentinels = tuple(tokenizer.convert_tokens_to_ids(["<empty_output>", "<jupyter_script>"]))
+    return pref, base, settings, sentinels
 
 
 def pair_client(server, case, rule=LA, cls=client.PairClient, **extra):
     url, model = server
-    _, _, settings, sentinel = case
-    return cls(url, model, rule, STEPS, settings.eos_ids, sentinel, **extra)
+    _, _, settings, sentinels = case
+    return cls(url, model, rule, STEPS, settings.eos_ids, sentinels, **extra)
 
 
 @pytest.fixture(scope="module")
 def la_tokens(tiny, case):
-    pref, base, settings, sentinel = case
+    pref, base, settings, sentinels = case
     want = hf_tokens(tiny[0], "la", pref, base, settings)
-    assert not any(sentinel in ids for ids in want)
+    assert not any(set(sentinels) & set(ids) for ids in want)
     return want
 
 
@@ -305,11 +309,11 @@ def la_tokens(tiny, case):
 def test_server_gives_the_hf_backends_tokens(server, tiny, case, la_tokens, method, rule):
     from DecodingMethodsModels.pipeline.guided_config import GuidedRunConfig
 
-    pref, base, settings, sentinel = case
+    pref, base, settings, sentinels = case
     guided = GuidedRunConfig(rm_weight=0.8, topk=10, mode="greedy", sample_temp=None, line=0)
     want = la_tokens if method == "la" else hf_tokens(tiny[0], method, pref, base, settings,
                                                       guided)
-    assert not any(sentinel in ids for ids in want)
+    assert not any(set(sentinels) & set(ids) for ids in want)
     pair = pair_client(server, case, rule)
     assert pair.decode(pref, base) == want
     print(f"{method}: re-sends per question {pair.resends}")
@@ -370,26 +374,74 @@ def test_lone_request_ends_on_the_sentinel_and_why_it_is_no_eos(server, case):
     [EOS]: equal answers that look finished, which is why the client wants a sentinel that is
     no EOS."""
     url, model = server
-    pref, base, settings, sentinel = case
+    pref, base, settings, sentinels = case
     pair = pair_client(server, case)
     assert client.complete(url, model, pref[0], pair.xargs(uuid.uuid4().hex, "pref", 0), STEPS,
-                           pair.stop_ids, 60) == [sentinel]
+                           pair.stop_ids, 60) == [sentinels[0]]
     eos = settings.eos_ids[0]
-    spec = dict(pair="late-" + uuid.uuid4().hex, rule="la", params={"ratio": 2.0}, sentinel=eos)
+    spec = dict(pair="late-" + uuid.uuid4().hex, rule="la", params={"ratio": 2.0}, sentinel=eos,
+                unusable=sentinels[1])
     answers = [client.complete(url, model, prompt, PairSpec(role=role, **spec).as_xargs(), STEPS,
-                               settings.eos_ids, 60)
+                               [*settings.eos_ids, sentinels[1]], 60)
                for role, prompt in (("pref", pref[0]), ("base", base[0]))]
     assert answers == [[eos], [eos]]
 
 
-def test_bad_spec_is_the_servers_one_line_refusal(server, case):
+AMULET_PARAMS = dict(SPEC.params)
+BAD_REQUESTS = [  # (what is wrong, spec fields that replace a valid la spec's, refusal)
+    ("unknown rule", {"rule": "beam"}, "rule one of"),
+    ("unknown role", {"role": "judge"}, "role must be pref or base"),
+    ("empty pair key", {"pair": ""}, "pair must be a non-empty string"),
+    ("missing ratio", {"params": {}}, "rule la needs params"),
+    ("unknown param", {"params": {"ratio": 2.0, "x": 1}}, "rule la needs params"),
+    ("negative ratio", {"params": {"ratio": -1.0}}, "ratio must be"),
+    ("ratio a string", {"params": {"ratio": "2"}}, "ratio must be"),
+    ("unknown solver", {"rule": "amulet", "params": {**AMULET_PARAMS, "solver": "newton"}},
+     "unknown Amulet solver"),
+    ("float iterations", {"rule": "amulet",
+                          "params": {**AMULET_PARAMS, "solver": "iterative", "iterations": 2.5}},
+     "iterations must be an integer"),
+    ("huge iterations", {"rule": "amulet", "params": {**AMULET_PARAMS, "iterations": 10**9}},
+     "iterations must be an integer"),
+    ("eta 0", {"rule": "amulet", "params": {**AMULET_PARAMS, "eta": 0}}, "eta must be"),
+    ("temperature 0", {"sampling": {"temperature": 0.0}}, "temperature must be"),
+    ("top_p 0", {"sampling": {"temperature": 1.0, "top_p": 0.0}}, "top_p must be"),
+    ("top_p above 1", {"sampling": {"temperature": 1.0, "top_p": 1.5}}, "top_p must be"),
+    ("top_k 2.5", {"sampling": {"temperature": 1.0, "top_k": 2.5}}, "top_k must be an integer"),
+    ("top_k negative", {"sampling": {"temperature": 1.0, "top_k": -1}}, "top_k must be"),
+    ("unknown sampling key", {"sampling": {"temperature": 1.0, "min_p": 0.1}},
+     "sampling of rule la"),
+    ("pad topk 0", {"rule": "pad", "params": {"weight": 0.8, "topk": 0}}, "topk must be"),
+    ("pad topk 1.5", {"rule": "pad", "params": {"weight": 0.8, "topk": 1.5}}, "topk must be"),
+    ("pad topk past the vocabulary", {"rule": "pad", "params": {"weight": 0.8, "topk": 50_000}},
+     "topk must be"),
+    ("sentinel not a stop id", {"sentinel": 17}, "sentinel token must be one of"),
+    ("sentinels equal", {"unusable": "SENTINEL"}, "two different tokens"),
+    ("seed negative", {"seed": -1}, "seed must be"),
+]
+
+
+def test_server_refuses_every_bad_request_survives_and_still_serves(server, tiny, case,
+                                                                     la_tokens):
+    """Each bad pair spec is the server's one-line 400 before it reaches the engine; a pair
+    key and role used twice is refused; the server then still decodes a valid pair as the
+    hf backend does."""
     url, model = server
-    pref, _, _, sentinel = case
-    with pytest.raises(UserError, match="refused a request.*rule one of") as err:
-        client.complete(url, model, pref[0], {"dmm": json.dumps(dict(
-            pair="x", role="pref", rule="beam", params={}, sentinel=sentinel))}, STEPS,
-            [2, sentinel], 60)
-    assert "\n" not in str(err.value)
+    pref, base, settings, (sentinel, unusable) = case
+    stops = [*settings.eos_ids, sentinel, unusable]
+    valid = dict(role="pref", rule="la", params={"ratio": 2.0}, sentinel=sentinel,
+                 unusable=unusable, seed=0, sampling=None)
+    for what, change, refusal in BAD_REQUESTS:
+        spec = {**valid, "pair": uuid.uuid4().hex, **change}
+        spec = {k: sentinel if v == "SENTINEL" else v for k, v in spec.items()}
+        with pytest.raises(UserError, match=rf"refused a request \(400\).*{refusal}") as err:
+            client.complete(url, model, pref[0], {"dmm": json.dumps(spec)}, STEPS, stops, 60)
+        assert "\n" not in str(err.value), what
+    reused = PairSpec(pair=uuid.uuid4().hex, **valid).as_xargs()
+    assert client.complete(url, model, pref[0], reused, STEPS, stops, 60) == [sentinel]
+    with pytest.raises(UserError, match=r"\(400\).*already used"):
+        client.complete(url, model, pref[0], reused, STEPS, stops, 60)
+    assert pair_client(server, case).decode(pref[:4], base[:4]) == la_tokens[:4]
 
 
 def test_sampled_pairs_follow_their_seeds(server, case, la_tokens):

@@ -32,21 +32,26 @@ def require_vllm() -> None:
                 allow_module_level=True)
 
 
-def build_sharp_model(family: str, tokenizer, out_dir: Path, seed: int = 0) -> Path:
+def build_sharp_model(family: str, tokenizer, out_dir: Path, seed: int = 0, heads: int = 2,
+                      kv_heads: int = 1, nan_ids: tuple[int, ...] = ()) -> Path:
     """A tiny random `family` ("llama", "qwen2") model with head size 64 (vLLM's CPU attention
     needs a supported head size) and a sharpened LM head, so that greedy choices are decided
-    by clear margins, not by rounding; saved with `tokenizer`, float32."""
+    by clear margins, not by rounding; saved with `tokenizer`, float32. `heads` and
+    `kv_heads` divisible by a tensor-parallel size run split; `nan_ids` poisons those tokens'
+    embeddings (a prompt holding one gives NaN logits, the others are untouched)."""
     import torch
     from transformers import AutoModelForCausalLM, LlamaConfig, Qwen2Config
 
     config = (LlamaConfig if family == "llama" else Qwen2Config)(
-        vocab_size=len(tokenizer), hidden_size=128, intermediate_size=256, num_hidden_layers=2,
-        num_attention_heads=2, num_key_value_heads=1, max_position_embeddings=1024,
+        vocab_size=len(tokenizer), hidden_size=64 * heads, intermediate_size=128 * heads,
+        num_hidden_layers=2, num_attention_heads=heads, num_key_value_heads=kv_heads,
+        max_position_embeddings=1024,
         bos_token_id=1, eos_token_id=2, pad_token_id=2, tie_word_embeddings=False)
     torch.manual_seed(seed)
     model = AutoModelForCausalLM.from_config(config).float().eval()
     with torch.no_grad():
         model.lm_head.weight.mul_(30.0)
+        model.model.embed_tokens.weight[list(nan_ids)] = float("nan")
     model.generation_config.eos_token_id = [2]
     model.save_pretrained(out_dir)
     tokenizer.save_pretrained(out_dir)

@@ -67,7 +67,7 @@ class VllmRequests:
     def pair_params(self, method: str, seed: int, guided=None):
         from vllm import SamplingParams
 
-        from DecodingMethodsModels.backends.vllm_pairing import PairSpec
+        from DecodingMethodsModels.backends.vllm_pair_spec import PairSpec
 
         s = self.settings
         rule, params, sampling = method, {}, None
@@ -90,11 +90,10 @@ class VllmRequests:
         if method in PAIRED and s.sampling.do_sample:
             sampling = {"temperature": s.sampling.temperature, "top_k": s.sampling.top_k,
                         "top_p": s.sampling.top_p}
-        sentinel = s.eos_ids[0]
         out = []
-        for role in ("pref", "base"):
-            spec = PairSpec(pair="", role=role, rule=rule, params=params, sentinel=sentinel,
-                            seed=seed, sampling=sampling)
+        for role in ("pref", "base"):  # the driver sets the pair key and the sentinels
+            spec = PairSpec(pair="", role=role, rule=rule, params=params, sentinel=-1,
+                            unusable=-1, seed=seed, sampling=sampling)
             out.append(SamplingParams(max_tokens=s.max_new_tokens, temperature=0.0,
                                       ignore_eos=True, stop_token_ids=list(s.eos_ids),
                                       detokenize=False, extra_args=spec.as_extra_args()))

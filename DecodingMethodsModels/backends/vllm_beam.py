@@ -56,14 +56,15 @@ class BeamDriver:
     def _one_step(self, prompts, live: dict[int, BeamSearch],
                   params) -> dict[int, list[dict[int, float]]]:
         """Each live question's running beams' top log-probs, from one request per beam."""
+        from DecodingMethodsModels.backends.vllm_driver import add_tokens
+
         pending: dict[str, tuple[int, int]] = {}
         tops = {k: [None] * len(search.running) for k, search in live.items()}
         try:
             for k, search in live.items():
                 for b, beam in enumerate(search.running):
                     rid = f"beam{next(_ids)}"
-                    self.engine.add_request(
-                        rid, {"prompt_token_ids": prompts[k] + beam.tokens}, params)
+                    add_tokens(self.engine, rid, prompts[k] + beam.tokens, params)
                     pending[rid] = (k, b)
             while pending:
                 for out in self.engine.step():

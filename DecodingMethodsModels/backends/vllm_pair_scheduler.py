@@ -20,7 +20,7 @@ from collections import Counter
 
 from vllm.v1.core.sched.scheduler import Scheduler
 
-from DecodingMethodsModels.backends.vllm_pairing import spec_of
+from DecodingMethodsModels.backends.vllm_pair_spec import spec_of
 
 # longest wait for a partner, in seconds (the environment variable, read by the server's engine)
 HOLD_S = float(os.environ.get("DMM_PAIR_HOLD_S", "10"))

@@ -4,31 +4,29 @@ question's two requests (preference and base prompt) and forces one token into b
 vLLM keeps the processor's view of its persistent batch through `update_state` (rows removed,
 added with their SamplingParams, moved) and hands it the whole batch's fp32 logits once per
 step in `apply`. A request takes part through `SamplingParams.extra_args["dmm"]` (a `PairSpec`
-as a dict, or as its JSON string: the OpenAI server's `vllm_xargs` holds no nested objects):
-its pair key, its role, the rule and its settings. Each step, for every pair whose two rows
-are both in the batch with equal output lengths, the processor computes the project's
-pure rule (combine.la_rule / amulet_rule, reward_guided.pad_scores) on the two rows, chooses the
-token (argmax, or one draw from a generator seeded by the question's seed and the step, so a
-draw does not depend on which questions share the batch) and forces it into both rows: every
-other logit -inf. The requests are greedy (temperature 0), so vLLM takes that token.
+of vllm_pair_spec.py, as a dict or as its JSON string): its pair key, its role, the rule and
+its settings, and its two sentinels. Each step, for every pair whose two rows are both in the
+batch with equal output lengths, the processor computes the project's pure rule
+(combine.la_rule / amulet_rule, reward_guided.pad_scores) on the two rows, with the sentinels
+masked out, chooses the token (argmax, or one draw from a uniform number derived from the
+question's seed and the step, so a draw does not depend on which questions share the batch)
+and forces it into both rows: every other logit -inf. The requests are greedy (temperature 0),
+so vLLM takes that token.
 
-A row whose partner is absent or at another length (chunked prefill, preemption, an arrival
-between steps) cannot be combined honestly: it is forced to the pair's sentinel token, which is
-one of its stop ids, so it ends at once, and its key is recorded in `OUT_OF_STEP`. The driver
-(vllm_driver.py) accepts a pair only when both rows hold equal tokens and its key is not
-recorded, and decodes the rest again. A NaN or all -inf row is recorded in `NONFINITE`.
-
-The records are module state: they reach the driver only when the engine core runs in the
-driver's process (VLLM_ENABLE_V1_MULTIPROCESSING=0), which the driver sets. Behind the OpenAI
-server they stay in the server; its client (library/vllm_server_client.py) reads a broken pair
-from the answers instead.
+A row that cannot be served is forced to a sentinel and ends on it (vllm_pair_spec.py says
+which); nothing is recorded here. The driver and the server client judge a pair by what the
+engine returns (`vllm_pair_spec.pair_verdict`), so the rule holds whichever process runs this
+processor: the driver's, an engine core's, each tensor-parallel worker's, a server's.
+`apply` never raises: a rule that fails on a group gives its rows the `unusable` sentinel and
+a warning in the engine's log.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
-from dataclasses import asdict, dataclass
+import logging
+from dataclasses import replace
 
 import torch
 from vllm.v1.sample.logits_processor import (
@@ -37,82 +35,40 @@ from vllm.v1.sample.logits_processor import (
     MoveDirectionality,
 )
 
+from DecodingMethodsModels.backends.vllm_pair_spec import (
+    KEY,
+    PARAMS,
+    RULES,
+    SAMPLING,
+    KeyLedger,
+    PairSpec,
+    check_spec,
+    spec_of,
+)
 from DecodingMethodsModels.rules.combine import amulet_rule, la_rule
-from DecodingMethodsModels.rules.guided import choose_candidates, pad_scores
-from DecodingMethodsModels.rules.sampling import SamplingSettings, choose_tokens, unusable_rows
+from DecodingMethodsModels.rules.guided import pad_scores
+from DecodingMethodsModels.rules.sampling import SamplingSettings, unusable_rows, warp_scores
 
-KEY = "dmm"  # the extra_args entry that marks a paired request
-RULES = ("la", "amulet", "pad")
-PARAMS = {"la": {"ratio"}, "amulet": {"iterations", "alpha", "player_lambda", "eta", "solver"},
-          "pad": {"weight", "topk"}}  # what each rule reads from PairSpec.params
-SAMPLING = {"la": {"temperature", "top_k", "top_p"}, "amulet": {"temperature", "top_k", "top_p"},
-            "pad": {"temperature"}}  # the keys PairSpec.sampling may hold
+__all__ = ["KEY", "PARAMS", "RULES", "SAMPLING", "PairSpec", "PairedRuleProcessor", "spec_of"]
 
-OUT_OF_STEP: set[str] = set()  # pair keys given the sentinel at least once
-NONFINITE: set[str] = set()  # pair keys whose scores held NaN or nothing finite
+logger = logging.getLogger(__name__)
 
 
-@dataclass(frozen=True)
-class PairSpec:
-    """One request of a pair. `role` "pref" or "base". `rule`: "la" (params: ratio), "amulet"
-    (iterations, alpha, player_lambda, eta, solver) or "pad" (implicit PAD: weight, topk; z
-    from the base row, u from the preference row). `sampling`: None for argmax, else
-    SamplingSettings' fields (la, amulet) or {"temperature": t} (pad's "topk" mode)."""
-
-    pair: str
-    role: str
-    rule: str
-    params: dict
-    sentinel: int
-    seed: int = 0
-    sampling: dict | None = None
-
-    def as_extra_args(self) -> dict:
-        return {KEY: asdict(self)}
-
-    def as_xargs(self) -> dict:
-        """The OpenAI server's `vllm_xargs`: the spec as a JSON string."""
-        return {KEY: json.dumps(asdict(self))}
-
-
-def spec_of(extra_args: dict | None) -> PairSpec | None:
-    """The PairSpec of a request's extra_args: `extra_args[KEY]` as a dict (the in-process
-    driver) or as its JSON string (the OpenAI server, whose `vllm_xargs` holds no nested
-    objects); None for a request that is not paired. ValueError for anything else."""
-    spec = (extra_args or {}).get(KEY)
-    if spec is None:
-        return None
-    if isinstance(spec, str):
-        try:
-            spec = json.loads(spec)
-        except json.JSONDecodeError as err:
-            raise ValueError(f"extra_args[{KEY!r}] is not valid JSON: {err}") from None
-    if not isinstance(spec, dict):
-        raise ValueError(f"extra_args[{KEY!r}] must be a pair spec object (or its JSON "
-                         f"string), got {type(spec).__name__}")
-    try:
-        return PairSpec(**spec)
-    except TypeError as err:
-        raise ValueError(f"extra_args[{KEY!r}] is not a pair spec: {err}") from None
-
-
-def _settings_fit(spec: PairSpec) -> bool:
-    """The spec's params and sampling are what its rule reads, of the right kinds."""
-    params, sampling = spec.params, {} if spec.sampling is None else spec.sampling
-    if not (isinstance(params, dict) and isinstance(sampling, dict)):
-        return False
-    numbers = all(isinstance(v, int | float) and not isinstance(v, bool)
-                  for k, v in params.items() if k != "solver")
-    return (params.keys() == PARAMS[spec.rule] and numbers
-            and isinstance(params.get("solver", ""), str)
-            and sampling.keys() <= SAMPLING[spec.rule]
-            and all(v is None or isinstance(v, int | float) for v in sampling.values()))
-
-
-def step_generator(seed: int, step: int) -> torch.Generator:
-    """The generator of one question's draw at one step: the same whatever the batch."""
+def step_uniform(seed: int, step: int) -> float:
+    """The uniform number in [0, 1) of one question's draw at one step: a hash of the seed and
+    the step, the same whatever the batch, the device or the process."""
     digest = hashlib.sha256(f"{seed}:{step}".encode()).digest()
-    return torch.Generator().manual_seed(int.from_bytes(digest[:8], "little") % (2**63))
+    return int.from_bytes(digest[:7], "little") / 2.0**56
+
+
+def draw(scores: torch.Tensor, uniforms: torch.Tensor) -> torch.Tensor:
+    """One draw per row from softmax(scores) by inversion: the first index whose cumulative
+    probability exceeds `u * total`. (n, V) scores and (n,) uniforms in [0, 1) -> (n,) ids,
+    on the scores' device; a zero-probability entry is never drawn."""
+    cdf = torch.softmax(scores, dim=-1).double().cumsum(dim=-1)  # (n, V)
+    target = (uniforms.double() * cdf[:, -1]).unsqueeze(-1)  # (n, 1)
+    chosen = torch.searchsorted(cdf, target, right=True).squeeze(-1)
+    return chosen.clamp(max=scores.shape[-1] - 1)
 
 
 def _rule_of(spec: PairSpec):
@@ -122,33 +78,44 @@ def _rule_of(spec: PairSpec):
     return amulet_rule(p["iterations"], p["alpha"], p["player_lambda"], p["eta"], p["solver"])
 
 
+def _masked(scores: torch.Tensor, banned: torch.Tensor) -> torch.Tensor:
+    """`scores` (n, V) with each row's banned ids (n, m) set to -inf: the sentinels are never
+    chosen."""
+    return scores.scatter(1, banned, float("-inf"))
+
+
 def choose_pair_tokens(spec: PairSpec, pref_logits: torch.Tensor, base_logits: torch.Tensor,
-                       generators: list) -> list[int | None]:
-    """The tokens of n pairs of one rule and settings at one step from their rows' raw
-    logits (n, V) each; None where the scores are unusable. `generators[i]` draws pair i's
-    token when sampling (one per question and step: a draw does not depend on the batch)."""
+                       banned: torch.Tensor, uniforms: torch.Tensor | None
+                       ) -> tuple[torch.Tensor, torch.Tensor]:
+    """(tokens (n,), unusable (n,) bool) of n pairs of one rule and settings at one step, from
+    their rows' raw logits (n, V) each; `banned` (n, m) ids no pair may choose (its
+    sentinels). `uniforms` (n,) draw each pair's token when sampling (vectorised over the
+    rows: one warp and one inversion for the group). Everything stays on the logits'
+    device."""
+    sampling = spec.sampling
     if spec.rule == "pad":  # z from the base rows, u from the preference rows
         z, u = base_logits.float(), pref_logits.float()
-        candidate_logits, candidates = torch.topk(z, spec.params["topk"], dim=-1)  # (n, k)
+        candidate_logits, candidates = torch.topk(_masked(z, banned), spec.params["topk"], dim=-1)
         scores = pad_scores(candidate_logits, u.gather(1, candidates), spec.params["weight"])
-        temp = 1.0 if spec.sampling is None else spec.sampling["temperature"]
-        mode = "greedy" if spec.sampling is None else "topk"
-        pick = lambda rows, gen: choose_candidates(rows, mode, temp, gen)  # noqa: E731
+        bad = unusable_rows(scores)  # (n,), as the hf backend judges PAD's k candidates
+        settings = None if sampling is None else SamplingSettings(
+            do_sample=True, temperature=sampling["temperature"])
     else:
         pref = torch.log_softmax(pref_logits.float(), dim=-1)
         base = torch.log_softmax(base_logits.float(), dim=-1)
         scores, candidates = _rule_of(spec)(pref, base), None  # (n, V)
-        settings = SamplingSettings() if spec.sampling is None else SamplingSettings(
-            do_sample=True, **spec.sampling)
-        pick = lambda rows, gen: choose_tokens(rows, settings, gen)  # noqa: E731
-    if spec.sampling is None:
-        choice = pick(scores, None)
+        bad = unusable_rows(scores)
+        scores = _masked(scores, banned)
+        settings = None if sampling is None else SamplingSettings(do_sample=True, **sampling)
+    bad = bad | unusable_rows(scores)
+    if settings is None:
+        choice = scores.argmax(dim=-1)
     else:
-        choice = torch.cat([pick(scores[i:i + 1], g) for i, g in enumerate(generators)])
+        usable = scores.masked_fill(bad.unsqueeze(-1), 0.0)  # no NaN reaches the draw
+        choice = draw(warp_scores(usable, settings), uniforms)
     if candidates is not None:
         choice = candidates.gather(1, choice.unsqueeze(-1)).squeeze(-1)
-    bad = unusable_rows(scores).tolist()
-    return [None if b else int(t) for b, t in zip(bad, choice.tolist(), strict=True)]
+    return choice, bad
 
 
 def _group(spec: PairSpec) -> str:
@@ -161,24 +128,18 @@ class PairedRuleProcessor(LogitsProcessor):
     `LLM(..., logits_processors=[PairedRuleProcessor])` or `--logits-processors
     DecodingMethodsModels.backends.vllm_pairing:PairedRuleProcessor`."""
 
+    keys = KeyLedger()  # in the process that admits requests (the driver's, the server's)
+
     @classmethod
     def validate_params(cls, sampling_params) -> None:
+        """Every field of a paired request (vllm_pair_spec.check_spec) and a pair key and role
+        not used before, before the request reaches the engine: a request refused here is
+        the server's one-line 400, and nothing wrong reaches `apply`."""
         spec = spec_of(sampling_params.extra_args)
         if spec is None:
             return
-        if spec.role not in ("pref", "base") or spec.rule not in RULES:
-            raise ValueError(f"pair spec: role must be pref or base and rule one of {RULES}")
-        # checked here, before the request reaches the engine: a KeyError inside `apply`
-        # would stop the engine (and a server with it)
-        if not _settings_fit(spec):
-            raise ValueError(f"pair spec: rule {spec.rule} needs numbers as params "
-                             f"{sorted(PARAMS[spec.rule])} (solver a name) and sampling None or "
-                             f"numbers among {sorted(SAMPLING[spec.rule])}")
-        if spec.sentinel not in (sampling_params.stop_token_ids or []):
-            raise ValueError("pair spec: the sentinel token must be one of stop_token_ids")
-        if sampling_params.temperature != 0:
-            raise ValueError("paired requests must be greedy (temperature 0): the processor "
-                             "draws the token itself")
+        check_spec(spec, sampling_params.stop_token_ids, sampling_params.temperature)
+        cls.keys.admit(spec)
 
     def __init__(self, vllm_config, device: torch.device, is_pin_memory: bool) -> None:
         # batch row -> (spec, the request's running output ids)
@@ -208,46 +169,76 @@ class PairedRuleProcessor(LogitsProcessor):
     def apply(self, logits: torch.Tensor) -> torch.Tensor:
         if not self.rows:
             return logits
-        pairs: dict[str, dict[str, int]] = {}
+        pairs: dict[str, list[tuple[str, int]]] = {}
         for index, (spec, _output) in self.rows.items():
             if index < logits.shape[0]:
-                pairs.setdefault(spec.pair, {})[spec.role] = index
+                pairs.setdefault(spec.pair, []).append((spec.role, index))
+        if not pairs:
+            return logits
         tokens = self._pair_tokens(pairs, logits)  # all read before any row is forced
         rows, forced = [], []
-        for key, roles in pairs.items():
-            for index in roles.values():
+        for key, members in pairs.items():
+            for _role, index in members:  # a sentinel is the row's own
+                token = tokens[key]
                 rows.append(index)
-                token = tokens.get(key)
-                forced.append(self.rows[index][0].sentinel if token is None else token)
-        if not rows:
-            return logits
+                forced.append(getattr(self.rows[index][0], token) if isinstance(token, str)
+                              else token)
         index = torch.tensor(rows, device=logits.device)
         logits[index] = float("-inf")
         logits[index, torch.tensor(forced, device=logits.device)] = 0.0
         return logits
 
-    def _pair_tokens(self, pairs: dict[str, dict[str, int]],
-                     logits: torch.Tensor) -> dict[str, int | None]:
-        """Each pair's token this step; None (recorded) where it cannot be combined."""
-        tokens: dict[str, int | None] = {}
-        ready: dict[str, list[tuple[str, dict[str, int], PairSpec, int]]] = {}
-        for key, roles in pairs.items():
-            if len(roles) != 2 or len(self.rows[roles["pref"]][1]) != len(
-                    self.rows[roles["base"]][1]):
-                OUT_OF_STEP.add(key)
-                tokens[key] = None
+    def _pair_tokens(self, pairs: dict[str, list[tuple[str, int]]],
+                     logits: torch.Tensor) -> dict[str, int | str]:
+        """Each pair's token this step: the rule's, or "sentinel" / "unusable" (each row is
+        then forced to its own spec's)."""
+        tokens: dict[str, int | str] = {}
+        ready: dict[str, list[tuple[str, int, int, PairSpec, int]]] = {}
+        for key, members in pairs.items():
+            roles = dict(members)
+            if not self._in_step(members, roles):
+                tokens[key] = "sentinel"
                 continue
             spec = self.rows[roles["pref"]][0]
             step = len(self.rows[roles["pref"]][1])
-            ready.setdefault(_group(spec), []).append((key, roles, spec, step))
+            ready.setdefault(_group(spec), []).append(
+                (key, roles["pref"], roles["base"], spec, step))
         for group in ready.values():
-            pref = logits[torch.tensor([roles["pref"] for _, roles, _, _ in group])]
-            base = logits[torch.tensor([roles["base"] for _, roles, _, _ in group])]
-            generators = [None if spec.sampling is None else step_generator(spec.seed, step)
-                          for _, _, spec, step in group]
-            chosen = choose_pair_tokens(group[0][2], pref, base, generators)
-            for (key, _, _, _), token in zip(group, chosen, strict=True):
+            try:
+                chosen = self._group_tokens(group, logits)
+            except Exception:  # noqa: BLE001 - a failing rule must not stop the engine
+                logger.exception("pairing: rule %s failed; its pairs end on the unusable "
+                                 "sentinel", group[0][3].rule)
+                chosen = ["unusable"] * len(group)
+            for (key, *_), token in zip(group, chosen, strict=True):
                 tokens[key] = token
-                if token is None:
-                    NONFINITE.add(key)
         return tokens
+
+    def _in_step(self, members: list[tuple[str, int]], roles: dict[str, int]) -> bool:
+        """One pref and one base row, with the same spec but the role, at equal lengths (not:
+        a partner absent or behind, a role twice, two requests that disagree on the rule)."""
+        if len(members) != 2 or roles.keys() != {"pref", "base"}:
+            return False
+        (pref, pref_out), (base, base_out) = self.rows[roles["pref"]], self.rows[roles["base"]]
+        return replace(pref, role="") == replace(base, role="") and len(pref_out) == len(base_out)
+
+    @staticmethod
+    def _group_tokens(group, logits: torch.Tensor) -> list[int | str]:
+        choice, bad = group_choice(group, logits)
+        return ["unusable" if b else int(t) for b, t in zip(bad.tolist(), choice.tolist(),
+                                                            strict=True)]
+
+
+def group_choice(group, logits: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """choose_pair_tokens for one group of pairs `(key, pref row, base row, spec, step)`, every
+    tensor it makes (row indices, sentinels, uniforms) on the logits' device."""
+    device = logits.device
+    specs = [spec for _, _, _, spec, _ in group]
+    pref = logits[torch.tensor([p for _, p, _, _, _ in group], device=device)]
+    base = logits[torch.tensor([b for _, _, b, _, _ in group], device=device)]
+    banned = torch.tensor([[s.sentinel, s.unusable] for s in specs], device=device)
+    uniforms = None
+    if specs[0].sampling is not None:
+        uniforms = torch.tensor([step_uniform(spec.seed, step) for *_, spec, step in group],
+                                dtype=torch.float64, device=device)
+    return choose_pair_tokens(specs[0], pref, base, banned, uniforms)

@@ -5,26 +5,18 @@ neither vLLM nor torch.
 
 Each question is two /v1/completions requests (preference and base prompt, as token ids), sent
 at once from two threads, greedy, with `vllm_xargs["dmm"]` the pair spec as a JSON string and a
-pair key new for every attempt. The processor's out-of-step records stay in the server's
-process, so the client judges a pair by its two answers alone:
+pair key new for every attempt. The client judges a pair by its two answers, with the rule the
+in-process driver uses (backends/vllm_pair_spec.pair_verdict): the processor forces a row it
+cannot serve to one of two sentinels, stop tokens that are no EOS id and that no rule chooses
+(`sentinel`: out of step; `unusable`: scores not finite), so a pair is accepted only when both
+answers hold the same ids and no sentinel; one out of step is re-sent (up to `retries` more
+times), one with unusable scores is a one-line error.
 
-- A row that the processor finds without its partner or at another output length (a partner
-  arriving a step late, a request lost, preemption), or whose combined scores are not finite,
-  is forced to the sentinel, a stop token, and ends on it. Every broken pair therefore has an
-  answer ending on the sentinel; a pair is accepted only when its two answers hold the same
-  token ids and do not end on it, and re-sent otherwise (up to `retries` more times).
-- So the sentinel must be a stop token that is not an EOS id and that the model never writes
-  (an unused special token). With an EOS sentinel a broken pair can look finished: a partner
-  arriving after the first row's first step leaves each row alone in turn, and both answers are
-  [sentinel]; a row preempted at length k whose partner then runs alone gives both the same k
-  tokens and the sentinel. The client refuses an EOS sentinel.
-- What it cannot see: the server's flags. It checks once that the server refuses a spec with
-  a role that does not exist (only the processor reads the spec). The server must keep chunked
-  prefill off and run one engine (no --data-parallel-size > 1: a pair's rows share a batch),
-  and should start pairs with the scheduler of backends/vllm_pair_scheduler.py: without it, a
-  pair's first request often starts alone (on CPU about four pairs in five sent one at a time)
-  and the pair is re-sent. A rule that picks the sentinel itself, or scores that are not
-  finite, look like a broken pair: re-sent, then the one-line error.
+What it cannot see: the server's flags. It checks once that the server refuses a spec with a
+role that does not exist (only the processor reads the spec). The server should keep chunked
+prefill off and start pairs with the scheduler of backends/vllm_pair_scheduler.py: without it,
+a pair's first request often starts alone (on CPU about four pairs in five sent one at a time)
+and the pair is re-sent.
 """
 
 from __future__ import annotations
@@ -36,15 +28,22 @@ import uuid
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
+from DecodingMethodsModels.backends.vllm_pair_spec import (
+    ACCEPTED,
+    KEY,
+    UNUSABLE,
+    PairSpec,
+    check_spec,
+    pair_verdict,
+)
 from DecodingMethodsModels.errors import UserError
 
-KEY = "dmm"  # vllm_pairing.KEY; not imported, so that the client runs without vLLM
 RETRIES = 4  # sends of one pair after the first, before the one-line error
 
 
 @dataclass(frozen=True)
 class PairRule:
-    """The rule and settings of a pair (vllm_pairing.PairSpec's): "la" (params: ratio),
+    """The rule and settings of a pair (vllm_pair_spec.PairSpec's): "la" (params: ratio),
     "amulet" (iterations, alpha, player_lambda, eta, solver) or "pad" (weight, topk);
     `sampling` None for argmax, else the processor's draw settings."""
 
@@ -86,25 +85,31 @@ def _server_message(err: urllib.error.HTTPError) -> str:
 class PairClient:
     """Decodes questions as pairs of requests to one vLLM server. `max_pairs` pairs at most in
     flight: keep 2 * max_pairs within the server's --max-num-seqs, so that a pair's second
-    request never waits for a free row. `resends[k]`: question k's re-sends in the last call."""
+    request never waits for a free row. `sentinels`: (out of step, unusable), two ids that are
+    no EOS id (an unused special token, or an id past the tokenizer's last token: no rule
+    chooses them). `resends[k]`: question k's re-sends in the last call."""
 
     def __init__(self, url: str, model: str, rule: PairRule, max_tokens: int,
-                 eos_ids: list[int], sentinel: int, retries: int = RETRIES, max_pairs: int = 8,
-                 timeout: float = 600.0):
-        if sentinel in eos_ids:
-            raise ValueError(f"the sentinel {sentinel} is an EOS id: a broken pair could not be "
-                             "told from a finished one; pass a stop token the model never "
-                             "writes (an unused special token)")
-        self.url, self.model, self.rule, self.sentinel = url, model, rule, sentinel
-        self.max_tokens, self.stop_ids = max_tokens, [*eos_ids, sentinel]
+                 eos_ids: list[int], sentinels: tuple[int, int], retries: int = RETRIES,
+                 max_pairs: int = 8, timeout: float = 600.0):
+        if set(sentinels) & set(eos_ids) or len(set(sentinels)) != 2:
+            raise ValueError(f"the sentinels {tuple(sentinels)} must be two ids that are no EOS "
+                             "id: a broken pair could not be told from a finished one")
+        self.url, self.model, self.rule = url, model, rule
+        self.sentinel, self.unusable = sentinels
+        self.max_tokens, self.stop_ids = max_tokens, [*eos_ids, *sentinels]
+        check_spec(self.spec("check", "pref", 0), self.stop_ids, 0.0)  # ValueError if wrong
         self.retries, self.max_pairs, self.timeout = retries, max_pairs, timeout
         self.resends: list[int] = []
         self._requests: ThreadPoolExecutor | None = None
 
+    def spec(self, key: str, role: str, seed: int) -> PairSpec:
+        return PairSpec(pair=key, role=role, rule=self.rule.rule, params=self.rule.params,
+                        sentinel=self.sentinel, unusable=self.unusable, seed=seed,
+                        sampling=self.rule.sampling)
+
     def xargs(self, key: str, role: str, seed: int) -> dict:
-        spec = {"pair": key, "role": role, "rule": self.rule.rule, "params": self.rule.params,
-                "sentinel": self.sentinel, "seed": seed, "sampling": self.rule.sampling}
-        return {KEY: json.dumps(spec)}
+        return self.spec(key, role, seed).as_xargs()
 
     def decode(self, pref_prompts: list[list[int]], base_prompts: list[list[int]],
                seeds: list[int] | None = None) -> list[list[int]]:
@@ -127,7 +132,8 @@ class PairClient:
         """The server must refuse a pair spec with a role that does not exist: only the
         pairing processor reads vllm_xargs["dmm"] (and nothing is decoded)."""
         probe = {KEY: json.dumps({"pair": "probe", "role": "probe", "rule": self.rule.rule,
-                                  "params": {}, "sentinel": self.sentinel})}
+                                  "params": {}, "sentinel": self.sentinel,
+                                  "unusable": self.unusable})}
         try:
             complete(self.url, self.model, prompt, probe, 1, self.stop_ids, self.timeout)
         except UserError as err:
@@ -151,10 +157,15 @@ class PairClient:
         for attempt in range(self.retries + 1):
             self.resends[k] = attempt
             ids, base_ids = self.send_pair(pref, base, uuid.uuid4().hex, seed, attempt)
-            if ids == base_ids and ids[-1:] != [self.sentinel]:
+            verdict = pair_verdict(ids, base_ids, self.sentinel, self.unusable)
+            if verdict == ACCEPTED:
                 return ids
+            if verdict == UNUSABLE:
+                raise UserError(f"the scores became NaN (or nothing finite) for question {k}: "
+                                "the model's weights or the rule's settings give no usable "
+                                "scores")
         raise UserError(
             f"the vLLM server could not keep question {k}'s two requests in step in "
-            f"{self.retries + 1} tries (or its scores were not finite): start the server with "
+            f"{self.retries + 1} tries: start the server with "
             "--scheduler-cls DecodingMethodsModels.backends.vllm_pair_scheduler.PairScheduler "
             "and chunked prefill off, lower max_pairs, give it more KV cache")

@@ -4,6 +4,7 @@ file are written and the partial files removed."""
 from __future__ import annotations
 
 import time
+from collections import Counter
 from pathlib import Path
 
 from DecodingMethodsModels.errors import UserError
@@ -35,7 +36,9 @@ def assemble_ready(config, pending: list[Work], facts: dict, say,
         entries = load_parts(work.run, work.part_fingerprint)
         if len(set(entries) & set(range(len(work.batches)))) == len(work.batches):
             written.append(assemble(config, work, entries, facts))
-            say(f"wrote {work.run.final_path}")
+            reran = pairs_rerun(entries)
+            note = f" ({rerun_note(reran)})" if reran and reran["count"] else ""
+            say(f"wrote {work.run.final_path}{note}")
             pending.remove(work)
     return written
 
@@ -64,6 +67,21 @@ def _missing(work: Work) -> list[int]:
     return sorted(set(range(len(work.batches))) - set(load_parts(work.run, work.part_fingerprint)))
 
 
+def pairs_rerun(entries: dict[int, dict]) -> dict | None:
+    """The sidecar's record of the pairs the vLLM backend decoded again, from the batches'
+    entries: count, count per reason, and each (question index, reason); None on hf."""
+    if not any("pairs_rerun" in e for e in entries.values()):
+        return None
+    reran = [r for b in sorted(entries) for r in entries[b].get("pairs_rerun", [])]
+    return {"count": len(reran), "reasons": dict(Counter(r["reason"] for r in reran)),
+            "questions": reran}
+
+
+def rerun_note(reran: dict) -> str:
+    reasons = ", ".join(f"{why} {n}" for why, n in sorted(reran["reasons"].items()))
+    return f"{reran['count']} pair(s) decoded again on vLLM: {reasons}"
+
+
 def assemble(config, work: Work, entries: dict[int, dict], facts: dict) -> Path:
     """Sidecar, then final file (each atomically), then the partial files go."""
     planned = work.run
@@ -79,6 +97,7 @@ def assemble(config, work: Work, entries: dict[int, dict], facts: dict) -> Path:
         "generated_tokens": tokens,
         "decode_seconds": round(seconds, 3),
         "tokens_per_second": round(tokens / seconds, 3) if seconds else None,
+        **({} if (reran := pairs_rerun(entries)) is None else {"pairs_rerun": reran}),
         # the guide of ARGS or PAD and CoSteer's SLM belong to their runs only, not to others
         # of the command
         "environment": {k: v for k, v in facts.items()

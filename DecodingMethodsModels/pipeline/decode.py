@@ -76,6 +76,10 @@ class Decoder:
             for i, ids in zip(rows, outputs, strict=True)
         ]
 
+    def batch_notes(self, work: Work, rows: list[int]) -> dict:
+        """Extra fields of a finished batch's partial entry (none on hf)."""
+        return {}
+
     def can_stream(self, work: Work) -> bool:
         from DecodingMethodsModels.pipeline.methods import STREAMING_METHODS
 
@@ -122,6 +126,7 @@ class VllmDecoder(Decoder):
 
     def decode_rows(self, work: Work, rows: list[int], seed: int) -> list[list[int]]:
         pref_rows, base_rows = self.prompt_rows(work, rows)
+        self._started(rows)
         return self.model.decode(work.run, pref_rows, base_rows, self.settings,
                                  self.question_seeds(work, rows))
 
@@ -130,8 +135,23 @@ class VllmDecoder(Decoder):
 
     def stream_rows(self, work: Work, positions: list[int]):
         pref_rows, base_rows = self.prompt_rows(work, positions)
+        self._started(positions)
         return self.model.stream(work.run, pref_rows, base_rows, self.settings,
                                  self.question_seeds(work, positions))
+
+
+    def _started(self, positions: list[int]) -> None:
+        """The driver's job k of the next call is the question at positions[k]."""
+        self._positions = positions
+        self.model.driver.reran.clear()  # a beam run leaves no stale re-runs behind
+
+    def batch_notes(self, work: Work, rows: list[int]) -> dict:
+        """The batch's pairs that vLLM decoded again, with why (vllm_pair_spec's verdicts):
+        {"pairs_rerun": [{"index": question index, "reason": ...}, ...]}."""
+        wanted, questions = set(rows), work.run.dataset.questions
+        return {"pairs_rerun": [
+            {"index": questions[self._positions[k]].index, "reason": reason}
+            for k, reason in self.model.driver.reran if self._positions[k] in wanted]}
 
 
 BACKENDS: dict[str, type] = {"hf": Decoder, "vllm": VllmDecoder}
@@ -160,7 +180,8 @@ def decode_share(config, work: Work, process: Process, decoder: Decoder, bar) ->
         for b in work.mine:
             started = now()
             records, tokens = decoder(work, b)
-            store.append(b, records, seconds=round(now() - started, 4), tokens=tokens)
+            store.append(b, records, seconds=round(now() - started, 4), tokens=tokens,
+                         **decoder.batch_notes(work, work.batches[b]))
             bar.update(len(records))
             bar.batch(tokens)
     finally:
@@ -185,7 +206,8 @@ def stream_share(work: Work, decoder: Decoder, store: PartialStore, bar) -> None
             outputs = [done[i] for i in work.batches[b]]
             records = decoder.records(work, work.batches[b], outputs)
             tokens = sum(len(ids) for ids in outputs)
-            store.append(b, records, seconds=round(now() - last, 4), tokens=tokens)
+            store.append(b, records, seconds=round(now() - last, 4), tokens=tokens,
+                         **decoder.batch_notes(work, work.batches[b]))
             bar.batch(tokens)
             last = now()
 

@@ -235,7 +235,20 @@ def decode_all(config, todo: list[Work], process: Process, decoder: Decoder,
                 written += assemble_ready(config, pending, facts, say)
         if process.is_main:
             written += wait_for_ranks(config, pending, facts, say, process)
+            reran = rerun_total(todo, written)
+            if reran:  # the run's last line, so that a re-run is never missed
+                say(f"vLLM decoded {reran} pair(s) again (a row fell out of step); each "
+                    "run's sidecar lists them under pairs_rerun")
     return written
+
+
+def rerun_total(todo: list[Work], written: list[Path]) -> int:
+    """Pairs decoded again on vLLM over the runs written, from their sidecars."""
+    import json
+
+    done = set(written)
+    return sum(json.loads(w.run.meta_path.read_text()).get("pairs_rerun", {}).get("count", 0)
+               for w in todo if w.run.final_path in done and w.run.meta_path.is_file())
 
 
 def environment_facts(process: Process, device: str, model) -> dict:

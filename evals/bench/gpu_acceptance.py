@@ -172,18 +172,18 @@ def server_check(args, tokenizer, source_folder: str, want: list[str]) -> list[d
                 for q in questions]
         base = [encode_prompt(tokenizer, q, "", system_role) for q in questions]
         bad = {"dmm": json.dumps({"pair": "x", "role": "pref", "rule": "no_such_rule",
-                                  "params": {}, "sentinel": 0})}
+                                  "params": {}, "sentinel": 0, "unusable": 1})}
         try:
             complete(url, source_folder, pref[0], bad, 2, [0], 60)
             rows = [row("server: a bad spec gets a 400", False, "accepted")]
         except Exception as err:  # noqa: BLE001 - the answer itself is the check
             rows = [row("server: a bad spec gets a 400", "(400)" in str(err), str(err)[:90])]
         eos = generation_eos_ids(_generation_config(source_folder), tokenizer)
-        sentinel = _unused_special(tokenizer, eos)
+        sentinels = _sentinels(tokenizer, source_folder, eos)
         client = PairClient(url, source_folder, PairRule("la", {"ratio": 2.0}), args.tokens,
-                            eos, sentinel)
+                            eos, sentinels)
         ids = client.decode(pref, base)
-        got = [decode_response(tokenizer, [t for t in row_ids if t != sentinel], eos)
+        got = [decode_response(tokenizer, [t for t in row_ids if t not in sentinels], eos)
                for row_ids in ids]
         equal = sum(a == b for a, b in zip(got, want, strict=True))
         rows.append(row("server: then serves la = hf", equal == len(want),
@@ -214,13 +214,16 @@ def _generation_config(folder: str):
         return GenerationConfig.from_model_config(AutoConfig.from_pretrained(folder))
 
 
-def _unused_special(tokenizer, eos: list[int]) -> int:
-    """A special token the model never writes, for the server's sentinel."""
-    for name in ("<empty_output>", "<|reserved_special_token_0|>", "<unk>"):
-        token = tokenizer.convert_tokens_to_ids(name)
-        if isinstance(token, int) and token >= 0 and token not in eos:
-            return token
-    return max(tokenizer.all_special_ids, key=lambda t: t not in eos)
+def _sentinels(tokenizer, folder: str, eos: list[int]) -> tuple[int, int]:
+    """The pair's two sentinels, chosen as the driver chooses them (never an EOS id)."""
+    from transformers import AutoConfig
+
+    from DecodingMethodsModels.backends.vllm_pair_spec import choose_sentinels
+
+    named = {getattr(tokenizer, f"{name}_token_id", None) for name in ("bos", "pad", "unk")}
+    return choose_sentinels(AutoConfig.from_pretrained(folder).vocab_size, len(tokenizer),
+                            tokenizer.all_special_ids,
+                            {*eos, *(i for i in named if isinstance(i, int))})
 
 
 def row(check: str, passed: bool, detail: str) -> dict:
