@@ -19,7 +19,7 @@ from DecodingMethodsModels.prompts.pad import encode_pad_prompt, preference_prom
 from evals.judge.judge import build_user_prompt
 from evals.scoring import reward_model
 from evals.scoring.armorm import LLAMA3_GATING_PATTERN
-from evals.scoring.public_scoring import public_ids
+from evals.scoring.scored_ids import public_ids
 from evals.scoring.scoring_inputs import extract_args_pad_response
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
