@@ -17,7 +17,7 @@ def separate_slm(config) -> str | None:
 def check_slm_tokenizer(config, tokenizer) -> None:
     """CoSteer adds the SLM's log-probs to the LLM's token by token: both must map every token
     to the same id. Another tokenizer is refused in one line, on the tokenizers alone."""
-    from DecodingMethodsModels.engines.guided_settings import check_same_tokenizer
+    from DecodingMethodsModels.engines.token_ids import check_same_tokenizer
     from DecodingMethodsModels.models.guides import load_guide_tokenizer
 
     name = separate_slm(config)
