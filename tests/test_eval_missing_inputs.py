@@ -76,7 +76,7 @@ CASES = [
          ("no *judgments.csv under",)),
     Case("efficiency_data_missing", "efficiency.py",
          ("--quick", "--data_dir", "{ws}/nope", "--eval_data", "toy"),
-         ("dataset 'toy' not found",)),
+         ("nope (--data_dir) does not exist",)),
 ]
 
 
