@@ -98,7 +98,8 @@ CASES = {  # name: (args, fragment of the one error line)
     "prompt_style_with_reference_prompts": (("--prompt_style", "costeer",
                                              "--reference_prompts"), "drop one of the two"),
     "slm_missing": (("--slm_name", "./no/such/slm"), "model directory not found"),
-    "slm_other_tokenizer": (("--slm_name", "{other}"), "the slm's tokenizer gives other ids than the decoding model's"),
+    "slm_other_tokenizer": (("--slm_name", "{other}"),
+                            "the slm's tokenizer gives other ids than the decoding model's"),
     "vllm_separate_slm": (("--backend", "vllm", "--slm_name", "{other}"),
                           "--backend vllm runs costeer with the model as its own slm"),
 }

@@ -59,6 +59,7 @@ def _machine(monkeypatch, load: float, cores: int, torch_threads: int, **env: st
     import torch
 
     monkeypatch.setattr(threads.os, "getloadavg", lambda: (load, load, load))
+    monkeypatch.setattr(threads, "busy_cpus", lambda: None)  # as where /proc/stat is missing
     monkeypatch.setattr(threads.os, "sched_getaffinity", lambda pid: set(range(cores)))
     monkeypatch.setattr(torch, "get_num_threads", lambda: torch_threads)
     for name in threads.THREAD_VARIABLES:
@@ -74,6 +75,31 @@ def test_choose_applies_the_policy_to_this_machine(monkeypatch):
     _machine(monkeypatch, load=0.1, cores=2, torch_threads=2)
     assert choose_threads(None).count is None  # idle: torch's own count is kept
     assert choose_threads(3) == ThreadChoice(3, "3 (--num_threads)")  # asked for: obeyed
+
+
+def test_the_cpus_busy_now_win_over_a_lagging_load_average(monkeypatch):
+    # a run that just ended still holds the 1-minute load average near 1 on 2 cores
+    _machine(monkeypatch, load=1.0, cores=2, torch_threads=2)
+    monkeypatch.setattr(threads, "busy_cpus", lambda: 0.05)
+    idle = choose_threads(None)
+    assert idle.count is None and "CPUs busy now 0.1 on 2 cores" in idle.reason
+    monkeypatch.setattr(threads, "busy_cpus", lambda: 1.8)
+    assert choose_threads(None).count == 1
+
+
+def test_busy_cpus_reads_this_machine():
+    busy = threads.busy_cpus(0.05)
+    assert busy is None or 0.0 <= busy <= (threads.os.cpu_count() or 1) + 1e-9
+
+
+@pytest.mark.parametrize("before, after, cpus, busy", [
+    ([0, 0, 0, 0, 0], [0, 0, 0, 100, 0], 2, 0.0),  # all idle
+    ([0, 0, 0, 0, 0], [80, 10, 10, 0, 0], 2, 2.0),  # all busy
+    ([5, 0, 0, 5, 0], [45, 0, 5, 40, 20], 4, 1.8),  # iowait counts as idle
+    ([1, 1, 1, 1, 1], [1, 1, 1, 1, 1], 2, 0.0),  # no time passed
+])
+def test_busy_from_stat_is_the_formula(before, after, cpus, busy):
+    assert threads.busy_from_stat(before, after, cpus) == pytest.approx(busy)
 
 
 def test_a_thread_variable_of_the_user_or_a_launcher_wins_over_auto(monkeypatch):

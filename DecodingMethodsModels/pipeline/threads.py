@@ -48,8 +48,10 @@ class ThreadChoice:
 
 def choose_threads(asked: int | None) -> ThreadChoice:
     """`asked` threads, or for None (auto) the policy of :func:`auto_thread_count` applied to
-    this machine: its 1-minute load average and the CPUs this process may run on. torch's
-    count is kept when a thread variable is set, or where the load cannot be read."""
+    this machine: the CPUs busy right now (:func:`busy_cpus`; else its 1-minute load average,
+    which still counts a job that ended within the last minute) and the CPUs this process may
+    run on. torch's count is kept when a thread variable is set, or where neither can be
+    read."""
     import torch
 
     if asked is not None:
@@ -58,17 +60,50 @@ def choose_threads(asked: int | None) -> ThreadChoice:
     set_by = [name for name in THREAD_VARIABLES if os.environ.get(name)]
     if set_by:
         return ThreadChoice(None, f"{default} (torch's, following {set_by[0]})")
-    try:
-        load = os.getloadavg()[0]
-    except (AttributeError, OSError):  # no load average on this system
-        return ThreadChoice(None, f"{default} (torch's default)")
+    busy, what = busy_cpus(), "CPUs busy now"
+    if busy is None:
+        try:
+            busy, what = os.getloadavg()[0], "load average"
+        except (AttributeError, OSError):  # no load average on this system
+            return ThreadChoice(None, f"{default} (torch's default)")
     cores = usable_cores()
-    count = auto_thread_count(cores, load, default)
+    count = auto_thread_count(cores, busy, default)
     if count == default:
-        return ThreadChoice(None, f"{default} (torch's default; load average {load:.1f} on "
+        return ThreadChoice(None, f"{default} (torch's default; {what} {busy:.1f} on "
                                   f"{cores} cores)")
-    return ThreadChoice(count, f"{count} instead of torch's {default}: load average {load:.1f} "
+    return ThreadChoice(count, f"{count} instead of torch's {default}: {what} {busy:.1f} "
                                f"on {cores} cores (--num_threads N to choose)")
+
+
+def busy_from_stat(before: list[int], after: list[int], cpus: int) -> float:
+    """CPUs busy between two readings of /proc/stat's `cpu` line (its counters: user, nice,
+    system, idle, iowait, ...): `cpus * (1 - (idle + iowait) delta / total delta)`.
+
+    >>> busy_from_stat([100, 0, 0, 100, 0], [150, 0, 0, 150, 0], 2)
+    1.0
+    """
+    total = sum(after) - sum(before)
+    if total <= 0:
+        return 0.0
+    idle = sum(after[3:5]) - sum(before[3:5])
+    return cpus * (1.0 - idle / total)
+
+
+def busy_cpus(seconds: float = 0.3) -> float | None:
+    """How many CPUs other work keeps busy now, from /proc/stat over `seconds` (this process
+    sleeps meanwhile); None where /proc/stat cannot be read."""
+    import time
+
+    def reading() -> list[int]:
+        with open("/proc/stat", encoding="ascii") as stat:
+            return [int(n) for n in stat.readline().split()[1:]]
+    try:
+        before = reading()
+        time.sleep(seconds)
+        after = reading()
+    except (OSError, ValueError):
+        return None
+    return busy_from_stat(before, after, os.cpu_count() or 1)
 
 
 def usable_cores() -> int:
