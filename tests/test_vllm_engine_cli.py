@@ -98,9 +98,14 @@ def test_a_run_shows_no_known_harmless_vllm_warning(model, data, tmp_path):
     assert sidecar["environment"]["backend"]["async_scheduling"] is False  # the engine's own
 
 
-def test_vllm_errors_and_unknown_warnings_still_show():
+@pytest.mark.parametrize("inherited", [False, True], ids=["fresh", "path-inherited"])
+def test_vllm_errors_and_unknown_warnings_still_show(inherited):
     """vLLM's loggers under the backend's logging configuration, in a process of their own:
-    an error and an unexplained warning reach stderr, a known harmless warning does not."""
+    an error and an unexplained warning reach stderr, a known harmless warning does not. Also
+    in a process that inherits VLLM_LOGGING_CONFIG_PATH naming the project's file from a parent
+    that called quiet_vllm_log (a test run, a launcher): vLLM configures no handler at import,
+    so a warning there (Triton's on CPU) would reach stderr if that path were taken for the
+    user's own."""
     code = (
         "import logging\n"
         "from DecodingMethodsModels.backends.vllm_log import quiet_vllm_log\n"
@@ -112,6 +117,10 @@ def test_vllm_errors_and_unknown_warnings_still_show():
         "log.info('Resolved architecture: LlamaForCausalLM')\n"
     )
     env = {k: v for k, v in cli_env().items() if not k.startswith("VLLM_LOGGING")}
+    if inherited:
+        from DecodingMethodsModels.backends.vllm_log import CONFIG_FILE
+
+        env["VLLM_LOGGING_CONFIG_PATH"] = str(CONFIG_FILE)
     done = subprocess.run([sys.executable, "-c", code], cwd=ROOT, env=env, capture_output=True,
                           text=True, timeout=120)
     assert done.returncode == 0, done.stderr

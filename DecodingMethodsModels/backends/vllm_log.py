@@ -64,10 +64,13 @@ class KnownHarmless(logging.Filter):
 
 def quiet_vllm_log() -> bool:
     """Route vLLM's log through vllm_logging.json, before vLLM is imported (some lines come
-    at import). False, and nothing changed, when the user configured vLLM's logging."""
+    at import, before vLLM configures any handler). False, and nothing changed, when the user
+    configured vLLM's logging; a VLLM_LOGGING_CONFIG_PATH naming this file (inherited from a
+    process that called this) is ours, and the configuration is applied here too."""
     for pattern in HARMLESS_PY_WARNINGS:
         warnings.filterwarnings("ignore", message=pattern)
-    if any(name in os.environ for name in USER_SETTINGS):
+    ours = os.environ.get("VLLM_LOGGING_CONFIG_PATH") == str(CONFIG_FILE)  # a parent set it
+    if not ours and any(name in os.environ for name in USER_SETTINGS):
         return False
     os.environ["VLLM_LOGGING_CONFIG_PATH"] = str(CONFIG_FILE)
     import json
