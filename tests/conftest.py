@@ -174,6 +174,20 @@ def reference(tmp_path_factory, model, data) -> bytes:
     return reference_output(tmp_path_factory, model, data)
 
 
+@pytest.fixture(scope="module")
+def costeer_models(tmp_path_factory, tiny_model_dirs):
+    """(LLM, SLM, tokenizer) for CoSteer with an SLM of its own: a tiny Llama steered by a
+    tiny Qwen2 of wider random weights, one tokenizer."""
+    from cli_helpers import build_variant, sensitive_model, shared_dir
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    llm_dir = sensitive_model(tmp_path_factory, tiny_model_dirs)
+    slm_dir = build_variant(tiny_model_dirs["qwen2"], shared_dir(tmp_path_factory, "tiny-slm"),
+                            initializer_range=0.5)
+    llm, slm = (AutoModelForCausalLM.from_pretrained(d).eval() for d in (llm_dir, slm_dir))
+    return llm, slm, AutoTokenizer.from_pretrained(llm_dir)
+
+
 def sharpened(model, factor: float = 10.0):
     """`model` with every 2-D weight scaled by `factor` in place, in eval mode: its next-token
     distributions depend on the prompt and its top scores are far apart compared with fp32

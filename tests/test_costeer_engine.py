@@ -21,22 +21,11 @@ from cli_helpers import (
     tree_state,
     write_dataset,
 )
-from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from DecodingMethodsModels.engines.two_prompt import Reader, decode_prompt_rows, stream_prompt_rows
 from DecodingMethodsModels.prompts.costeer import costeer_sentence, encode_costeer_prompt
 from DecodingMethodsModels.rules.costeer import costeer_rule
 from DecodingMethodsModels.rules.sampling import SamplingSettings
-
-
-@pytest.fixture(scope="module")
-def pair(tmp_path_factory, tiny_model_dirs):
-    """(LLM, SLM, tokenizer): a tiny Llama steered by a tiny Qwen2, one tokenizer."""
-    llm_dir = sensitive_model(tmp_path_factory, tiny_model_dirs)
-    slm_dir = build_variant(tiny_model_dirs["qwen2"], shared_dir(tmp_path_factory, "tiny-slm"),
-                            initializer_range=0.5)
-    load = lambda d: AutoModelForCausalLM.from_pretrained(d).eval()  # noqa: E731
-    return load(llm_dir), load(slm_dir), AutoTokenizer.from_pretrained(llm_dir)
 
 
 def prompts(tokenizer, questions=QUESTIONS[:8]):
@@ -49,8 +38,8 @@ def readers(llm, slm):
     return (Reader(llm, ("base",)), Reader(slm, ("pref", "base")))
 
 
-def test_continuous_batching_gives_each_question_its_tokens_alone(pair):
-    llm, slm, tokenizer = pair
+def test_continuous_batching_gives_each_question_its_tokens_alone(costeer_models):
+    llm, slm, tokenizer = costeer_models
     ids, rule = prompts(tokenizer), costeer_rule(20, 2.0, 1.0, 2.0, 10.0)
     alone = [decode_prompt_rows(readers(llm, slm), {k: [v[i]] for k, v in ids.items()}, rule,
                                 12, [2], 2).token_ids[0] for i in range(8)]
@@ -59,8 +48,8 @@ def test_continuous_batching_gives_each_question_its_tokens_alone(pair):
     assert len({tuple(t) for t in alone}) > 1
 
 
-def test_the_iterative_solver_gives_the_closed_forms_tokens(pair):
-    llm, slm, tokenizer = pair
+def test_the_iterative_solver_gives_the_closed_forms_tokens(costeer_models):
+    llm, slm, tokenizer = costeer_models
     ids = prompts(tokenizer)
     got = {solver: decode_prompt_rows(readers(llm, slm), ids,
                                       costeer_rule(20, 2.0, 1.0, 2.0, 10.0, solver), 12, [2],
@@ -69,8 +58,8 @@ def test_the_iterative_solver_gives_the_closed_forms_tokens(pair):
     assert got["closed_form"] == got["iterative"]
 
 
-def test_sampling_is_reproducible_and_samples(pair):
-    llm, slm, tokenizer = pair
+def test_sampling_is_reproducible_and_samples(costeer_models):
+    llm, slm, tokenizer = costeer_models
     ids, rule = prompts(tokenizer), costeer_rule(20, 2.0, 1.0, 2.0, 10.0)
     sampling = SamplingSettings(True, 1.0, None, 0.9)
 
@@ -179,12 +168,12 @@ def test_a_costeer_run_extends_with_limit_and_refuses_other_settings(tmp_path, t
     assert sidecar["fingerprint"]["slm"] == str(slm)
 
 
-def test_an_slm_with_a_wider_padded_vocabulary_is_read_over_the_shared_ids(pair):
+def test_an_slm_with_a_wider_padded_vocabulary_is_read_over_the_shared_ids(costeer_models):
     """Checkpoints pad their embeddings to different widths (Qwen2.5-7B against 1.5B): the
     engine compares the ids both score, as the rule on the cut log-probs says."""
     from transformers import Qwen2Config, Qwen2ForCausalLM
 
-    llm, _, tokenizer = pair
+    llm, _, tokenizer = costeer_models
     config = Qwen2Config(vocab_size=len(tokenizer) + 64, hidden_size=32, intermediate_size=64,
                          num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
                          initializer_range=0.5)

@@ -6,21 +6,11 @@ from __future__ import annotations
 
 import pytest
 import torch
-from cli_helpers import QUESTIONS, build_variant, sensitive_model, shared_dir
-from transformers import AutoModelForCausalLM, AutoTokenizer
+from cli_helpers import QUESTIONS
 
 from DecodingMethodsModels import CoSteerProcessor, costeer_ratio, personalise
 from DecodingMethodsModels.errors import UserError
 from DecodingMethodsModels.prompts.costeer import costeer_sentence, encode_costeer_prompt
-
-
-@pytest.fixture(scope="module")
-def pair(tmp_path_factory, tiny_model_dirs):
-    llm_dir = sensitive_model(tmp_path_factory, tiny_model_dirs)
-    slm_dir = build_variant(tiny_model_dirs["qwen2"], shared_dir(tmp_path_factory, "tiny-slm"),
-                            initializer_range=0.5)
-    load = lambda d: AutoModelForCausalLM.from_pretrained(d).eval()  # noqa: E731
-    return load(llm_dir), load(slm_dir), AutoTokenizer.from_pretrained(llm_dir)
 
 
 def generate_with_processor(llm, tokenizer, question, processor_of):
@@ -35,8 +25,8 @@ def generate_with_processor(llm, tokenizer, question, processor_of):
     return tokenizer.decode(ids, skip_special_tokens=True).strip()
 
 
-def test_the_processor_in_generate_gives_personalises_answers(pair):
-    llm, slm, tokenizer = pair
+def test_the_processor_in_generate_gives_personalises_answers(costeer_models):
+    llm, slm, tokenizer = costeer_models
     questions = QUESTIONS[:4]
     got = personalise(llm, tokenizer, questions, "concise", "costeer", slm=slm,
                       prompt_style="costeer", max_new_tokens=10)
@@ -53,8 +43,8 @@ def test_the_processor_in_generate_gives_personalises_answers(pair):
     assert own != got
 
 
-def test_personalise_costeer_on_its_own_model_is_la_with_ratio_c_minus_1(pair):
-    llm, _, tokenizer = pair
+def test_personalise_costeer_on_its_own_model_is_la_with_ratio_c_minus_1(costeer_models):
+    llm, _, tokenizer = costeer_models
     c = costeer_ratio(20, 2.0, 1.0, 2.0, 10.0)
     costeer = personalise(llm, tokenizer, QUESTIONS[:6], "verbose", "costeer", max_new_tokens=10)
     la = personalise(llm, tokenizer, QUESTIONS[:6], "verbose", "la", ratio=c - 1.0,
@@ -62,8 +52,8 @@ def test_personalise_costeer_on_its_own_model_is_la_with_ratio_c_minus_1(pair):
     assert costeer == la
 
 
-def test_an_slm_for_another_method_is_refused(pair):
-    llm, slm, tokenizer = pair
+def test_an_slm_for_another_method_is_refused(costeer_models):
+    llm, slm, tokenizer = costeer_models
     with pytest.raises(UserError, match="slm= is for method='costeer'"):
         personalise(llm, tokenizer, ["q"], method="la", slm=slm)
     with pytest.raises(UserError, match="prompt_style"):
