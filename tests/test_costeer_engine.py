@@ -22,7 +22,7 @@ from cli_helpers import (
     write_dataset,
 )
 
-from DecodingMethodsModels.engines.two_prompt import Reader, decode_prompt_rows, stream_prompt_rows
+from DecodingMethodsModels.engines.prompt_rows import Reader, decode_prompt_rows, stream_prompt_rows
 from DecodingMethodsModels.prompts.costeer import costeer_sentence, encode_costeer_prompt
 from DecodingMethodsModels.rules.costeer import costeer_rule
 from DecodingMethodsModels.rules.sampling import SamplingSettings

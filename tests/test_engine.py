@@ -1,4 +1,4 @@
-"""The two-prompt decode engine (DecodingMethodsModels/engines/two_prompt.py) on tiny random
+"""The two-prompt decode engine (DecodingMethodsModels/engines/prompt_rows.py) on tiny random
 Llama, Qwen2 and Mistral models, against independent references: transformers' own greedy
 `generate`, its classifier-free guidance, and a cache-free loop that re-encodes every sequence
 at every step.
@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from DecodingMethodsModels.engines.core import NonFiniteScoresError, shared_prefix_length
-from DecodingMethodsModels.engines.two_prompt import decode_two_prompts
+from DecodingMethodsModels.engines.prompt_rows import decode_two_prompts
 from DecodingMethodsModels.prompts.amulet import encode_prompt, preference_sentence
 from DecodingMethodsModels.rules.combine import amulet_ratio, amulet_rule, la_rule
 from DecodingMethodsModels.rules.sampling import SamplingSettings
@@ -567,7 +567,7 @@ def many_prompts(tokenizer):
 def test_continuous_batching_gives_each_question_its_batch_one_tokens(
     models, many_prompts, family, batch_size
 ):
-    from DecodingMethodsModels.engines.two_prompt import stream_two_prompts
+    from DecodingMethodsModels.engines.prompt_rows import stream_two_prompts
 
     model = models[family]
     pref, base = many_prompts
@@ -595,7 +595,7 @@ def test_continuous_batching_gives_each_question_its_batch_one_tokens(
 
 def test_continuous_batching_trims_the_columns_no_row_attends_to(models, many_prompts):
     from DecodingMethodsModels.engines import core
-    from DecodingMethodsModels.engines.two_prompt import stream_two_prompts
+    from DecodingMethodsModels.engines.prompt_rows import stream_two_prompts
 
     first_column_used, widths = [], []
     original = core.trim_columns
@@ -621,7 +621,7 @@ def test_a_stream_encodes_the_shared_prefix_once_for_all_admissions(models, many
     import functools
 
     from DecodingMethodsModels.engines.core import shared_prefix_length
-    from DecodingMethodsModels.engines.two_prompt import stream_two_prompts
+    from DecodingMethodsModels.engines.prompt_rows import stream_two_prompts
 
     model = models["llama"]
     pref, base = many_prompts

@@ -27,8 +27,8 @@ from DecodingMethodsModels import (
     pad_implicit_generate,
 )
 from DecodingMethodsModels.engines.core import left_pad
+from DecodingMethodsModels.engines.prompt_rows import decode_two_prompts
 from DecodingMethodsModels.engines.reward_guided import GuidedSettings
-from DecodingMethodsModels.engines.two_prompt import decode_two_prompts
 from DecodingMethodsModels.models.loading import eos_token_ids
 from DecodingMethodsModels.pipeline.methods import cut_at_eos
 from DecodingMethodsModels.prompts.amulet import encode_prompt, preference_sentence

@@ -13,6 +13,7 @@ from conftest import sharpened
 
 from DecodingMethodsModels.engines.core import NonFiniteScoresError
 from DecodingMethodsModels.engines.guides import RewardGuide
+from DecodingMethodsModels.engines.prompt_rows import decode_two_prompts
 from DecodingMethodsModels.engines.reference import (
     reference_args,
     reference_pad,
@@ -25,7 +26,6 @@ from DecodingMethodsModels.engines.reward_guided import (
     decode_pad,
     decode_pad_implicit,
 )
-from DecodingMethodsModels.engines.two_prompt import decode_two_prompts
 from DecodingMethodsModels.errors import UserError
 from DecodingMethodsModels.prompts.amulet import encode_prompt, preference_sentence
 from DecodingMethodsModels.rules.combine import la_rule

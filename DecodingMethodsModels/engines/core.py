@@ -15,7 +15,7 @@ admits questions into them (package README, "The engine core").
 - `settle_tokens` and `record_tokens`: the token choice's one host sync per step, the
   NonFiniteScoresError on unusable scores, and each question's generated ids and stop.
 
-The two-prompt engine (two_prompt.py) and the reward-guided one (guides.py, reward_guided.py,
+The two-prompt engine (prompt_rows.py) and the reward-guided one (guides.py, reward_guided.py,
 retokenized_pad.py) are `Batch`es over `CachedRows`; a new decoder plugs in the same way.
 """
 

@@ -24,8 +24,8 @@ from transformers import (
 from transformers.generation.utils import GenerateDecoderOnlyOutput
 
 from DecodingMethodsModels.engines.core import model_input_device
+from DecodingMethodsModels.engines.prompt_rows import decode_prompt_rows, decode_two_prompts
 from DecodingMethodsModels.engines.reward_guided import GuidedSettings, decode_pad_implicit
-from DecodingMethodsModels.engines.two_prompt import decode_prompt_rows, decode_two_prompts
 from DecodingMethodsModels.errors import UserError
 from DecodingMethodsModels.library.guided_processors import PAD_WEIGHT, TOPK
 from DecodingMethodsModels.library.processors import PAPER

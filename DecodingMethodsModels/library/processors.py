@@ -9,7 +9,7 @@ log-softmaxed in fp32 here. What `generate` does around it is its own: penalties
 temperature, top-k and top-p warpers after it, sampling, beam search, stopping criteria,
 streamers. `generate` takes every setting the call leaves unset from the checkpoint's
 generation config (Qwen2-7B-Instruct's samples with temperature 0.7, top_k 20 and top_p 0.8
-after a repetition penalty of 1.05), while the engine (engines/two_prompt.decode_two_prompts)
+after a repetition penalty of 1.05), while the engine (engines/prompt_rows.decode_two_prompts)
 is greedy unless told and applies a penalty to the combined scores: for the engine's greedy
 tokens on such a checkpoint, call `generate(..., do_sample=False, repetition_penalty=1.0)` and
 reset likewise any other score-changing setting its `generation_config` lists.
@@ -20,7 +20,7 @@ call whose tokens it extends (`beam_sources`) and reorders the base cache to mat
 question share a base prompt, so only the cache moves.
 
 This costs one extra forward of one token per row per step, like transformers' own
-`guidance_scale` CFG; the stacked engine (engines/two_prompt.decode_two_prompts, also reachable
+`guidance_scale` CFG; the stacked engine (engines/prompt_rows.decode_two_prompts, also reachable
 through `model.generate(custom_generate=...)`, see api.py) does both prompts in one forward.
 
 The reward-guided methods (ARGS and PAD) follow the same pattern in guided_processors.py.

@@ -3,7 +3,7 @@
 A runner takes a model, the preference and base prompt ids of a batch and the decode
 settings, and returns the generated ids per question (with the ending EOS when there is one).
 base, pref and beam are `model.generate` calls; la, amulet and costeer go through the prompt-rows
-engine (engines/two_prompt.py), each with an engine configuration (`engine_configuration`:
+engine (engines/prompt_rows.py), each with an engine configuration (`engine_configuration`:
 which model reads which prompts, and the rule that combines their log-probs).
 """
 
@@ -17,7 +17,7 @@ import torch
 from transformers import GenerationConfig, LogitsProcessor, LogitsProcessorList
 
 from DecodingMethodsModels.engines.core import NonFiniteScoresError, left_pad, model_input_device
-from DecodingMethodsModels.engines.two_prompt import (
+from DecodingMethodsModels.engines.prompt_rows import (
     Reader,
     decode_prompt_rows,
     stream_prompt_rows,

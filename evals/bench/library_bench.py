@@ -51,7 +51,7 @@ def paths(model, pref: list[list[int]], base: list[list[int]], steps: int, pad_i
 
     from DecodingMethodsModels import AmuletProcessor, amulet_generate, amulet_rule
     from DecodingMethodsModels.engines.core import left_pad
-    from DecodingMethodsModels.engines.two_prompt import decode_two_prompts
+    from DecodingMethodsModels.engines.prompt_rows import decode_two_prompts
     from DecodingMethodsModels.rules.combine import amulet_ratio
 
     pref_ids, pref_mask = left_pad(pref, pad_id)
