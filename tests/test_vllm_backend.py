@@ -115,14 +115,15 @@ def beam_tokens(engine, model, tokenizer, num_beams, max_num_seqs=16, count=16):
 
 
 def test_embedded_beam_same_tokens_as_hf(embedded):
-    """transformers' beam search over vLLM's log-probs: the hf backend's answers, with one
-    question (four beams) or four at once."""
-    got, want, pref = beam_tokens(embedded[2], *embedded[:2], 4)
+    """transformers' beam search over vLLM's log-probs: the hf backend's answers, with four
+    questions at once (16 rows) or one at a time (four beams in 4 rows). Eight questions: each
+    beam step is a request per beam, re-reading its prompt on CPU (about 15 s a question)."""
+    got, want, pref = beam_tokens(embedded[2], *embedded[:2], 4, count=8)
     assert got == want
     greedy = hf_tokens(embedded[0], "pref", pref, pref, settings_for(*embedded[:2]))
-    assert sum(a != b for a, b in zip(got, greedy, strict=True)) >= 2  # beams changed answers
-    narrow, _, _ = beam_tokens(embedded[2], *embedded[:2], 4, max_num_seqs=4, count=6)
-    assert narrow == want[:6]
+    assert any(a != b for a, b in zip(got, greedy, strict=True))  # beams changed an answer
+    narrow, _, _ = beam_tokens(embedded[2], *embedded[:2], 4, max_num_seqs=4, count=3)
+    assert narrow == want[:3]
 
 
 def test_tiny_models_beam_same_tokens_as_hf(tiny):
