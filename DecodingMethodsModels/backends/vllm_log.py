@@ -33,7 +33,6 @@ KNOWN_HARMLESS = (
     ("Triton on CPU", r"Triton is not installed\. triton-cpu is expected"),
     ("Triton on CPU", r"Triton is installed, but doesn't include CPU backend"),
     ("CPU allocator hint", r"lib(tcmalloc|iomp) is not found in LD_PRELOAD"),
-    ("raw prompt form", r"Passing raw prompts to InputProcessor is deprecated"),
     ("custom scheduler", r"[Aa]sync scheduling .*(not supported|disabled|turned off)"),
 )
 _PATTERNS = tuple(re.compile(pattern) for _, pattern in KNOWN_HARMLESS)
